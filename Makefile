@@ -1,0 +1,38 @@
+# Two commands do everything on a fresh machine: `make serve` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+MODELS ?= models
+EXTRAS ?= cpu,dev
+# The stamp is re-made when pyproject.toml changes, so `make` re-installs only then.
+INSTALLED := $(VENV)/.installed
+DEFAULT_MODEL := $(MODELS)/efficientnet_lite0/1/manifest.json
+
+.PHONY: install model serve test lint bench clean
+
+$(INSTALLED): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[$(EXTRAS)]'
+	touch $@
+
+install: $(INSTALLED)
+
+$(DEFAULT_MODEL): | $(INSTALLED)
+	$(BIN)/imgserve build-default --repository $(MODELS)
+
+model: $(DEFAULT_MODEL)
+
+serve: model
+	$(BIN)/imgserve serve --model-repository $(MODELS)
+
+test: model
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check batching server trt_build loadtests tests
+	$(BIN)/mypy batching server trt_build
+
+clean:
+	rm -rf $(VENV) $(MODELS)

@@ -1,0 +1,1 @@
+"""HTTP: thin routes over ``ClassificationService``, plus middleware and error rendering."""

@@ -1,0 +1,143 @@
+"""Routes: parse the request, call the service, serialize. Nothing else."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Query, Request
+from starlette.responses import Response
+
+from server.api import uploads
+from server.api.responses import OrjsonResponse
+from server.errors import ServiceError
+from server.registry import ModelRegistry
+from server.service import Classification, ClassificationService, ItemOutcome
+from server.settings import Settings
+
+router = APIRouter()
+
+TopK = Query(5, ge=1, description="How many classes to return, best first.")
+
+_IMAGE_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {"type": "object", "properties": {"file": {"type": "string", "format": "binary"}}}
+            },
+            "image/*": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+_IMAGES_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"files": {"type": "array", "items": {"type": "string", "format": "binary"}}},
+                }
+            }
+        },
+    }
+}
+
+
+def _service(request: Request) -> ClassificationService:
+    service: ClassificationService = request.app.state.service
+    return service
+
+
+def _settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def _registry(request: Request) -> ModelRegistry:
+    registry: ModelRegistry = request.app.state.registry
+    return registry
+
+
+def classification_body(result: Classification) -> dict[str, Any]:
+    best = result.predictions[0]
+    return {
+        "model": result.model,
+        "version": result.version,
+        "class": best.label,
+        "confidence": best.score,
+        "predictions": [{"label": p.label, "index": p.index, "score": p.score} for p in result.predictions],
+    }
+
+
+def _item_body(outcome: ItemOutcome) -> dict[str, Any]:
+    if isinstance(outcome, ServiceError):
+        return outcome.body()
+    return classification_body(outcome)
+
+
+async def _classify(request: Request, model: str, top_k: int) -> Response:
+    data = await uploads.single_image(request)
+    result = await _service(request).classify(data, model_name=model, k=top_k)
+    return OrjsonResponse(classification_body(result))
+
+
+@router.post("/v1/classify", openapi_extra=_IMAGE_BODY, tags=["classify"])
+async def classify(request: Request, top_k: int = TopK) -> Response:
+    """Classify one image with the default model."""
+    return await _classify(request, _settings(request).default_model, top_k)
+
+
+@router.post("/v1/classify/batch", openapi_extra=_IMAGES_BODY, tags=["classify"])
+async def classify_batch(request: Request, top_k: int = TopK) -> Response:
+    """Classify several images; each gets its own result or error, in order."""
+    settings = _settings(request)
+    images = await uploads.many_images(request, settings.limits.max_files)
+    outcomes = await _service(request).classify_many(images, model_name=settings.default_model, k=top_k)
+    return OrjsonResponse({"results": [_item_body(o) for o in outcomes]})
+
+
+@router.post("/v1/models/{name}/classify", openapi_extra=_IMAGE_BODY, tags=["classify"])
+async def classify_with_model(request: Request, name: str, top_k: int = TopK) -> Response:
+    """Classify one image with the named model."""
+    return await _classify(request, name, top_k)
+
+
+@router.get("/v1/models", tags=["models"])
+async def list_models(request: Request) -> Response:
+    models = [
+        {
+            "name": m.name,
+            "version": m.version,
+            "ready": m.ready,
+            "runtime": m.manifest.runtime,
+            "input": m.manifest.input.model_dump(),
+            "classes": len(m.manifest.labels),
+            "max_batch_size": m.batching.max_batch_size,
+        }
+        for m in _registry(request).models
+    ]
+    return OrjsonResponse({"default": _settings(request).default_model, "models": models})
+
+
+@router.get("/health", tags=["health"])
+async def health() -> Response:
+    """Liveness: the process answers."""
+    return OrjsonResponse({"status": "ok"})
+
+
+@router.get("/ready", tags=["health"])
+async def ready(request: Request) -> Response:
+    """Readiness: every model is loaded and warmed up."""
+    registry = _registry(request)
+    body = {
+        "ready": registry.ready,
+        "models": {m.name: m.ready for m in registry.models},
+        "error": registry.load_error,
+    }
+    return OrjsonResponse(body, status_code=200 if registry.ready else 503)
+
+
+@router.get("/metrics", tags=["health"])
+async def metrics(request: Request) -> Response:
+    return Response(request.app.state.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")

@@ -1,0 +1,49 @@
+"""Pull image bytes out of a request: multipart form fields or a raw ``image/*`` body."""
+
+from __future__ import annotations
+
+from fastapi import Request
+from starlette.datastructures import UploadFile
+
+from server.errors import ErrorKind, ServiceError
+
+RAW_BODY_TYPES = ("image/", "application/octet-stream")
+
+
+def _content_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+async def _form_files(request: Request, field: str, max_files: int) -> list[bytes]:
+    async with request.form(max_files=max_files, max_fields=max_files) as form:
+        uploads = [v for v in form.getlist(field) if isinstance(v, UploadFile)]
+        if not uploads:
+            present = ", ".join(sorted(set(form.keys()))) or "none"
+            raise ServiceError(
+                ErrorKind.MISSING_FILE,
+                f"multipart field {field!r} with an image file is required (fields sent: {present})",
+            )
+        return [await upload.read() for upload in uploads]
+
+
+async def single_image(request: Request) -> bytes:
+    content_type = _content_type(request)
+    if content_type == "multipart/form-data":
+        return (await _form_files(request, "file", max_files=1))[0]
+    if content_type.startswith(RAW_BODY_TYPES):
+        return await request.body()
+    raise ServiceError(
+        ErrorKind.UNSUPPORTED_MEDIA_TYPE,
+        f"send multipart/form-data with a 'file' field, or the image itself as image/*; got {content_type or 'none'}",
+    )
+
+
+async def many_images(request: Request, max_files: int) -> list[bytes]:
+    if _content_type(request) != "multipart/form-data":
+        raise ServiceError(
+            ErrorKind.UNSUPPORTED_MEDIA_TYPE, "send multipart/form-data with one 'files' field per image"
+        )
+    files = await _form_files(request, "files", max_files=max_files + 1)
+    if len(files) > max_files:
+        raise ServiceError(ErrorKind.TOO_MANY_FILES, f"at most {max_files} images per request")
+    return files

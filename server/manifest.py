@@ -1,0 +1,46 @@
+"""The manifest a build writes next to each model version; the server's only view of it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+MANIFEST_FILE = "manifest.json"
+
+
+class TensorSpec(BaseModel):
+    name: str
+    dtype: str
+    shape: list[int] = Field(description="-1 marks the batch dimension.")
+
+
+class Preprocessing(BaseModel):
+    resize_shorter_side: int = Field(gt=0)
+    crop_size: int = Field(gt=0)
+    interpolation: Literal["bicubic", "bilinear"] = "bicubic"
+    mean: float = 0.0
+    std: float = 1.0
+    normalization: Literal["in_graph", "host"] = "in_graph"
+
+
+class ModelManifest(BaseModel):
+    name: str
+    version: int = Field(ge=1)
+    runtime: str
+    artifact: str = Field(description="Path of the runtime's artifact, relative to the version folder.")
+    signature: str = "serving_default"
+    input: TensorSpec
+    output: TensorSpec
+    preprocessing: Preprocessing
+    labels: list[str]
+    source: dict[str, str] = Field(default_factory=dict)
+
+    @classmethod
+    def read(cls, version_dir: Path) -> ModelManifest:
+        return cls.model_validate_json((version_dir / MANIFEST_FILE).read_text())
+
+    @property
+    def item_shape(self) -> tuple[int, ...]:
+        return tuple(self.input.shape[1:])

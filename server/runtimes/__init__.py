@@ -1,0 +1,31 @@
+"""Runtimes, one module each, chosen by the manifest's ``runtime`` field from one table.
+
+Modules are imported only when a model needs them, so serving a .tflite model never pays
+for importing TensorFlow, and the table can name runtimes whose packages are absent.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from pathlib import Path
+
+from server.manifest import ModelManifest
+from server.runtimes.base import Runtime, RuntimeOptions
+
+RUNTIMES: dict[str, str] = {
+    "tensorflow": "server.runtimes.tensorflow:TensorFlowRuntime",
+}
+
+
+def load_runtime(manifest: ModelManifest, version_dir: Path, options: RuntimeOptions) -> Runtime:
+    try:
+        target = RUNTIMES[manifest.runtime]
+    except KeyError:
+        raise ValueError(f"unknown runtime {manifest.runtime!r}; known: {', '.join(sorted(RUNTIMES))}") from None
+    module_name, class_name = target.split(":")
+    runtime_class = getattr(import_module(module_name), class_name)
+    runtime: Runtime = runtime_class(manifest, version_dir, options)
+    return runtime
+
+
+__all__ = ["RUNTIMES", "Runtime", "RuntimeOptions", "load_runtime"]

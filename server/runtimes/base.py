@@ -1,0 +1,28 @@
+"""What every runtime provides. A runtime runs a model on a batch and knows nothing of HTTP."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Protocol
+
+import numpy as np
+
+from server.manifest import ModelManifest
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    intra_op_threads: int = 0
+    """Threads inside one op; 0 lets the runtime decide (usually one per core)."""
+
+
+class Runtime(Protocol):
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        """Blocking: the manifest's input batch in, its output batch out, same length."""
+        ...
+
+    def close(self) -> None: ...
+
+
+RuntimeFactory = Callable[[ModelManifest, Path, RuntimeOptions], Runtime]

@@ -1,0 +1,93 @@
+"""Batch formation rules, checked without an event loop: items, config and "now" go in."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from batching import BatchingConfig, Pending, next_batch
+
+
+def queued(*arrivals: float, cost: int = 1, deadline: float | None = None) -> list[Pending[int]]:
+    return [Pending(item=i, cost=cost, enqueued_at=t, deadline=deadline) for i, t in enumerate(arrivals)]
+
+
+def items(ps: list[Pending[int]]) -> list[int]:
+    return [p.item for p in ps]
+
+
+def test_lone_item_on_idle_runner_leaves_at_once() -> None:
+    decision = next_batch(queued(10.0), BatchingConfig(max_batch_size=8), now=10.0)
+    assert items(decision.batch) == [0]
+    assert decision.rest == []
+
+
+def test_batch_is_capped_and_keeps_arrival_order() -> None:
+    decision = next_batch(queued(*[1.0] * 10), BatchingConfig(max_batch_size=4), now=2.0)
+    assert items(decision.batch) == [0, 1, 2, 3]
+    assert items(decision.rest) == [4, 5, 6, 7, 8, 9]
+
+
+def test_queue_delay_holds_a_partial_batch_until_the_oldest_has_waited_it() -> None:
+    config = BatchingConfig(max_batch_size=4, max_queue_delay=0.010)
+    waiting = next_batch(queued(5.000, 5.004), config, now=5.005)
+    assert waiting.batch == []
+    assert waiting.wake_at == pytest.approx(5.010)
+    assert items(waiting.rest) == [0, 1]
+
+    due = next_batch(queued(5.000, 5.004), config, now=5.010)
+    assert items(due.batch) == [0, 1]
+
+
+def test_queue_delay_never_holds_a_full_batch() -> None:
+    config = BatchingConfig(max_batch_size=2, max_queue_delay=1.0)
+    decision = next_batch(queued(5.0, 5.0, 5.0), config, now=5.0)
+    assert items(decision.batch) == [0, 1]
+
+
+def test_queue_delay_never_waits_past_an_items_deadline() -> None:
+    config = BatchingConfig(max_batch_size=4, max_queue_delay=1.0)
+    decision = next_batch(queued(5.0, deadline=5.2), config, now=5.0)
+    assert decision.wake_at == pytest.approx(5.2)
+
+
+def test_expired_items_are_answered_not_sent() -> None:
+    pending = [*queued(1.0, 1.0), Pending(item=9, cost=1, enqueued_at=1.0, deadline=2.0)]
+    decision = next_batch(pending, BatchingConfig(max_batch_size=8), now=3.0)
+    assert items(decision.batch) == [0, 1]
+    assert items(decision.expired) == [9]
+
+
+def test_abandoned_items_are_dropped() -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        gone: asyncio.Future[int] = loop.create_future()
+        gone.cancel()
+        pending = [Pending(item=1, cost=1, enqueued_at=0.0, future=gone), *queued(0.0)]
+        decision = next_batch(pending, BatchingConfig(), now=1.0)
+    finally:
+        loop.close()
+    assert items(decision.batch) == [0]
+    assert items(decision.abandoned) == [1]
+
+
+def test_batches_are_sized_by_cost() -> None:
+    pending = [Pending(item=i, cost=c, enqueued_at=0.0) for i, c in enumerate([3, 3, 2, 1])]
+    decision = next_batch(pending, BatchingConfig(max_batch_size=8), now=0.0)
+    assert items(decision.batch) == [0, 1, 2]  # 3+3+2 = 8; the fourth would overflow
+    assert items(decision.rest) == [3]
+
+
+def test_an_item_costlier_than_a_batch_goes_alone() -> None:
+    pending = [Pending(item=0, cost=20, enqueued_at=0.0), Pending(item=1, cost=1, enqueued_at=0.0)]
+    decision = next_batch(pending, BatchingConfig(max_batch_size=8), now=0.0)
+    assert items(decision.batch) == [0]
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"max_batch_size": 0}, {"max_queue_delay": -1.0}, {"max_batch_size": 8, "max_queue_size": 4}]
+)
+def test_invalid_config_is_refused(kwargs: dict[str, float]) -> None:
+    with pytest.raises(ValueError):
+        BatchingConfig(**kwargs)  # type: ignore[arg-type]

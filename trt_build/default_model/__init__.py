@@ -1,0 +1,1 @@
+"""The embedded default model: EfficientNet-Lite0 with ImageNet weights, built at set-up."""
