@@ -7,6 +7,7 @@ tensor goes to the model's batcher; top-k is taken from the probabilities it ret
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ from server.imaging import PreprocessSpec, image_to_tensor
 from server.model_instance import ModelInstance
 from server.registry import ModelRegistry
 from server.settings import LimitSettings
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,10 @@ class ClassificationService:
             probabilities = await model.infer(tensor, deadline)
         except BatchingError as exc:
             raise from_batching_error(exc) from exc
+        except Exception as exc:
+            # The runtime failed on this image even alone (the batcher has bisected already).
+            log.exception("model %s failed on an image", model.name)
+            raise ServiceError(ErrorKind.INTERNAL, f"the model failed on this image: {type(exc).__name__}") from exc
         return Classification(model.name, model.version, top_k(probabilities, k, model.manifest.labels))
 
     def _deadline(self) -> float:

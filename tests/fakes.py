@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Sequence
+from typing import Any, Sequence
 
 
 async def settle(rounds: int = 20) -> None:
@@ -99,3 +99,38 @@ class RecordingObserver:
 
     def abandoned(self, count: int) -> None:
         self.abandoned_count += count
+
+
+class GatedRuntime:
+    """A runtime whose ``predict`` blocks (on the inference thread) while the gate is shut.
+
+    Scores put all mass on class ``pixel % classes`` of each image's first pixel. An image
+    whose first pixel is ``poison`` makes the whole batch raise, like a runtime fault.
+    """
+
+    def __init__(self, classes: int = 10, poison: int = 13) -> None:
+        import threading
+
+        self.classes = classes
+        self.poison = poison
+        self.gate = threading.Event()
+        self.gate.set()
+        self.batch_sizes: list[int] = []
+        self.entered = 0  # calls that reached predict, finished or still blocked
+
+    def predict(self, batch: Any) -> Any:
+        import numpy as np
+
+        self.entered += 1
+        if not self.gate.wait(timeout=30):
+            raise TimeoutError("test never opened the gate")
+        self.batch_sizes.append(len(batch))
+        first = batch[:, 0, 0, 0].astype(int)
+        if (first == self.poison).any():
+            raise RuntimeError("poisoned input")
+        out = np.zeros((len(batch), self.classes), np.float32)
+        out[np.arange(len(batch)), first % self.classes] = 1.0
+        return out
+
+    def close(self) -> None:
+        pass

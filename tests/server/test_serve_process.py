@@ -1,0 +1,115 @@
+"""`imgserve serve` as a user runs it: a real process, real sockets, stopped by its PID."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import PHOTOS
+
+pytestmark = pytest.mark.e2e
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def served(model_repository: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    port = free_port()
+    env = {
+        **os.environ,
+        "IMGSERVE_PORT": str(port),
+        "IMGSERVE_BATCHING__MAX_BATCH_SIZE": "8",
+        "IMGSERVE_LIMITS__MAX_BODY_BYTES": "1000000",
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "server.cli", "serve", "--model-repository", str(model_repository)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert process.poll() is None, process.stderr.read().decode() if process.stderr else ""
+            assert time.monotonic() < deadline, "server never became ready"
+            try:
+                if httpx.get(f"{base_url}/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        yield base_url, process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=30)
+        if process.stderr:
+            process.stderr.close()
+
+
+def test_concurrent_clients_get_correct_answers_and_bad_ones_do_not_disturb_them(
+    served: tuple[str, subprocess.Popen[bytes]], photo_bytes: dict[str, bytes]
+) -> None:
+    base_url, _ = served
+    good = [name for name in PHOTOS for _ in range(4)]  # 20 real photos
+    bad = [b"", b"GIF89a broken", photo_bytes["coffee"][:5000]] * 2
+
+    def classify(payload: bytes) -> httpx.Response:
+        return httpx.post(f"{base_url}/v1/classify", files={"file": ("x", payload, "image/png")}, timeout=120)
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        # Interleave bad uploads among the good ones so they share batches and decode threads.
+        payloads = [photo_bytes[n] for n in good]
+        for i, b in enumerate(bad):
+            payloads.insert(3 * i + 1, b)
+        responses = list(pool.map(classify, payloads))
+
+    good_responses = [r for r, p in zip(responses, payloads, strict=True) if p not in bad]
+    bad_responses = [r for r, p in zip(responses, payloads, strict=True) if p in bad]
+    assert len(good_responses) == len(good) and len(bad_responses) == len(bad)
+    for name, response in zip(good, good_responses, strict=True):
+        assert response.status_code == 200, response.text
+        assert response.json()["predictions"][0]["index"] in PHOTOS[name]["top1"]  # type: ignore[operator]
+    assert all(400 <= r.status_code < 500 and "error" in r.json() for r in bad_responses)
+
+    metrics = httpx.get(f"{base_url}/metrics").text
+    (images_batched,) = [
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith('imgserve_batch_size_sum{model="efficientnet_lite0"}')
+    ]
+    assert images_batched == len(good)  # every good image ran exactly once; no bad one did
+
+
+def test_oversized_body_is_refused_before_it_is_read(served: tuple[str, subprocess.Popen[bytes]]) -> None:
+    base_url, _ = served
+    response = httpx.post(
+        f"{base_url}/v1/classify", content=b"\0" * 3_000_000, headers={"Content-Type": "image/jpeg"}, timeout=30
+    )
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "payload_too_large"
+
+
+def test_sigterm_shuts_down_cleanly(served: tuple[str, subprocess.Popen[bytes]]) -> None:
+    _, process = served
+    os.kill(process.pid, signal.SIGTERM)
+    # uvicorn drains, runs the lifespan shutdown, then re-raises SIGTERM to exit by it.
+    assert process.wait(timeout=60) in (0, -signal.SIGTERM)
+    log = process.stderr.read().decode() if process.stderr else ""
+    assert "Application shutdown complete" in log
+    assert "Traceback" not in log
