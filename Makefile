@@ -32,7 +32,7 @@ test: model
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check batching server trt_build loadtests tests
-	$(BIN)/mypy batching server trt_build
+	$(BIN)/mypy batching server trt_build loadtests
 
 clean:
 	rm -rf $(VENV) $(MODELS)

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -15,51 +13,20 @@ from pathlib import Path
 import httpx
 import pytest
 
+from loadtests.server_process import free_port, server_process
 from tests.conftest import PHOTOS
 
 pytestmark = pytest.mark.e2e
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def served(model_repository: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     port = free_port()
-    env = {
-        **os.environ,
-        "IMGSERVE_PORT": str(port),
-        "IMGSERVE_BATCHING__MAX_BATCH_SIZE": "8",
-        "IMGSERVE_LIMITS__MAX_BODY_BYTES": "1000000",
-    }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "server.cli", "serve", "--model-repository", str(model_repository)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    base_url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert process.poll() is None, process.stderr.read().decode() if process.stderr else ""
-            assert time.monotonic() < deadline, "server never became ready"
-            try:
-                if httpx.get(f"{base_url}/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        yield base_url, process
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(timeout=30)
-        if process.stderr:
-            process.stderr.close()
+    env = {"IMGSERVE_BATCHING__MAX_BATCH_SIZE": "8", "IMGSERVE_LIMITS__MAX_BODY_BYTES": "1000000"}
+    command = [sys.executable, "-m", "server.cli", "serve", "--port", str(port)]
+    command += ["--model-repository", str(model_repository)]
+    with server_process(command, port, env, startup_s=180, stderr=subprocess.PIPE) as served:
+        yield served
 
 
 def test_concurrent_clients_get_correct_answers_and_bad_ones_do_not_disturb_them(

@@ -1,0 +1,76 @@
+"""A closed-loop HTTP load generator: N clients, each sends its next request when the last
+one is answered, for a fixed time. Bounded in time and count; loopback targets only."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from dataclasses import dataclass, field
+from urllib.parse import urlparse
+
+import httpx
+import numpy as np
+
+LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
+
+
+@dataclass
+class LoadResult:
+    clients: int
+    seconds: float
+    latencies: list[float] = field(default_factory=list)
+    statuses: dict[int, int] = field(default_factory=dict)
+    transport_errors: int = 0
+
+    @property
+    def ok(self) -> int:
+        return self.statuses.get(200, 0)
+
+    def summary(self) -> dict[str, float]:
+        lat = np.asarray(self.latencies) * 1000 if self.latencies else np.zeros(1)
+        return {
+            "clients": self.clients,
+            "seconds": round(self.seconds, 2),
+            "requests_ok": self.ok,
+            "errors": sum(n for s, n in self.statuses.items() if s != 200) + self.transport_errors,
+            "req_per_s": round(self.ok / self.seconds, 1),
+            "p50_ms": round(float(np.percentile(lat, 50)), 1),
+            "p90_ms": round(float(np.percentile(lat, 90)), 1),
+            "p99_ms": round(float(np.percentile(lat, 99)), 1),
+        }
+
+
+async def run_closed_loop(
+    url: str,
+    bodies: list[tuple[bytes, str]],
+    clients: int,
+    duration: float,
+    max_requests: int = 1_000_000,
+) -> LoadResult:
+    if urlparse(url).hostname not in LOOPBACK_HOSTS:
+        raise ValueError("load tests only target this machine's loopback interface")
+    result = LoadResult(clients=clients, seconds=duration)
+    counter = itertools.count()
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    started = time.perf_counter()
+    stop_at = started + duration
+
+    async with httpx.AsyncClient(limits=limits, timeout=60) as client:
+
+        async def one_client(offset: int) -> None:
+            payloads = itertools.cycle(bodies[offset % len(bodies) :] + bodies[: offset % len(bodies)])
+            while time.perf_counter() < stop_at and next(counter) < max_requests:
+                body, content_type = next(payloads)
+                sent = time.perf_counter()
+                try:
+                    response = await client.post(url, content=body, headers={"Content-Type": content_type})
+                except httpx.TransportError:
+                    result.transport_errors += 1
+                    continue
+                result.latencies.append(time.perf_counter() - sent)
+                result.statuses[response.status_code] = result.statuses.get(response.status_code, 0) + 1
+
+        await asyncio.gather(*(one_client(i) for i in range(clients)))
+    result.seconds = time.perf_counter() - started
+    return result

@@ -1,0 +1,54 @@
+"""Real photographs as upload payloads, the size a phone or web client typically sends."""
+
+from __future__ import annotations
+
+import io
+import uuid
+from pathlib import Path
+
+from PIL import Image
+
+PHOTO_SOURCES = (
+    ("skimage", "chelsea.png"),
+    ("skimage", "coffee.png"),
+    ("skimage", "rocket.jpg"),
+    ("skimage", "motorcycle_left.png"),
+    ("matplotlib", "grace_hopper.jpg"),
+)
+
+
+def _photo_path(package: str, name: str) -> Path:
+    if package == "skimage":
+        import skimage
+
+        return Path(skimage.__file__).parent / "data" / name
+    import matplotlib
+
+    return Path(matplotlib.__file__).parent / "mpl-data" / "sample_data" / name
+
+
+def jpeg_payloads(shorter_side: int = 480, quality: int = 90) -> list[bytes]:
+    """Each photo resized to a ``shorter_side`` (default 480: a 640x480 upload) as JPEG."""
+    payloads = []
+    for package, name in PHOTO_SOURCES:
+        image = Image.open(_photo_path(package, name)).convert("RGB")
+        scale = shorter_side / min(image.size)
+        image = image.resize((round(image.width * scale), round(image.height * scale)), Image.Resampling.BICUBIC)
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=quality)
+        payloads.append(buffer.getvalue())
+    return payloads
+
+
+def multipart_body(image: bytes, field: str = "file") -> tuple[bytes, str]:
+    """Encode once, send many times: the generator must not spend its CPU on encoding."""
+    boundary = uuid.uuid4().hex
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="photo.jpg"\r\n'
+            "Content-Type: image/jpeg\r\n\r\n"
+        ).encode()
+        + image
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    return body, f"multipart/form-data; boundary={boundary}"
