@@ -8,6 +8,7 @@ from batching.batcher import BatchObserver, MicroBatcher
 from batching.clock import Clock, MonotonicClock
 from batching.config import BatchingConfig
 from batching.errors import BatcherClosed, BatchingError, BatchResultMismatch, DeadlineExceeded, Overloaded
+from batching.latency import LatencyModel
 from batching.policy import BatchDecision, Pending, next_batch
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "BatchingError",
     "Clock",
     "DeadlineExceeded",
+    "LatencyModel",
     "MicroBatcher",
     "MonotonicClock",
     "Overloaded",

@@ -1,8 +1,10 @@
-"""The async micro-batcher: a bounded queue in front of one batch-at-a-time runner.
+"""The async micro-batcher: a bounded queue in front of a runner that takes batches.
 
-Callers ``await submit(item)``. One background task forms batches with ``next_batch`` and
-awaits the batch function; while it runs, new items queue up and leave together as the next
-batch the moment it returns. A failing batch is bisected so that one bad item fails alone.
+Callers ``await submit(item)`` (or ``submit_many``). One background task forms batches with
+``next_batch`` whenever fewer than ``max_concurrent_batches`` are running; while they run,
+new items queue up and leave together the moment a slot frees. A failing batch is bisected
+so that one bad item fails alone. Admission is bounded twice: by queue size, and by time —
+a request the fitted latency model says cannot run before its deadline is refused at once.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Awaitable, Callable, Generic, Protocol, Sequence, TypeVar
 from batching.clock import Clock, MonotonicClock
 from batching.config import BatchingConfig
 from batching.errors import BatcherClosed, BatchResultMismatch, DeadlineExceeded, Overloaded
+from batching.latency import LatencyModel
 from batching.policy import Pending, next_batch
 
 T = TypeVar("T")
@@ -23,6 +26,9 @@ R = TypeVar("R")
 log = logging.getLogger(__name__)
 
 BatchFunction = Callable[[list[T]], Awaitable[Sequence[R]]]
+
+# Before the latency model has seen a batch, Retry-After still needs a figure.
+_UNKNOWN_BATCH_SECONDS = 0.1
 
 
 class BatchObserver(Protocol):
@@ -37,6 +43,8 @@ class BatchObserver(Protocol):
     def expired(self, count: int) -> None: ...
 
     def abandoned(self, count: int) -> None: ...
+
+    def latency_model(self, per_item: float, fixed: float) -> None: ...
 
 
 class _NullObserver:
@@ -55,6 +63,9 @@ class _NullObserver:
     def abandoned(self, count: int) -> None:
         pass
 
+    def latency_model(self, per_item: float, fixed: float) -> None:
+        pass
+
 
 def _one(item: object) -> int:
     return 1
@@ -69,20 +80,20 @@ class MicroBatcher(Generic[T, R]):
         cost: Callable[[T], int] = _one,
         clock: Clock | None = None,
         observer: BatchObserver | None = None,
+        latency: LatencyModel | None = None,
     ) -> None:
         self._run_batch = run_batch
         self._config = config
         self._cost = cost
         self._clock: Clock = clock or MonotonicClock()
         self._observer: BatchObserver = observer or _NullObserver()
+        self.latency = latency or LatencyModel()
         self._pending: list[Pending[T]] = []
-        self._in_flight: list[Pending[T]] = []
+        self._running: dict[asyncio.Task[None], list[Pending[T]]] = {}
         self._queued_cost = 0
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
-        # Smoothed seconds per batch, for Retry-After; seeded pessimistically.
-        self._batch_seconds = 0.1
 
     @property
     def config(self) -> BatchingConfig:
@@ -99,24 +110,64 @@ class MicroBatcher(Generic[T, R]):
     async def submit(self, item: T, *, deadline: float | None = None) -> R:
         """Queue ``item`` and wait for its result.
 
-        Raises ``Overloaded`` at once when the queue is full, ``DeadlineExceeded`` when the
-        deadline (on the batcher's clock) passes before the item is sent, ``BatcherClosed``
-        during shutdown, and whatever the batch function raised for this item.
+        Raises ``Overloaded`` at once when the queue is full or the item could not run before
+        its deadline, ``DeadlineExceeded`` when the deadline (on the batcher's clock) passes
+        before it is sent, ``BatcherClosed`` during shutdown, and whatever the batch function
+        raised for this item.
         """
+        (future,) = self._admit([item], deadline)
+        return await future
+
+    async def submit_many(self, items: Sequence[T], *, deadline: float | None = None) -> list[R]:
+        """Queue several items at once, all or none, and return their results in order.
+
+        They queue back to back, so a request larger than ``max_batch_size`` is cut across
+        consecutive batches. The first failure is raised, and the rest are withdrawn.
+        """
+        futures = self._admit(items, deadline)
+        try:
+            return list(await asyncio.gather(*futures))
+        finally:
+            for future in futures:
+                future.cancel()  # no-op on the finished ones; drops the rest from the queue
+
+    def _admit(self, items: Sequence[T], deadline: float | None) -> list[asyncio.Future[R]]:
         if self._closing or self._task is None:
             raise BatcherClosed("the batcher is not accepting work")
-        cost = self._cost(item)
-        if self._queued_cost + cost > self._config.max_queue_size:
-            self._observer.rejected(cost)
-            raise Overloaded(self._retry_after(), self._queued_cost, self._config.max_queue_size)
-        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
-        self._pending.append(Pending(item, cost, self._clock.now(), deadline, future))
-        self._queued_cost += cost
+        costs = [self._cost(item) for item in items]
+        total = sum(costs)
+        now = self._clock.now()
+        if self._queued_cost + total > self._config.max_queue_size:
+            self._reject(total, f"queue full ({self._queued_cost}/{self._config.max_queue_size} queued)")
+        if deadline is not None and self.latency.ready:
+            finish = now + self._estimated_wait(self._queued_cost + total)
+            if finish > deadline:
+                self._reject(total, f"the queue needs {finish - now:.3f}s, more than the deadline allows")
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[R]] = []
+        for item, cost in zip(items, costs, strict=True):
+            future: asyncio.Future[R] = loop.create_future()
+            self._pending.append(Pending(item, cost, now, deadline, future))
+            futures.append(future)
+        self._queued_cost += total
         self._observer.queue_depth(self._queued_cost)
         self._wakeup.set()
-        # If our caller is cancelled, the future is cancelled with it, and the loop drops
-        # the item before it reaches the runner.
-        return await future
+        return futures
+
+    def _reject(self, cost: int, reason: str) -> None:
+        self._observer.rejected(cost)
+        raise Overloaded(self._retry_after(), self._queued_cost, self._config.max_queue_size, reason)
+
+    def _estimated_wait(self, queued: int) -> float:
+        """Until ``queued`` items have run: the batches in flight, then the queue."""
+        in_flight = sum(self.latency.predict(sum(p.cost for p in batch)) for batch in self._running.values())
+        slots = self._config.max_concurrent_batches
+        return in_flight / slots + self.latency.drain_seconds(queued, self._config.max_batch_size, slots)
+
+    def _retry_after(self) -> float:
+        if not self.latency.ready:
+            return (self._queued_cost / self._config.max_batch_size + 1) * _UNKNOWN_BATCH_SECONDS
+        return self._estimated_wait(self._queued_cost)
 
     async def close(self, drain_timeout: float) -> None:
         """Stop intake, finish what is queued within ``drain_timeout``, fail the rest."""
@@ -126,57 +177,71 @@ class MicroBatcher(Generic[T, R]):
             return
         try:
             await asyncio.wait_for(asyncio.shield(self._task), timeout=drain_timeout)
+            return
         except asyncio.TimeoutError:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        for p in self._in_flight + self._pending:
-            _fail(p, BatcherClosed("shut down before this item could finish"))
+            pass
+        # Snapshot first: a cancelled batch task removes itself from _running when it ends.
+        stranded = [p for batch in self._running.values() for p in batch] + self._pending
         self._pending = []
-        self._in_flight = []
-
-    def _retry_after(self) -> float:
-        batches_ahead = self._queued_cost / self._config.max_batch_size + 1
-        return batches_ahead * self._batch_seconds
+        self._task.cancel()
+        for running in list(self._running):
+            running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        for p in stranded:
+            _fail(p, BatcherClosed("shut down before this item could finish"))
 
     async def _loop(self) -> None:
         while True:
-            decision = next_batch(self._pending, self._config, self._clock.now())
-            self._pending = decision.rest
-            self._queued_cost = sum(p.cost for p in self._pending)
-            self._observer.queue_depth(self._queued_cost)
-            if decision.expired:
-                self._observer.expired(len(decision.expired))
-                for p in decision.expired:
-                    _fail(p, DeadlineExceeded("deadline passed while queued"))
-            if decision.abandoned:
-                self._observer.abandoned(len(decision.abandoned))
-            if decision.batch:
-                self._in_flight = decision.batch
-                await self._execute(decision.batch)
-                self._in_flight = []
-                continue
-            if self._closing and not self._pending:
+            wake_at: float | None = None
+            if len(self._running) < self._config.max_concurrent_batches:
+                decision = next_batch(self._pending, self._config, self._clock.now())
+                self._pending = decision.rest
+                self._queued_cost = sum(p.cost for p in self._pending)
+                self._observer.queue_depth(self._queued_cost)
+                if decision.expired:
+                    self._observer.expired(len(decision.expired))
+                    for p in decision.expired:
+                        _fail(p, DeadlineExceeded("deadline passed while queued"))
+                if decision.abandoned:
+                    self._observer.abandoned(len(decision.abandoned))
+                if decision.batch:
+                    self._launch(decision.batch)
+                    continue
+                wake_at = decision.wake_at
+            if self._closing and not self._pending and not self._running:
                 return
-            # No await between deciding and clearing, so no submit can slip in unseen.
+            # No await between deciding and clearing, so no submit or finished batch can
+            # slip in unseen: both set the event.
             self._wakeup.clear()
-            await self._clock.wait(self._wakeup, decision.wake_at)
+            await self._clock.wait(self._wakeup, wake_at)
+
+    def _launch(self, batch: list[Pending[T]]) -> None:
+        task = asyncio.get_running_loop().create_task(self._execute(batch))
+        self._running[task] = batch
+
+        def finished(done: asyncio.Task[None]) -> None:
+            self._running.pop(done, None)
+            self._wakeup.set()
+
+        task.add_done_callback(finished)
 
     async def _execute(self, batch: list[Pending[T]]) -> None:
         started = self._clock.now()
         waits = [started - p.enqueued_at for p in batch]
+        size = sum(p.cost for p in batch)
         try:
             results = await self._run_batch([p.item for p in batch])
             if len(results) != len(batch):
                 raise BatchResultMismatch(f"{len(results)} results for {len(batch)} items")
         except Exception as exc:
-            elapsed = self._clock.now() - started
-            self._observer.batch_done(sum(p.cost for p in batch), waits, elapsed, failed=True)
+            self._observer.batch_done(size, waits, self._clock.now() - started, failed=True)
             await self._isolate_failure(batch, exc)
             return
         elapsed = self._clock.now() - started
-        self._batch_seconds = 0.8 * self._batch_seconds + 0.2 * elapsed
-        self._observer.batch_done(sum(p.cost for p in batch), waits, elapsed, failed=False)
+        self.latency.observe(size, elapsed)
+        self._observer.latency_model(self.latency.per_item, self.latency.fixed)
+        self._observer.batch_done(size, waits, elapsed, failed=False)
         for p, result in zip(batch, results, strict=True):
             if p.future is not None and not p.future.done():
                 p.future.set_result(result)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
 
 
@@ -18,6 +19,14 @@ class BatchingConfig:
     max_queue_size: int = 256
     """Most cost units waiting in the queue; beyond it ``submit`` raises ``Overloaded``."""
 
+    max_concurrent_batches: int = 1
+    """Batch calls in flight at once. 1 suits one runtime instance; 2 lets the next batch be
+    assembled (stacked, padded) while the current one runs."""
+
+    allowed_batch_sizes: tuple[int, ...] = ()
+    """Sizes the runner is compiled for (e.g. 1, 2, 4, 8, 16, 32); a batch is padded up to
+    the next one. Empty: any size from 1 to ``max_batch_size``."""
+
     def __post_init__(self) -> None:
         if self.max_batch_size < 1:
             raise ValueError("max_batch_size must be at least 1")
@@ -25,3 +34,22 @@ class BatchingConfig:
             raise ValueError("max_queue_delay must not be negative")
         if self.max_queue_size < self.max_batch_size:
             raise ValueError("max_queue_size must hold at least one full batch")
+        if self.max_concurrent_batches < 1:
+            raise ValueError("max_concurrent_batches must be at least 1")
+        sizes = self.allowed_batch_sizes
+        if sizes:
+            if list(sizes) != sorted(set(sizes)) or sizes[0] < 1:
+                raise ValueError("allowed_batch_sizes must be positive and strictly increasing")
+            if sizes[-1] != self.max_batch_size:
+                raise ValueError("the largest allowed batch size must equal max_batch_size")
+
+    @property
+    def batch_shapes(self) -> tuple[int, ...]:
+        """Every batch size the runner will be called with."""
+        return self.allowed_batch_sizes or tuple(range(1, self.max_batch_size + 1))
+
+    def padded_size(self, size: int) -> int:
+        """The batch size the runner sees for ``size`` real items."""
+        if not self.allowed_batch_sizes or size > self.max_batch_size:
+            return size
+        return self.allowed_batch_sizes[bisect.bisect_left(self.allowed_batch_sizes, size)]

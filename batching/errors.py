@@ -10,8 +10,9 @@ class BatchingError(Exception):
 class Overloaded(BatchingError):
     """The queue is full: the caller should come back after ``retry_after`` seconds."""
 
-    def __init__(self, retry_after: float, queued: int, capacity: int) -> None:
-        super().__init__(f"queue full ({queued}/{capacity} queued); retry in {retry_after:.2f}s")
+    def __init__(self, retry_after: float, queued: int, capacity: int, reason: str = "queue full") -> None:
+        super().__init__(f"{reason}; retry in {retry_after:.2f}s")
+        self.reason = reason
         self.retry_after = retry_after
         self.queued = queued
         self.capacity = capacity

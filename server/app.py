@@ -31,7 +31,7 @@ def create_app(settings: Settings, runtime_factory: RuntimeFactory = load_runtim
         settings.model_repository,
         runtime_factory,
         RuntimeOptions(intra_op_threads=settings.inference_threads),
-        settings.batching.to_config(),
+        settings.batching,
         metrics,
     )
 

@@ -30,6 +30,7 @@ class ErrorKind(str, Enum):
     NOT_READY = "not_ready"
     SHUTTING_DOWN = "shutting_down"
     TIMEOUT = "timeout"
+    CLIENT_CLOSED_REQUEST = "client_closed_request"
     INTERNAL = "internal"
 
 
@@ -51,6 +52,7 @@ HTTP_STATUS: dict[ErrorKind, int] = {
     ErrorKind.NOT_READY: 503,
     ErrorKind.SHUTTING_DOWN: 503,
     ErrorKind.TIMEOUT: 504,
+    ErrorKind.CLIENT_CLOSED_REQUEST: 499,  # nobody reads it; it labels the metrics
     ErrorKind.INTERNAL: 500,
 }
 

@@ -41,6 +41,21 @@ class Metrics:
         self.batch_failures = Counter(
             "imgserve_batch_failures_total", "Model calls that raised.", ["model"], registry=r
         )
+        self.latency_model = Gauge(
+            "imgserve_batch_latency_model_seconds",
+            "Fitted batch run time: seconds = per_image * n + fixed.",
+            ["model", "term"],
+            registry=r,
+        )
+        self.padding = Counter(
+            "imgserve_batch_padding_images_total",
+            "Padding rows added to reach an allowed batch size.",
+            ["model"],
+            registry=r,
+        )
+        self.padded_slots = Counter(
+            "imgserve_batch_slots_total", "Rows sent to the runtime, padding included.", ["model"], registry=r
+        )
         self.dropped = Counter(
             "imgserve_dropped_images_total",
             "Images that never reached the model, by reason (rejected, expired, abandoned).",
@@ -67,6 +82,10 @@ class ModelBatchMetrics:
         self._rejected = metrics.dropped.labels(model, "rejected")
         self._expired = metrics.dropped.labels(model, "expired")
         self._abandoned = metrics.dropped.labels(model, "abandoned")
+        self._padding = metrics.padding.labels(model)
+        self._slots = metrics.padded_slots.labels(model)
+        self._per_item = metrics.latency_model.labels(model, "per_image")
+        self._fixed = metrics.latency_model.labels(model, "fixed")
 
     def batch_done(self, size: int, queue_waits: Sequence[float], run_seconds: float, failed: bool) -> None:
         if failed:
@@ -88,3 +107,11 @@ class ModelBatchMetrics:
 
     def abandoned(self, count: int) -> None:
         self._abandoned.inc(count)
+
+    def padded(self, real: int, rows: int) -> None:
+        self._padding.inc(rows - real)
+        self._slots.inc(rows)
+
+    def latency_model(self, per_item: float, fixed: float) -> None:
+        self._per_item.set(per_item)
+        self._fixed.set(fixed)

@@ -1,4 +1,4 @@
-"""One served model version: its runtime, the one thread that runs it, and its batcher."""
+"""One served model version: its runtime, the threads that feed and run it, its batcher."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from batching import BatchingConfig, BatchObserver, MicroBatcher
+from batching import BatchingConfig, MicroBatcher
 from server.manifest import ModelManifest
+from server.metrics import ModelBatchMetrics
 from server.runtimes import Runtime
 
 log = logging.getLogger(__name__)
@@ -23,14 +24,19 @@ class ModelInstance:
         path: Path,
         runtime: Runtime,
         batching: BatchingConfig,
-        observer: BatchObserver | None = None,
+        metrics: ModelBatchMetrics | None = None,
     ) -> None:
         self.manifest = manifest
         self.path = path
         self._runtime = runtime
-        # Model compute blocks; it runs on this dedicated thread, never on the event loop.
+        self._metrics = metrics
+        self._dtype = np.dtype(manifest.input.dtype)
+        # Host work (stacking, padding) and model compute each get their own thread, so with
+        # two batches in flight the next is assembled while the current one runs; neither
+        # ever blocks the event loop.
+        self._assembler = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"assemble-{manifest.name}")
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{manifest.name}")
-        self._batcher: MicroBatcher[np.ndarray, np.ndarray] = MicroBatcher(self._run_batch, batching, observer=observer)
+        self._batcher: MicroBatcher[np.ndarray, np.ndarray] = MicroBatcher(self._run_batch, batching, observer=metrics)
         self.ready = False
 
     @property
@@ -45,31 +51,41 @@ class ModelInstance:
     def batching(self) -> BatchingConfig:
         return self._batcher.config
 
-    def _predict(self, items: list[np.ndarray]) -> list[np.ndarray]:
-        # Stacking runs on the inference thread too, off the event loop.
-        outputs = self._runtime.predict(np.stack(items))
-        return list(outputs)
+    def _assemble(self, items: list[np.ndarray]) -> np.ndarray:
+        """Stack into one array of the padded batch size; padding rows stay zero."""
+        rows = self.batching.padded_size(len(items))
+        batch = np.zeros((rows, *self.manifest.item_shape), dtype=self._dtype)
+        np.stack(items, out=batch[: len(items)])
+        if self._metrics is not None:
+            self._metrics.padded(len(items), rows)
+        return batch
 
     async def _run_batch(self, items: list[np.ndarray]) -> list[np.ndarray]:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, self._predict, items)
+        loop = asyncio.get_running_loop()
+        batch = await loop.run_in_executor(self._assembler, self._assemble, items)
+        outputs = await loop.run_in_executor(self._executor, self._runtime.predict, batch)
+        return list(outputs[: len(items)])
 
     async def warm_up(self) -> None:
-        """Run every batch size the batcher can form once, so no live request pays for a
-        first-call allocation or kernel selection; then start taking traffic."""
+        """Run every batch shape the runtime will be called with, so no live request pays
+        for a first-call allocation or kernel selection; then start taking traffic."""
         loop = asyncio.get_running_loop()
-        dtype = np.dtype(self.manifest.input.dtype)
-        for size in range(1, self.batching.max_batch_size + 1):
-            batch = [np.zeros(self.manifest.item_shape, dtype=dtype)] * size
-            await loop.run_in_executor(self._executor, self._predict, batch)
+        for rows in self.batching.batch_shapes:
+            batch = np.zeros((rows, *self.manifest.item_shape), dtype=self._dtype)
+            await loop.run_in_executor(self._executor, self._runtime.predict, batch)
         self._batcher.start()
         self.ready = True
-        log.info("model %s v%d warm for batch sizes 1..%d", self.name, self.version, self.batching.max_batch_size)
+        log.info("model %s v%d warm for batch sizes %s", self.name, self.version, list(self.batching.batch_shapes))
 
     async def infer(self, tensor: np.ndarray, deadline: float | None) -> np.ndarray:
         return await self._batcher.submit(tensor, deadline=deadline)
 
+    async def infer_many(self, tensors: list[np.ndarray], deadline: float | None) -> list[np.ndarray]:
+        return await self._batcher.submit_many(tensors, deadline=deadline)
+
     async def close(self, drain_timeout: float) -> None:
         self.ready = False
         await self._batcher.close(drain_timeout)
+        self._assembler.shutdown(wait=True)
         self._executor.shutdown(wait=True)
         self._runtime.close()

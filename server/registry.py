@@ -6,13 +6,13 @@ import asyncio
 import logging
 from pathlib import Path
 
-from batching import BatchingConfig
 from server.errors import ErrorKind, ServiceError
 from server.metrics import Metrics
 from server.model_instance import ModelInstance
 from server.model_repository import latest_versions
 from server.runtimes import RuntimeOptions
 from server.runtimes.base import RuntimeFactory
+from server.settings import BatchingSettings
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +23,7 @@ class ModelRegistry:
         repository: Path,
         runtime_factory: RuntimeFactory,
         runtime_options: RuntimeOptions,
-        batching: BatchingConfig,
+        batching: BatchingSettings,
         metrics: Metrics,
     ) -> None:
         self._repository = repository
@@ -53,12 +53,15 @@ class ModelRegistry:
                 runtime = await asyncio.to_thread(
                     self._runtime_factory, version.manifest, version.path, self._runtime_options
                 )
+                batching = BatchingSettings.model_validate(
+                    {**self._batching.model_dump(), **version.config.batching}
+                ).to_config()
                 instance = ModelInstance(
                     version.manifest,
                     version.path,
                     runtime,
-                    self._batching,
-                    observer=self._metrics.batch_observer(version.manifest.name),
+                    batching,
+                    metrics=self._metrics.batch_observer(version.manifest.name),
                 )
                 self._models[instance.name] = instance
                 await instance.warm_up()

@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Sequence, Union
 
@@ -65,34 +67,44 @@ class ClassificationService:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._decode_pool, image_to_tensor, data, spec, self._limits.max_image_pixels)
 
-    async def _infer(self, model: ModelInstance, tensor: np.ndarray, deadline: float, k: int) -> Classification:
+    @contextmanager
+    def _model_errors(self, model: ModelInstance) -> Iterator[None]:
+        """Batcher errors to their service kinds; a runtime failure (which the batcher has
+        already narrowed to this image by bisecting) to a logged internal error."""
         try:
-            probabilities = await model.infer(tensor, deadline)
+            yield
         except BatchingError as exc:
             raise from_batching_error(exc) from exc
         except Exception as exc:
-            # The runtime failed on this image even alone (the batcher has bisected already).
             log.exception("model %s failed on an image", model.name)
             raise ServiceError(ErrorKind.INTERNAL, f"the model failed on this image: {type(exc).__name__}") from exc
+
+    def _classification(self, model: ModelInstance, probabilities: np.ndarray, k: int) -> Classification:
         return Classification(model.name, model.version, top_k(probabilities, k, model.manifest.labels))
 
-    def _deadline(self) -> float:
+    def _deadline(self, timeout_s: float | None) -> float:
+        """A client may shorten the server's deadline, never lengthen it."""
+        budget = self._limits.request_timeout_s if timeout_s is None else min(timeout_s, self._limits.request_timeout_s)
         # The batcher's clock is time.monotonic; deadlines are on the same scale.
-        return time.monotonic() + self._limits.request_timeout_s
+        return time.monotonic() + budget
 
-    async def classify(self, data: bytes, *, model_name: str, k: int) -> Classification:
+    async def classify(self, data: bytes, *, model_name: str, k: int, timeout_s: float | None = None) -> Classification:
         self._check_top_k(k)
         model = self._registry.get(model_name)
-        deadline = self._deadline()
+        deadline = self._deadline(timeout_s)
         tensor = await self._decode(model, data)
-        return await self._infer(model, tensor, deadline, k)
+        with self._model_errors(model):
+            probabilities = await model.infer(tensor, deadline)
+        return self._classification(model, probabilities, k)
 
-    async def classify_many(self, images: Sequence[bytes], *, model_name: str, k: int) -> list[ItemOutcome]:
+    async def classify_many(
+        self, images: Sequence[bytes], *, model_name: str, k: int, timeout_s: float | None = None
+    ) -> list[ItemOutcome]:
         """Per-item outcomes in order: a bad image gets its own error, the others their
         classes. Failures of the server itself (overload, timeout) fail the whole request."""
         self._check_top_k(k)
         model = self._registry.get(model_name)
-        deadline = self._deadline()
+        deadline = self._deadline(timeout_s)
         decoded = await asyncio.gather(*(self._decode(model, data) for data in images), return_exceptions=True)
         outcomes: list[ItemOutcome | None] = []
         tensors: list[tuple[int, np.ndarray]] = []
@@ -104,13 +116,10 @@ class ClassificationService:
             else:
                 outcomes.append(None)
                 tensors.append((i, item))
-        tasks = [asyncio.ensure_future(self._infer(model, tensor, deadline, k)) for _, tensor in tensors]
-        try:
-            results = await asyncio.gather(*tasks)
-        except BaseException:
-            for task in tasks:
-                task.cancel()
-            raise
-        for (i, _), result in zip(tensors, results, strict=True):
-            outcomes[i] = result
+        # Admitted all or none, queued back to back: a request larger than a batch is cut
+        # across consecutive batches and its answers come back in order.
+        with self._model_errors(model):
+            rows = await model.infer_many([tensor for _, tensor in tensors], deadline)
+        for (i, _), probabilities in zip(tensors, rows, strict=True):
+            outcomes[i] = self._classification(model, probabilities, k)
         return [o for o in outcomes if o is not None]

@@ -19,12 +19,21 @@ class BatchingSettings(BaseModel):
         0.0, ge=0, description="How long a partial batch may wait to fill once the model is free (0: never wait)."
     )
     max_queue_size: int = Field(256, ge=1, description="Most images queued per model; beyond it requests get 429.")
+    max_concurrent_batches: int = Field(
+        1, ge=1, description="Batches in flight per model; 2 overlaps assembling the next batch with running this one."
+    )
+    allowed_batch_sizes: list[int] = Field(
+        default_factory=list,
+        description="Batch sizes the model runs (padded up to the next); empty: every size up to max_batch_size.",
+    )
 
     def to_config(self) -> BatchingConfig:
         return BatchingConfig(
             max_batch_size=self.max_batch_size,
             max_queue_delay=self.max_queue_delay_ms / 1000.0,
             max_queue_size=max(self.max_queue_size, self.max_batch_size),
+            max_concurrent_batches=self.max_concurrent_batches,
+            allowed_batch_sizes=tuple(self.allowed_batch_sizes),
         )
 
 
@@ -36,7 +45,10 @@ class LimitSettings(BaseModel):
     max_files: int = Field(64, ge=1, description="Most images in one /v1/classify/batch request.")
     max_top_k: int = Field(100, ge=1, description="Largest top_k a client may ask for.")
     request_timeout_s: float = Field(
-        10.0, gt=0, description="Deadline for a request's images to reach the model; past it the answer is 504."
+        10.0,
+        gt=0,
+        description="Deadline for a request's images to reach the model; past it the answer is 504. "
+        "A client may shorten it with the X-Request-Timeout-Ms header.",
     )
 
 

@@ -83,6 +83,7 @@ class RecordingObserver:
         self.expired_count = 0
         self.abandoned_count = 0
         self.depths: list[int] = []
+        self.latency = (0.0, 0.0)
 
     def batch_done(self, size: int, queue_waits: Sequence[float], run_seconds: float, failed: bool) -> None:
         self.batch_sizes.append(size)
@@ -99,6 +100,9 @@ class RecordingObserver:
 
     def abandoned(self, count: int) -> None:
         self.abandoned_count += count
+
+    def latency_model(self, per_item: float, fixed: float) -> None:
+        self.latency = (per_item, fixed)
 
 
 class GatedRuntime:
@@ -117,6 +121,7 @@ class GatedRuntime:
         self.gate.set()
         self.batch_sizes: list[int] = []
         self.entered = 0  # calls that reached predict, finished or still blocked
+        self.seen: list[int] = []  # first pixel of every row run, padding included
 
     def predict(self, batch: Any) -> Any:
         import numpy as np
@@ -126,6 +131,7 @@ class GatedRuntime:
             raise TimeoutError("test never opened the gate")
         self.batch_sizes.append(len(batch))
         first = batch[:, 0, 0, 0].astype(int)
+        self.seen.extend(first.tolist())
         if (first == self.poison).any():
             raise RuntimeError("poisoned input")
         out = np.zeros((len(batch), self.classes), np.float32)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Header, Query, Request
 from starlette.responses import Response
 
 from server.api import uploads
+from server.api.disconnect import unless_disconnected
 from server.api.responses import OrjsonResponse
 from server.errors import ServiceError
 from server.registry import ModelRegistry
@@ -17,6 +18,17 @@ from server.settings import Settings
 router = APIRouter()
 
 TopK = Query(5, ge=1, description="How many classes to return, best first.")
+TimeoutMs = Header(
+    None,
+    alias="X-Request-Timeout-Ms",
+    gt=0,
+    description="Shortens the server's deadline for this request; past it the answer is 504.",
+)
+
+
+def _seconds(timeout_ms: float | None) -> float | None:
+    return None if timeout_ms is None else timeout_ms / 1000.0
+
 
 _IMAGE_BODY: dict[str, Any] = {
     "requestBody": {
@@ -76,31 +88,36 @@ def _item_body(outcome: ItemOutcome) -> dict[str, Any]:
     return classification_body(outcome)
 
 
-async def _classify(request: Request, model: str, top_k: int) -> Response:
+async def _classify(request: Request, model: str, top_k: int, timeout_ms: float | None) -> Response:
     data = await uploads.single_image(request)
-    result = await _service(request).classify(data, model_name=model, k=top_k)
-    return OrjsonResponse(classification_body(result))
+    work = _service(request).classify(data, model_name=model, k=top_k, timeout_s=_seconds(timeout_ms))
+    return OrjsonResponse(classification_body(await unless_disconnected(request, work)))
 
 
 @router.post("/v1/classify", openapi_extra=_IMAGE_BODY, tags=["classify"])
-async def classify(request: Request, top_k: int = TopK) -> Response:
+async def classify(request: Request, top_k: int = TopK, timeout_ms: float | None = TimeoutMs) -> Response:
     """Classify one image with the default model."""
-    return await _classify(request, _settings(request).default_model, top_k)
+    return await _classify(request, _settings(request).default_model, top_k, timeout_ms)
 
 
 @router.post("/v1/classify/batch", openapi_extra=_IMAGES_BODY, tags=["classify"])
-async def classify_batch(request: Request, top_k: int = TopK) -> Response:
+async def classify_batch(request: Request, top_k: int = TopK, timeout_ms: float | None = TimeoutMs) -> Response:
     """Classify several images; each gets its own result or error, in order."""
     settings = _settings(request)
     images = await uploads.many_images(request, settings.limits.max_files)
-    outcomes = await _service(request).classify_many(images, model_name=settings.default_model, k=top_k)
+    work = _service(request).classify_many(
+        images, model_name=settings.default_model, k=top_k, timeout_s=_seconds(timeout_ms)
+    )
+    outcomes = await unless_disconnected(request, work)
     return OrjsonResponse({"results": [_item_body(o) for o in outcomes]})
 
 
 @router.post("/v1/models/{name}/classify", openapi_extra=_IMAGE_BODY, tags=["classify"])
-async def classify_with_model(request: Request, name: str, top_k: int = TopK) -> Response:
+async def classify_with_model(
+    request: Request, name: str, top_k: int = TopK, timeout_ms: float | None = TimeoutMs
+) -> Response:
     """Classify one image with the named model."""
-    return await _classify(request, name, top_k)
+    return await _classify(request, name, top_k, timeout_ms)
 
 
 @router.get("/v1/models", tags=["models"])

@@ -238,3 +238,107 @@ def test_close_fails_what_cannot_finish_within_the_drain_timeout() -> None:
                 await future
 
     run(scenario)
+
+
+def test_two_batches_run_at_once_when_two_slots_are_configured() -> None:
+    async def scenario() -> None:
+        runner = FakeRunner(hold=True)
+        batcher, _ = make(runner, max_batch_size=4, max_concurrent_batches=2)
+        first = asyncio.ensure_future(batcher.submit(1))
+        await settle()
+        second = asyncio.ensure_future(batcher.submit(2))
+        await settle()
+        assert runner.calls == [[1], [2]]  # the second did not wait for the first
+        third = asyncio.ensure_future(batcher.submit(3))
+        await settle()
+        assert runner.calls == [[1], [2]]  # both slots busy: the third queues
+        runner.release()
+        await settle()
+        assert runner.calls == [[1], [2], [3]]
+        runner.release()
+        runner.release()
+        assert await asyncio.gather(first, second, third) == [10, 20, 30]
+        await batcher.close(drain_timeout=1)
+
+    run(scenario)
+
+
+def test_a_request_larger_than_a_batch_is_split_and_answered_in_order() -> None:
+    async def scenario() -> None:
+        runner = FakeRunner()
+        batcher, observer = make(runner, max_batch_size=4)
+        assert await batcher.submit_many(list(range(10))) == [i * 10 for i in range(10)]
+        assert runner.calls == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+        assert observer.batch_sizes == [4, 4, 2]
+        await batcher.close(drain_timeout=1)
+
+    run(scenario)
+
+
+def test_a_multi_item_request_is_admitted_whole_or_not_at_all() -> None:
+    async def scenario() -> None:
+        runner = FakeRunner(hold=True)
+        batcher, _ = make(runner, max_batch_size=2, max_queue_size=4)
+        running = asyncio.ensure_future(batcher.submit(0))
+        await settle()
+        queued = asyncio.ensure_future(batcher.submit_many([1, 2]))
+        await settle()
+        with pytest.raises(Overloaded):
+            await batcher.submit_many([3, 4, 5])  # 2 queued + 3 > 4
+        assert batcher.queued_cost == 2  # nothing of the refused request was queued
+        runner.hold = False
+        runner.release()
+        assert await running == 0
+        assert await queued == [10, 20]
+        assert [3] not in runner.calls and [3, 4] not in runner.calls
+        await batcher.close(drain_timeout=1)
+
+    run(scenario)
+
+
+def test_when_one_item_of_a_request_fails_its_unsent_items_are_withdrawn() -> None:
+    async def scenario() -> None:
+        runner = FakeRunner(hold=True, poison=1)
+        batcher, observer = make(runner, max_batch_size=2)
+        request = asyncio.ensure_future(batcher.submit_many([1, 2, 3, 4, 5]))
+        await settle()
+        runner.release()  # [1, 2] fails: bisect into [1] and [2]
+        await settle()
+        runner.release()  # [1] fails alone: the request fails
+        await settle()
+        runner.release()  # [2] finishes
+        with pytest.raises(ValueError):
+            await request
+        await settle()
+        assert runner.calls == [[1, 2], [1], [2]]  # 3, 4 and 5 never ran
+        assert observer.abandoned_count == 3
+        await batcher.close(drain_timeout=1)
+
+    run(scenario)
+
+
+def test_a_request_that_cannot_make_its_deadline_is_refused_at_once() -> None:
+    async def scenario() -> None:
+        clock = ManualClock()
+        runner = FakeRunner(hold=True)
+        batcher, _ = make(runner, clock, max_batch_size=4)
+        for i in range(3):  # teach the latency model: one item takes 0.1 s
+            done = asyncio.ensure_future(batcher.submit(i))
+            await settle()
+            clock.advance(0.1)
+            runner.release()
+            await done
+        busy = asyncio.ensure_future(batcher.submit(9))
+        await settle()
+        # 0.1 s for the batch in flight plus 0.1 s for this one: 0.15 s is not enough.
+        with pytest.raises(Overloaded) as refused:
+            await batcher.submit(10, deadline=clock.now() + 0.15)
+        assert refused.value.retry_after == pytest.approx(0.1)
+        fits = asyncio.ensure_future(batcher.submit(11, deadline=clock.now() + 1.0))
+        await settle()
+        runner.hold = False
+        runner.release()
+        assert await asyncio.gather(busy, fits) == [90, 110]
+        await batcher.close(drain_timeout=1)
+
+    run(scenario)

@@ -91,3 +91,20 @@ def test_an_item_costlier_than_a_batch_goes_alone() -> None:
 def test_invalid_config_is_refused(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         BatchingConfig(**kwargs)  # type: ignore[arg-type]
+
+
+def test_batches_pad_up_to_the_next_allowed_size() -> None:
+    config = BatchingConfig(max_batch_size=32, allowed_batch_sizes=(1, 2, 4, 8, 16, 32))
+    assert [config.padded_size(n) for n in (1, 3, 4, 5, 17, 32)] == [1, 4, 4, 8, 32, 32]
+    assert config.batch_shapes == (1, 2, 4, 8, 16, 32)
+    assert BatchingConfig(max_batch_size=3).batch_shapes == (1, 2, 3)
+    assert BatchingConfig(max_batch_size=3).padded_size(3) == 3
+
+
+@pytest.mark.parametrize(
+    "sizes",
+    [(1, 2, 4), (4, 2, 8), (0, 8), (1, 1, 8)],
+)
+def test_allowed_sizes_must_increase_and_end_at_the_max(sizes: tuple[int, ...]) -> None:
+    with pytest.raises(ValueError):
+        BatchingConfig(max_batch_size=8, allowed_batch_sizes=sizes)

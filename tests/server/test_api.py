@@ -110,6 +110,18 @@ def test_batch_endpoint_answers_each_item_in_order_and_isolates_a_bad_one(
     assert results[3]["predictions"][0]["index"] in PHOTOS["cameraman"]["top1"]  # type: ignore[operator]
 
 
+def test_a_batch_request_larger_than_max_batch_size_is_split_and_kept_in_order(
+    client: Client, photo_bytes: dict[str, bytes]
+) -> None:
+    order = ["coffee", "chelsea", "rocket", "cameraman", "rocket", "chelsea", "cameraman"]  # 7 > max batch 4
+    files = [("files", (f"{i}.png", photo_bytes[name], "image/png")) for i, name in enumerate(order)]
+    results = client.post("/v1/classify/batch?top_k=1", files=files).json()["results"]
+    assert len(results) == len(order)
+    # The photos' classes are disjoint, so a class in the wrong place would fail here.
+    for name, result in zip(order, results, strict=True):
+        assert result["predictions"][0]["index"] in PHOTOS[name]["top1"]  # type: ignore[operator]
+
+
 @pytest.mark.parametrize("variant", ["grayscale", "rgba", "palette", "cmyk", "gray16", "exif_rotated"])
 def test_image_variants_are_valid_input_with_correct_predictions(
     client: Client, cat: Image.Image, variant: str

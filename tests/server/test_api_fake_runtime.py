@@ -6,13 +6,16 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import time
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
+import pytest
 from PIL import Image
 
 from server.app import create_app
@@ -20,13 +23,16 @@ from server.manifest import ModelManifest
 from server.runtimes import RuntimeOptions
 from server.settings import BatchingSettings, LimitSettings, Settings
 from tests.fakes import GatedRuntime
+from tests.live_server import live_server
 
 MODEL = "fake"
 
 
-def write_fake_model(repository: Path) -> None:
+def write_fake_model(repository: Path, config: dict[str, Any] | None = None) -> None:
     version = repository / MODEL / "1"
     version.mkdir(parents=True)
+    if config is not None:
+        (repository / MODEL / "config.json").write_text(json.dumps(config))
     manifest = {
         "name": MODEL,
         "version": 1,
@@ -46,17 +52,21 @@ def png(value: int) -> bytes:
     return buffer.getvalue()
 
 
-@asynccontextmanager
-async def serving(
-    tmp_path: Path, runtime: GatedRuntime, wait_ready: bool = True, **settings: Any
-) -> AsyncIterator[tuple[httpx.AsyncClient, Any]]:
-    write_fake_model(tmp_path)
+def fake_app(tmp_path: Path, runtime: GatedRuntime, model_config: dict[str, Any] | None = None, **settings: Any) -> Any:
+    write_fake_model(tmp_path, model_config)
     config = Settings(model_repository=tmp_path, default_model=MODEL, **settings)
 
     def factory(manifest: ModelManifest, path: Path, options: RuntimeOptions) -> GatedRuntime:
         return runtime
 
-    app = create_app(config, runtime_factory=factory)
+    return create_app(config, runtime_factory=factory)
+
+
+@asynccontextmanager
+async def serving(
+    tmp_path: Path, runtime: GatedRuntime, wait_ready: bool = True, **settings: Any
+) -> AsyncIterator[tuple[httpx.AsyncClient, Any]]:
+    app = fake_app(tmp_path, runtime, **settings)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
@@ -86,8 +96,11 @@ async def start_blocking_call(client: httpx.AsyncClient, runtime: GatedRuntime) 
     return in_flight
 
 
-def post(client: httpx.AsyncClient, value: int) -> asyncio.Future[httpx.Response]:
-    return asyncio.ensure_future(client.post("/v1/classify", content=png(value), headers={"Content-Type": "image/png"}))
+def post(
+    client: httpx.AsyncClient, value: int, headers: dict[str, str] | None = None
+) -> asyncio.Future[httpx.Response]:
+    headers = {"Content-Type": "image/png", **(headers or {})}
+    return asyncio.ensure_future(client.post("/v1/classify", content=png(value), headers=headers))
 
 
 def queue_depth(app: Any) -> float:
@@ -117,17 +130,20 @@ def test_full_queue_answers_429_with_retry_after_and_serves_the_rest(tmp_path: P
     asyncio.run(scenario())
 
 
-def test_request_whose_deadline_passes_in_the_queue_gets_504_and_never_runs(tmp_path: Path) -> None:
+@pytest.mark.parametrize("deadline_from", ["server", "client"])
+def test_request_whose_deadline_passes_in_the_queue_gets_504_and_never_runs(tmp_path: Path, deadline_from: str) -> None:
     async def scenario() -> None:
         runtime = GatedRuntime()
-        limits = LimitSettings(request_timeout_s=0.2)
+        # Either the server's own deadline is short, or the client shortens the default 10 s.
+        limits = LimitSettings(request_timeout_s=0.2 if deadline_from == "server" else 10.0)
+        headers = {"X-Request-Timeout-Ms": "200"} if deadline_from == "client" else {}
         async with serving(tmp_path, runtime, batching=BatchingSettings(max_batch_size=1), limits=limits) as (
             client,
             app,
         ):
             warm_calls = len(runtime.batch_sizes)
             in_flight = await start_blocking_call(client, runtime)
-            late = post(client, 2)
+            late = post(client, 2, headers)
             await until(lambda: queue_depth(app) == 1)
             await asyncio.sleep(0.3)  # let the queued request's 0.2 s deadline pass
             runtime.gate.set()
@@ -184,3 +200,84 @@ def test_a_poisoned_image_fails_alone_and_its_batch_mates_are_answered(tmp_path:
             assert (await blocker).status_code == 200
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "soon"])
+def test_a_bad_timeout_header_is_a_422(tmp_path: Path, value: str) -> None:
+    async def scenario() -> None:
+        async with serving(tmp_path, GatedRuntime()) as (client, _):
+            response = await post(client, 1, {"X-Request-Timeout-Ms": value})
+            assert response.status_code == 422
+            assert response.json()["error"]["code"] == "invalid_parameter"
+
+    asyncio.run(scenario())
+
+
+def test_batches_are_padded_to_allowed_sizes_and_only_those_are_warmed(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        runtime = GatedRuntime()
+        batching = BatchingSettings(max_batch_size=8, allowed_batch_sizes=[1, 2, 4, 8])
+        async with serving(tmp_path, runtime, batching=batching) as (client, app):
+            assert runtime.batch_sizes == [1, 2, 4, 8]  # warm-up: each compiled shape once
+            blocker = await start_blocking_call(client, runtime)
+            batch = [post(client, v) for v in (5, 6, 7)]
+            await until(lambda: queue_depth(app) == 3)
+            runtime.gate.set()
+            responses = await asyncio.gather(blocker, *batch)
+            assert [r.json()["class"] for r in responses] == ["class1", "class5", "class6", "class7"]
+            assert runtime.batch_sizes[4:] == [1, 4]  # 3 images ran as a batch of 4
+            registry = app.state.metrics.registry
+            assert registry.get_sample_value("imgserve_batch_padding_images_total", {"model": MODEL}) == 1
+            assert registry.get_sample_value("imgserve_batch_slots_total", {"model": MODEL}) == 5
+
+    asyncio.run(scenario())
+
+
+def test_a_models_config_file_overrides_the_server_batching_defaults(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        runtime = GatedRuntime()
+        app = fake_app(tmp_path, runtime, model_config={"batching": {"max_batch_size": 2}})
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+                await until(lambda: app.state.registry.ready)
+                (model,) = (await client.get("/v1/models")).json()["models"]
+                assert model["max_batch_size"] == 2
+                assert runtime.batch_sizes == [1, 2]
+
+    asyncio.run(scenario())
+
+
+def test_a_client_that_disconnects_while_queued_never_reaches_the_model(tmp_path: Path) -> None:
+    runtime = GatedRuntime()
+    app = fake_app(tmp_path, runtime, batching=BatchingSettings(max_batch_size=4))
+    registry = app.state.metrics.registry
+
+    def abandoned() -> float:
+        return registry.get_sample_value("imgserve_dropped_images_total", {"model": MODEL, "reason": "abandoned"}) or 0
+
+    with live_server(app) as base_url, httpx.Client(base_url=base_url, timeout=30) as client:
+        while client.get("/ready").status_code != 200:
+            time.sleep(0.01)
+        runtime.gate.clear()
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            blocker = pool.submit(client.post, "/v1/classify", content=png(1), headers={"Content-Type": "image/png"})
+            for _ in range(500):
+                if runtime.entered == 5:  # 4 warm-up calls, then the blocker
+                    break
+                time.sleep(0.01)
+            with pytest.raises(httpx.ReadTimeout):  # this client gives up and hangs up
+                httpx.post(
+                    f"{base_url}/v1/classify", content=png(7), headers={"Content-Type": "image/png"}, timeout=0.5
+                )
+            time.sleep(0.2)  # time for the server to notice the closed connection
+            runtime.gate.set()
+            assert blocker.result().status_code == 200
+        for _ in range(500):
+            if abandoned() == 1:
+                break
+            time.sleep(0.01)
+        assert abandoned() == 1
+        assert 7 not in runtime.seen
+        metrics = client.get("/metrics").text
+        assert 'route="/v1/classify",status="499"' in metrics
