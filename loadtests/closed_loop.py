@@ -1,5 +1,9 @@
-"""A closed-loop HTTP load generator: N clients, each sends its next request when the last
-one is answered, for a fixed time. Bounded in time and count; loopback targets only."""
+"""Python HTTP load generators, bounded in time and count, loopback targets only.
+
+Closed loop: N clients, each sends its next request when the last one is answered. Open
+loop: requests leave at a fixed rate whatever the answers, as independent users do, so a
+server that falls behind shows it as latency instead of slowing the arrivals down.
+"""
 
 from __future__ import annotations
 
@@ -37,6 +41,7 @@ class LoadResult:
             "req_per_s": round(self.ok / self.seconds, 1),
             "p50_ms": round(float(np.percentile(lat, 50)), 1),
             "p90_ms": round(float(np.percentile(lat, 90)), 1),
+            "p95_ms": round(float(np.percentile(lat, 95)), 1),
             "p99_ms": round(float(np.percentile(lat, 99)), 1),
         }
 
@@ -72,5 +77,52 @@ async def run_closed_loop(
                 result.statuses[response.status_code] = result.statuses.get(response.status_code, 0) + 1
 
         await asyncio.gather(*(one_client(i) for i in range(clients)))
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+async def run_open_loop(
+    url: str,
+    bodies: list[tuple[bytes, str]],
+    rate: float,
+    duration: float,
+    max_in_flight: int = 512,
+) -> LoadResult:
+    """Send ``rate`` requests per second for ``duration`` seconds. Arrivals that find
+    ``max_in_flight`` requests outstanding are counted as transport errors, not queued, so
+    the generator's own memory stays bounded."""
+    if urlparse(url).hostname not in LOOPBACK_HOSTS:
+        raise ValueError("load tests only target this machine's loopback interface")
+    result = LoadResult(clients=0, seconds=duration)
+    limits = httpx.Limits(max_connections=max_in_flight, max_keepalive_connections=64)
+    in_flight: set[asyncio.Task[None]] = set()
+    started = time.perf_counter()
+    total = int(rate * duration)
+
+    async with httpx.AsyncClient(limits=limits, timeout=60) as client:
+
+        async def one(body: bytes, content_type: str) -> None:
+            sent = time.perf_counter()
+            try:
+                response = await client.post(url, content=body, headers={"Content-Type": content_type})
+            except httpx.TransportError:
+                result.transport_errors += 1
+                return
+            result.latencies.append(time.perf_counter() - sent)
+            result.statuses[response.status_code] = result.statuses.get(response.status_code, 0) + 1
+
+        for i in range(total):
+            delay = started + i / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if len(in_flight) >= max_in_flight:
+                result.transport_errors += 1
+                continue
+            body, content_type = bodies[i % len(bodies)]
+            task = asyncio.ensure_future(one(body, content_type))
+            in_flight.add(task)
+            task.add_done_callback(in_flight.discard)
+        if in_flight:
+            await asyncio.wait(in_flight)
     result.seconds = time.perf_counter() - started
     return result

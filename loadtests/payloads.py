@@ -40,15 +40,21 @@ def jpeg_payloads(shorter_side: int = 480, quality: int = 90) -> list[bytes]:
     return payloads
 
 
-def multipart_body(image: bytes, field: str = "file") -> tuple[bytes, str]:
-    """Encode once, send many times: the generator must not spend its CPU on encoding."""
+def multipart_files(field: str, images: list[bytes]) -> tuple[bytes, str]:
+    """A multipart body with one part per image, all under ``field``, and its content type.
+    Encode once, send many times: the generator must not spend its CPU on encoding."""
     boundary = uuid.uuid4().hex
-    body = (
+    parts = [
         (
-            f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="photo.jpg"\r\n'
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="photo{i}.jpg"\r\n'
             "Content-Type: image/jpeg\r\n\r\n"
         ).encode()
         + image
-        + f"\r\n--{boundary}--\r\n".encode()
-    )
-    return body, f"multipart/form-data; boundary={boundary}"
+        + b"\r\n"
+        for i, image in enumerate(images)
+    ]
+    return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def multipart_body(image: bytes, field: str = "file") -> tuple[bytes, str]:
+    return multipart_files(field, [image])

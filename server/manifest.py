@@ -36,6 +36,7 @@ class ModelManifest(BaseModel):
     preprocessing: Preprocessing
     labels: list[str]
     source: dict[str, str] = Field(default_factory=dict)
+    parameters: dict[str, float] = Field(default_factory=dict, description="Runtime-specific settings.")
 
     @classmethod
     def read(cls, version_dir: Path) -> ModelManifest:

@@ -56,6 +56,19 @@ class ClassificationService:
         self._registry = registry
         self._limits = limits
         self._decode_pool = decode_pool
+        self._in_progress = 0
+
+    @contextmanager
+    def _admitted(self) -> Iterator[None]:
+        """Refuse at once past ``max_requests_in_progress``: when decoding, not the model,
+        is the bottleneck, requests would otherwise pile up in front of the decode threads."""
+        if self._in_progress >= self._limits.max_requests_in_progress:
+            raise ServiceError(ErrorKind.OVERLOADED, "server overloaded: too many requests in progress", retry_after=1)
+        self._in_progress += 1
+        try:
+            yield
+        finally:
+            self._in_progress -= 1
 
     def _check_top_k(self, k: int) -> None:
         if not 1 <= k <= self._limits.max_top_k:
@@ -92,9 +105,10 @@ class ClassificationService:
         self._check_top_k(k)
         model = self._registry.get(model_name)
         deadline = self._deadline(timeout_s)
-        tensor = await self._decode(model, data)
-        with self._model_errors(model):
-            probabilities = await model.infer(tensor, deadline)
+        with self._admitted():
+            tensor = await self._decode(model, data)
+            with self._model_errors(model):
+                probabilities = await model.infer(tensor, deadline)
         return self._classification(model, probabilities, k)
 
     async def classify_many(
@@ -105,6 +119,12 @@ class ClassificationService:
         self._check_top_k(k)
         model = self._registry.get(model_name)
         deadline = self._deadline(timeout_s)
+        with self._admitted():
+            return await self._classify_decoded(model, images, deadline, k)
+
+    async def _classify_decoded(
+        self, model: ModelInstance, images: Sequence[bytes], deadline: float, k: int
+    ) -> list[ItemOutcome]:
         decoded = await asyncio.gather(*(self._decode(model, data) for data in images), return_exceptions=True)
         outcomes: list[ItemOutcome | None] = []
         tensors: list[tuple[int, np.ndarray]] = []

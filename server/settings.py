@@ -44,6 +44,12 @@ class LimitSettings(BaseModel):
     )
     max_files: int = Field(64, ge=1, description="Most images in one /v1/classify/batch request.")
     max_top_k: int = Field(100, ge=1, description="Largest top_k a client may ask for.")
+    max_requests_in_progress: int = Field(
+        256,
+        ge=1,
+        description="Classify requests being decoded or queued at once; beyond it new ones get 429. "
+        "Bounds the decode backlog the way max_queue_size bounds the model's.",
+    )
     request_timeout_s: float = Field(
         10.0,
         gt=0,

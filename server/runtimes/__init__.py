@@ -14,6 +14,7 @@ from server.runtimes.base import Runtime, RuntimeOptions
 
 RUNTIMES: dict[str, str] = {
     "tensorflow": "server.runtimes.tensorflow:TensorFlowRuntime",
+    "simulated": "server.runtimes.simulated:SimulatedRuntime",
 }
 
 

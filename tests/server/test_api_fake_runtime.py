@@ -281,3 +281,26 @@ def test_a_client_that_disconnects_while_queued_never_reaches_the_model(tmp_path
         assert 7 not in runtime.seen
         metrics = client.get("/metrics").text
         assert 'route="/v1/classify",status="499"' in metrics
+
+
+def test_requests_beyond_the_in_progress_limit_get_429_before_decoding(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        runtime = GatedRuntime()
+        limits = LimitSettings(max_requests_in_progress=2)
+        async with serving(tmp_path, runtime, batching=BatchingSettings(max_batch_size=1), limits=limits) as (
+            client,
+            app,
+        ):
+            in_flight = await start_blocking_call(client, runtime)
+            queued = post(client, 2)
+            await until(lambda: queue_depth(app) == 1)
+            refused = await client.post("/v1/classify", content=png(3), headers={"Content-Type": "image/png"})
+            assert refused.status_code == 429
+            assert refused.json()["error"]["code"] == "overloaded"
+            assert refused.headers["Retry-After"] == "1"
+            runtime.gate.set()
+            assert [(await r).status_code for r in (in_flight, queued)] == [200, 200]
+            # Capacity comes back once those two are answered.
+            assert (await post(client, 4)).status_code == 200
+
+    asyncio.run(scenario())

@@ -1,0 +1,143 @@
+"""The benchmark harness: imgserve against its baselines and its own ceiling, in one run.
+
+    python -m loadtests.bench                 # what `make bench` runs: a few minutes
+    python -m loadtests.bench --clients 1,8,32,128 --rates 100,200 --duration 20
+
+It measures the in-process ceiling (decode + preprocess + model, no HTTP), then starts
+each configuration as its own server process on 127.0.0.1 and drives it in a closed loop
+(wrk, if installed) at each client count and in an open loop at each request rate. Before
+each point it waits for the machine to be quiet. It writes ``bench.json`` (every figure and
+the machine), ``bench.md`` (the table) and ``bench.png`` (throughput against p99) to
+``--out-dir``. Cores, concurrency and the server's environment are parameters, so the
+same command runs on a GPU host.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from loadtests.measure import measure_point
+from loadtests.payloads import jpeg_payloads, multipart_body
+from loadtests.report import markdown_table, plot
+from loadtests.server_process import free_port, server_process
+from loadtests.system import wait_until_quiet
+
+
+def configs(model: Path, extra_env: dict[str, str]) -> dict[str, tuple[list[str], dict[str, str]]]:
+    python = sys.executable
+    imgserve = [python, "-m", "server.cli", "serve", "--model-repository", str(model.parent.parent)]
+    env = {"IMGSERVE_DEFAULT_MODEL": model.parent.name, **extra_env}
+    return {
+        "imgserve": (imgserve, env),
+        "imgserve_fixed_timeout_10ms": (imgserve, {**env, "IMGSERVE_BATCHING__MAX_QUEUE_DELAY_MS": "10"}),
+        "imgserve_no_batching": (imgserve, {**env, "IMGSERVE_BATCHING__MAX_BATCH_SIZE": "1"}),
+        "naive": ([python, "-m", "loadtests.naive_server", "--model", str(model)], {}),
+    }
+
+
+def machine() -> dict[str, Any]:
+    model_name = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if "model name" in line
+        ),
+        platform.processor(),
+    )
+    memory_kb = int(Path("/proc/meminfo").read_text().split()[1])
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": model_name,
+        "memory_gib": round(memory_kb / 2**20, 1),
+        "python": platform.python_version(),
+        "date": time.strftime("%Y-%m-%d"),
+    }
+
+
+def ceiling(model: Path) -> dict[str, Any]:
+    run = subprocess.run(
+        [sys.executable, "-m", "loadtests.ceiling", "--model", str(model)], check=True, capture_output=True, text=True
+    )
+    result: dict[str, Any] = json.loads(run.stdout.strip().splitlines()[-1])
+    return result
+
+
+def ratios(points: list[dict[str, Any]], ceiling_figures: dict[str, Any], clients: int) -> dict[str, float]:
+    def at(config: str, n: int) -> dict[str, Any] | None:
+        return next((p for p in points if p["config"] == config and p.get("clients") == n), None)
+
+    out: dict[str, float] = {}
+    mine = at("imgserve", clients)
+    if mine:
+        for other in ("naive", "imgserve_no_batching", "imgserve_fixed_timeout_10ms"):
+            theirs = at(other, clients)
+            if theirs and theirs["req_per_s"]:
+                out[f"imgserve_vs_{other}_at_{clients}"] = round(mine["req_per_s"] / theirs["req_per_s"], 2)
+        out[f"imgserve_vs_ceiling_at_{clients}"] = round(mine["req_per_s"] / ceiling_figures["ceiling_images_per_s"], 2)
+    one = at("imgserve", 1)
+    if one:
+        out["one_client_p50_ms"] = one["p50_ms"]
+        out["batch1_model_ms"] = ceiling_figures["batch1_model_ms"]
+        out["one_client_p50_target_ms"] = round(1.1 * ceiling_figures["batch1_model_ms"] + 2.0, 2)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, default=Path("models/efficientnet_lite0/1"), help="model version folder")
+    parser.add_argument("--configs", default="imgserve,imgserve_fixed_timeout_10ms,imgserve_no_batching,naive")
+    parser.add_argument("--clients", default="1,8,32", help="closed-loop concurrencies")
+    parser.add_argument("--rates", default="", help="open-loop request rates (req/s), e.g. 50,100")
+    parser.add_argument("--duration", type=float, default=8.0, help="seconds per point")
+    parser.add_argument("--server-env", action="append", default=[], help="KEY=VALUE for the imgserve servers")
+    parser.add_argument("--out-dir", type=Path, default=Path("loadtests/results"))
+    args = parser.parse_args()
+
+    extra_env = dict(item.split("=", 1) for item in args.server_env)
+    chosen = {name: spec for name, spec in configs(args.model, extra_env).items() if name in args.configs.split(",")}
+    clients = [int(c) for c in args.clients.split(",") if c]
+    rates = [float(r) for r in args.rates.split(",") if r]
+    bodies = [multipart_body(p) for p in jpeg_payloads()]
+
+    print("in-process ceiling ...", file=sys.stderr)
+    ceiling_figures = ceiling(args.model)
+    points: list[dict[str, Any]] = []
+    for name, (command, env) in chosen.items():
+        port = free_port()
+        with server_process([*command, "--port", str(port)], port, env) as (base_url, process):
+            loads = [{"clients": n} for n in clients] + [{"rate": r} for r in rates]
+            for load in loads:
+                wait_until_quiet()
+                print(f"{name} {load} ...", file=sys.stderr)
+                figures = measure_point(base_url, bodies, args.duration, server_pid=process.pid, **load)
+                points.append({"config": name, **load, **figures})
+
+    report = {
+        "machine": machine(),
+        "model": str(args.model),
+        "duration_s": args.duration,
+        "payload_bytes": [len(b) for b, _ in bodies],
+        "ceiling": ceiling_figures,
+        "points": points,
+        "ratios": ratios(points, ceiling_figures, max(clients)) if clients else {},
+    }
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    (args.out_dir / "bench.json").write_text(json.dumps(report, indent=2))
+    table = markdown_table(points)
+    (args.out_dir / "bench.md").write_text(table + "\n")
+    cpu = report["machine"]
+    plot(points, args.out_dir / "bench.png", f"{args.model.parent.name} on {cpu['cpus']} x {cpu['cpu_model']}")
+    print(table)
+    print(json.dumps({"ceiling": ceiling_figures, "ratios": report["ratios"]}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

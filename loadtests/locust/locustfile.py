@@ -1,0 +1,120 @@
+"""imgserve user scenarios for Locust (FastHttpUser: low client overhead).
+
+Pick users by class name, and a load shape with ``IMGSERVE_SHAPE`` (steady, burst,
+overload). Without a shape, ``-u`` and ``-r`` drive the load as usual. Each scenario
+headless, writing CSVs (loopback only):
+
+    locust -f loadtests/locust/locustfile.py --headless -H http://127.0.0.1:8000 \\
+        -u 32 -r 8 -t 60s --csv results/single SingleImageUser
+    locust -f loadtests/locust/locustfile.py --headless -H http://127.0.0.1:8000 \\
+        -u 8 -r 8 -t 60s --csv results/batch BatchUploadUser
+    locust -f loadtests/locust/locustfile.py --headless -H http://127.0.0.1:8000 \\
+        -u 32 -r 8 -t 60s --csv results/mixed MixedTrafficUser
+    IMGSERVE_SHAPE=burst locust -f loadtests/locust/locustfile.py --headless \\
+        -H http://127.0.0.1:8000 --csv results/burst MixedTrafficUser
+    IMGSERVE_SHAPE=overload locust -f loadtests/locust/locustfile.py --headless \\
+        -H http://127.0.0.1:8000 --csv results/overload SingleImageUser
+
+429 and 503 answers are expected under the overload shape. They count as successes when they
+carry Retry-After, because shedding load is the server doing its job. Anything else is a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from typing import Any
+
+from locust import FastHttpUser, LoadTestShape, between, task
+
+from loadtests.locust.payloads import mixed_photo, photos, typical_photo
+from loadtests.payloads import multipart_files
+
+SHED_STATUSES = (429, 503)
+
+
+def _check(response: Any) -> None:
+    if response.status_code == 200:
+        if "predictions" not in response.text and "results" not in response.text:
+            response.failure("200 without predictions")
+    elif response.status_code in SHED_STATUSES and response.headers.get("Retry-After"):
+        response.success()
+    else:
+        response.failure(f"HTTP {response.status_code}: {response.text[:200]}")
+
+
+class _ImgserveUser(FastHttpUser):
+    abstract = True
+    wait_time = between(0.0, 0.05)
+
+    def on_start(self) -> None:
+        self.rng = random.Random(id(self))
+
+    def post_image(self, data: bytes, name: str) -> None:
+        self._post("/v1/classify?top_k=5", data, "image/jpeg", name)
+
+    def post_batch(self, images: list[bytes], name: str) -> None:
+        body, content_type = multipart_files("files", images)
+        self._post("/v1/classify/batch?top_k=1", body, content_type, name)
+
+    def _post(self, path: str, body: bytes, content_type: str, name: str) -> None:
+        with self.client.post(
+            path,
+            data=body,  # type: ignore[arg-type]  # bytes are sent as they are; the stub says str
+            headers={"Content-Type": content_type},
+            name=name,
+            catch_response=True,
+        ) as response:
+            _check(response)
+
+
+class SingleImageUser(_ImgserveUser):
+    """One 640x480-class JPEG per request, as a mobile or web client sends it."""
+
+    @task
+    def classify(self) -> None:
+        self.post_image(typical_photo(self.rng), "/v1/classify")
+
+
+class BatchUploadUser(_ImgserveUser):
+    """Eight photos in one multipart request to /v1/classify/batch."""
+
+    @task
+    def classify_batch(self) -> None:
+        self.post_batch([self.rng.choice(photos(480)) for _ in range(8)], "/v1/classify/batch")
+
+
+class MixedTrafficUser(_ImgserveUser):
+    """Mostly single uploads of mixed sizes, now and then a small batch."""
+
+    @task(9)
+    def classify(self) -> None:
+        self.post_image(mixed_photo(self.rng), "/v1/classify [mixed sizes]")
+
+    @task(1)
+    def classify_batch(self) -> None:
+        self.post_batch([mixed_photo(self.rng) for _ in range(4)], "/v1/classify/batch [mixed sizes]")
+
+
+# Load shapes: (until second, users, spawn rate) stages.
+SHAPES: dict[str, tuple[tuple[float, int, float], ...]] = {
+    "steady": ((60, 32, 8),),
+    # Quiet, a sudden burst of eight times the clients, quiet again.
+    "burst": ((20, 8, 8), (40, 64, 64), (60, 8, 64)),
+    # Far more clients than the queue holds: expect 429s with Retry-After, not timeouts.
+    "overload": ((10, 16, 16), (50, 400, 100), (60, 16, 100)),
+}
+
+_chosen = os.environ.get("IMGSERVE_SHAPE")
+if _chosen:
+    # Locust runs any LoadTestShape it finds in the locustfile (and then ignores -u, -r and
+    # -t), so the class exists only when a shape is asked for.
+    _stages = SHAPES[_chosen]
+
+    class StagedShape(LoadTestShape):
+        def tick(self) -> tuple[int, float] | None:
+            elapsed: float = self.get_run_time()  # type: ignore[no-untyped-call]
+            for until, users, rate in _stages:
+                if elapsed < until:
+                    return users, rate
+            return None

@@ -1,0 +1,81 @@
+"""Measure one running server over HTTP: load, latency, its batch sizes, and CPU used."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import httpx
+
+from loadtests import wrk
+from loadtests.closed_loop import run_closed_loop, run_open_loop
+from loadtests.system import children_cpu_seconds, process_cpu_seconds
+
+
+def batch_stats(base_url: str) -> tuple[float, float]:
+    """(images run, batches run) so far, from the server's Prometheus histogram."""
+    try:
+        text = httpx.get(f"{base_url}/metrics", timeout=5).text
+    except httpx.HTTPError:
+        return 0.0, 0.0
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        for key in ("imgserve_batch_size_sum", "imgserve_batch_size_count"):
+            if line.startswith(key + "{"):
+                values[key] = values.get(key, 0.0) + float(line.rsplit(" ", 1)[1])
+    return values.get("imgserve_batch_size_sum", 0.0), values.get("imgserve_batch_size_count", 0.0)
+
+
+def _own_cpu_seconds() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+def closed_loop(url: str, bodies: list[tuple[bytes, str]], clients: int, duration: float) -> dict[str, float]:
+    """wrk when it is installed, else the Python generator."""
+    if wrk.available():
+        return wrk.run_wrk(url, bodies, clients, duration)
+    return asyncio.run(run_closed_loop(url, bodies, clients=clients, duration=duration)).summary()
+
+
+def measure_point(
+    base_url: str,
+    bodies: list[tuple[bytes, str]],
+    duration: float,
+    *,
+    clients: int | None = None,
+    rate: float | None = None,
+    server_pid: int | None = None,
+    warm_s: float = 3.0,
+) -> dict[str, object]:
+    """One point: closed loop with ``clients``, or open loop at ``rate`` requests/s."""
+    url = f"{base_url}/v1/classify"
+    if clients is not None:
+        closed_loop(url, bodies, clients, min(warm_s, duration))
+    images_before, batches_before = batch_stats(base_url)
+    server_before = process_cpu_seconds(server_pid) if server_pid else 0.0
+    generator_before = _own_cpu_seconds() + children_cpu_seconds()
+    if clients is not None:
+        figures: dict[str, object] = {"mode": "closed", **closed_loop(url, bodies, clients, duration)}
+        generator = "wrk" if wrk.available() else "python"
+    elif rate is not None:
+        result = asyncio.run(run_open_loop(url, bodies, rate=rate, duration=duration))
+        figures = {"mode": "open", "rate": rate, **result.summary()}
+        generator = "python"
+    else:
+        raise ValueError("give clients (closed loop) or rate (open loop)")
+    seconds = float(figures["seconds"])  # type: ignore[arg-type]
+    figures["generator"] = generator
+    figures["generator_cpu"] = round((_own_cpu_seconds() + children_cpu_seconds() - generator_before) / seconds, 2)
+    if server_pid:
+        figures["server_cpu"] = round((process_cpu_seconds(server_pid) - server_before) / seconds, 2)
+    images_after, batches_after = batch_stats(base_url)
+    if batches_after > batches_before:
+        figures["mean_batch_size"] = round((images_after - images_before) / (batches_after - batches_before), 2)
+    return figures
+
+
+def measure_server(
+    base_url: str, bodies: list[tuple[bytes, str]], clients: int, duration: float, server_pid: int | None = None
+) -> dict[str, object]:
+    return measure_point(base_url, bodies, duration, clients=clients, server_pid=server_pid)
