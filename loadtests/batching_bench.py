@@ -34,21 +34,41 @@ STRATEGIES: dict[str, dict[str, str]] = {
 }
 
 
-def write_simulated_model(repository: Path, fixed_s: float, per_image_s: float) -> None:
-    version = repository / "simulated" / "1"
+def write_model(
+    repository: Path,
+    name: str,
+    runtime: str,
+    *,
+    image_size: int = 224,
+    resize_shorter_side: int = 256,
+    classes: int = 1000,
+    parameters: dict[str, float] | None = None,
+    config: dict[str, object] | None = None,
+) -> Path:
+    """A model version folder with a manifest (and, if given, the model's config.json), for
+    runtimes that need no artifact: the simulated one here, fakes in tests."""
+    version = repository / name / "1"
     version.mkdir(parents=True)
     manifest = {
-        "name": "simulated",
+        "name": name,
         "version": 1,
-        "runtime": "simulated",
+        "runtime": runtime,
         "artifact": "",
-        "input": {"name": "images", "dtype": "uint8", "shape": [-1, 224, 224, 3]},
-        "output": {"name": "probabilities", "dtype": "float32", "shape": [-1, 1000]},
-        "preprocessing": {"resize_shorter_side": 256, "crop_size": 224, "interpolation": "bicubic"},
-        "labels": [f"class {i}" for i in range(1000)],
-        "parameters": {"fixed_seconds": fixed_s, "per_image_seconds": per_image_s},
+        "input": {"name": "images", "dtype": "uint8", "shape": [-1, image_size, image_size, 3]},
+        "output": {"name": "probabilities", "dtype": "float32", "shape": [-1, classes]},
+        "preprocessing": {"resize_shorter_side": resize_shorter_side, "crop_size": image_size},
+        "labels": [f"class{i}" for i in range(classes)],
+        "parameters": parameters or {},
     }
     (version / "manifest.json").write_text(json.dumps(manifest))
+    if config is not None:
+        (repository / name / "config.json").write_text(json.dumps(config))
+    return version
+
+
+def write_simulated_model(repository: Path, fixed_s: float, per_image_s: float) -> None:
+    params = {"fixed_seconds": fixed_s, "per_image_seconds": per_image_s}
+    write_model(repository, "simulated", "simulated", parameters=params)
 
 
 def run_model(

@@ -46,6 +46,18 @@ class LoadResult:
         }
 
 
+async def _send(client: httpx.AsyncClient, url: str, body: bytes, content_type: str, result: LoadResult) -> None:
+    """One request, timed and recorded in ``result``."""
+    sent = time.perf_counter()
+    try:
+        response = await client.post(url, content=body, headers={"Content-Type": content_type})
+    except httpx.TransportError:
+        result.transport_errors += 1
+        return
+    result.latencies.append(time.perf_counter() - sent)
+    result.statuses[response.status_code] = result.statuses.get(response.status_code, 0) + 1
+
+
 async def run_closed_loop(
     url: str,
     bodies: list[tuple[bytes, str]],
@@ -67,14 +79,7 @@ async def run_closed_loop(
             payloads = itertools.cycle(bodies[offset % len(bodies) :] + bodies[: offset % len(bodies)])
             while time.perf_counter() < stop_at and next(counter) < max_requests:
                 body, content_type = next(payloads)
-                sent = time.perf_counter()
-                try:
-                    response = await client.post(url, content=body, headers={"Content-Type": content_type})
-                except httpx.TransportError:
-                    result.transport_errors += 1
-                    continue
-                result.latencies.append(time.perf_counter() - sent)
-                result.statuses[response.status_code] = result.statuses.get(response.status_code, 0) + 1
+                await _send(client, url, body, content_type, result)
 
         await asyncio.gather(*(one_client(i) for i in range(clients)))
     result.seconds = time.perf_counter() - started
@@ -100,17 +105,6 @@ async def run_open_loop(
     total = int(rate * duration)
 
     async with httpx.AsyncClient(limits=limits, timeout=60) as client:
-
-        async def one(body: bytes, content_type: str) -> None:
-            sent = time.perf_counter()
-            try:
-                response = await client.post(url, content=body, headers={"Content-Type": content_type})
-            except httpx.TransportError:
-                result.transport_errors += 1
-                return
-            result.latencies.append(time.perf_counter() - sent)
-            result.statuses[response.status_code] = result.statuses.get(response.status_code, 0) + 1
-
         for i in range(total):
             delay = started + i / rate - time.perf_counter()
             if delay > 0:
@@ -119,7 +113,7 @@ async def run_open_loop(
                 result.transport_errors += 1
                 continue
             body, content_type = bodies[i % len(bodies)]
-            task = asyncio.ensure_future(one(body, content_type))
+            task = asyncio.ensure_future(_send(client, url, body, content_type, result))
             in_flight.add(task)
             task.add_done_callback(in_flight.discard)
         if in_flight:

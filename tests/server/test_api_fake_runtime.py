@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import json
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -18,6 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from loadtests.batching_bench import write_model
 from server.app import create_app
 from server.manifest import ModelManifest
 from server.runtimes import RuntimeOptions
@@ -29,21 +29,7 @@ MODEL = "fake"
 
 
 def write_fake_model(repository: Path, config: dict[str, Any] | None = None) -> None:
-    version = repository / MODEL / "1"
-    version.mkdir(parents=True)
-    if config is not None:
-        (repository / MODEL / "config.json").write_text(json.dumps(config))
-    manifest = {
-        "name": MODEL,
-        "version": 1,
-        "runtime": "fake",
-        "artifact": "none",
-        "input": {"name": "images", "dtype": "uint8", "shape": [-1, 8, 8, 3]},
-        "output": {"name": "probabilities", "dtype": "float32", "shape": [-1, 10]},
-        "preprocessing": {"resize_shorter_side": 8, "crop_size": 8, "interpolation": "bilinear"},
-        "labels": [f"class{i}" for i in range(10)],
-    }
-    (version / "manifest.json").write_text(json.dumps(manifest))
+    write_model(repository, MODEL, "fake", image_size=8, resize_shorter_side=8, classes=10, config=config)
 
 
 def png(value: int) -> bytes:
