@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 MODELS ?= models
-EXTRAS ?= cpu,dev
+EXTRAS ?= cpu,jax,dev
 # The stamp is re-made when pyproject.toml changes, so `make` re-installs only then.
 INSTALLED := $(VENV)/.installed
 DEFAULT_MODEL := $(MODELS)/efficientnet_lite0/1/manifest.json

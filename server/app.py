@@ -30,7 +30,12 @@ def create_app(settings: Settings, runtime_factory: RuntimeFactory = load_runtim
     registry = ModelRegistry(
         settings.model_repository,
         runtime_factory,
-        RuntimeOptions(intra_op_threads=settings.inference_threads),
+        RuntimeOptions(
+            intra_op_threads=settings.inference_threads,
+            preferred_runtime=settings.runtime,
+            compute_dtype=settings.compute_dtype,
+            device=settings.device,
+        ),
         settings.batching,
         metrics,
     )

@@ -39,6 +39,14 @@ def _build_default(args: argparse.Namespace) -> int:
     return 0
 
 
+def _build_resnet50(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from trt_build.resnet50 import build_resnet50_random
+
+    print(build_resnet50_random(Path(args.repository), force=args.force))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="imgserve", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -54,6 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--repository", default="models", help="model repository (default ./models)")
     build.add_argument("--force", action="store_true", help="rebuild even if already built")
     build.set_defaults(run=_build_default)
+
+    resnet = commands.add_parser(
+        "build-resnet50", help="build ResNet50 with RANDOM weights (a throughput model) for the keras_jax runtime"
+    )
+    resnet.add_argument("--repository", default="models_gpu", help="model repository (default ./models_gpu)")
+    resnet.add_argument("--force", action="store_true", help="rebuild even if already built")
+    resnet.set_defaults(run=_build_resnet50)
     return parser
 
 

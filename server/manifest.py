@@ -37,10 +37,18 @@ class ModelManifest(BaseModel):
     labels: list[str]
     source: dict[str, str] = Field(default_factory=dict)
     parameters: dict[str, float] = Field(default_factory=dict, description="Runtime-specific settings.")
+    artifacts: dict[str, str] = Field(
+        default_factory=dict,
+        description="More runtimes this version can be served with, and their artifact paths. A .keras artifact is "
+        "the bare network: the runtime applies the preprocessing's mean and std itself.",
+    )
 
     @classmethod
     def read(cls, version_dir: Path) -> ModelManifest:
         return cls.model_validate_json((version_dir / MANIFEST_FILE).read_text())
+
+    def artifact_for(self, runtime: str) -> str:
+        return self.artifacts.get(runtime, self.artifact if runtime == self.runtime else "")
 
     @property
     def item_shape(self) -> tuple[int, ...]:

@@ -6,6 +6,7 @@ Nested sections use a double underscore: ``IMGSERVE_BATCHING__MAX_BATCH_SIZE=16`
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -67,6 +68,13 @@ class Settings(BaseSettings):
     default_model: str = Field("efficientnet_lite0", description="Model that /v1/classify uses.")
     decode_threads: int = Field(0, ge=0, description="Threads decoding images (0: one per CPU core).")
     inference_threads: int = Field(0, ge=0, description="Threads inside the runtime's ops (0: the runtime decides).")
+    runtime: str | None = Field(
+        None, description="Preferred runtime (e.g. keras_jax) for versions that carry an artifact for it."
+    )
+    compute_dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="Compute precision, for runtimes that support lower ones (keras_jax)."
+    )
+    device: str | None = Field(None, description="Device platform for keras_jax (gpu, cpu); default: JAX's first.")
     drain_timeout_s: float = Field(10.0, ge=0, description="How long shutdown waits for queued work.")
     batching: BatchingSettings = Field(default_factory=BatchingSettings)  # type: ignore[arg-type]
     limits: LimitSettings = Field(default_factory=LimitSettings)  # type: ignore[arg-type]

@@ -12,6 +12,7 @@ from server.api.disconnect import unless_disconnected
 from server.api.responses import OrjsonResponse
 from server.errors import ServiceError
 from server.registry import ModelRegistry
+from server.runtimes import choose_runtime
 from server.service import Classification, ClassificationService, ItemOutcome
 from server.settings import Settings
 
@@ -127,7 +128,7 @@ async def list_models(request: Request) -> Response:
             "name": m.name,
             "version": m.version,
             "ready": m.ready,
-            "runtime": m.manifest.runtime,
+            "runtime": choose_runtime(m.manifest, _settings(request).runtime),
             "input": m.manifest.input.model_dump(),
             "classes": len(m.manifest.labels),
             "max_batch_size": m.batching.max_batch_size,

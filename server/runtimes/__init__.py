@@ -15,18 +15,25 @@ from server.runtimes.base import Runtime, RuntimeOptions
 RUNTIMES: dict[str, str] = {
     "tensorflow": "server.runtimes.tensorflow:TensorFlowRuntime",
     "simulated": "server.runtimes.simulated:SimulatedRuntime",
+    "keras_jax": "server.runtimes.keras_jax:KerasJaxRuntime",
 }
 
 
+def choose_runtime(manifest: ModelManifest, preferred: str | None) -> str:
+    """The preferred runtime when this version carries an artifact for it, else its own."""
+    return preferred if preferred and preferred in manifest.artifacts else manifest.runtime
+
+
 def load_runtime(manifest: ModelManifest, version_dir: Path, options: RuntimeOptions) -> Runtime:
+    name = choose_runtime(manifest, options.preferred_runtime)
     try:
-        target = RUNTIMES[manifest.runtime]
+        target = RUNTIMES[name]
     except KeyError:
-        raise ValueError(f"unknown runtime {manifest.runtime!r}; known: {', '.join(sorted(RUNTIMES))}") from None
+        raise ValueError(f"unknown runtime {name!r}; known: {', '.join(sorted(RUNTIMES))}") from None
     module_name, class_name = target.split(":")
     runtime_class = getattr(import_module(module_name), class_name)
     runtime: Runtime = runtime_class(manifest, version_dir, options)
     return runtime
 
 
-__all__ = ["RUNTIMES", "Runtime", "RuntimeOptions", "load_runtime"]
+__all__ = ["RUNTIMES", "Runtime", "RuntimeOptions", "choose_runtime", "load_runtime"]

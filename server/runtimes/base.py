@@ -15,6 +15,12 @@ from server.manifest import ModelManifest
 class RuntimeOptions:
     intra_op_threads: int = 0
     """Threads inside one op; 0 lets the runtime decide (usually one per core)."""
+    preferred_runtime: str | None = None
+    """Serve with this runtime where a version has an artifact for it (see ``artifacts``)."""
+    compute_dtype: str = "float32"
+    """float32, bfloat16 or float16, for runtimes that can compute in lower precision."""
+    device: str | None = None
+    """Device platform for runtimes that place work ("gpu", "cpu"); None: the default one."""
 
 
 class Runtime(Protocol):

@@ -29,7 +29,7 @@ def manifest(runtime: str, **parameters: float) -> ModelManifest:
 
 
 def test_an_unknown_runtime_is_named_in_the_error(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match=r"onnx.*known: simulated, tensorflow"):
+    with pytest.raises(ValueError, match=r"onnx.*known: keras_jax, simulated, tensorflow"):
         load_runtime(manifest("onnx"), tmp_path, RuntimeOptions())
 
 

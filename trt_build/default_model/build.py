@@ -75,6 +75,7 @@ def _manifest() -> dict[str, Any]:
         "version": MODEL_VERSION,
         "runtime": "tensorflow",
         "artifact": SAVED_MODEL_DIR,
+        "artifacts": {"keras_jax": KERAS_FILE},
         "signature": SIGNATURE_NAME,
         "input": {"name": INPUT_NAME, "dtype": "uint8", "shape": [-1, IMAGE_SIZE, IMAGE_SIZE, 3]},
         "output": {"name": OUTPUT_NAME, "dtype": "float32", "shape": [-1, NUM_CLASSES]},
