@@ -14,9 +14,10 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from server.errors import ErrorKind, ServiceError
+from trt_build.preprocess import RESAMPLING
+from trt_build.preprocess import center_crop_resize as crop_resize
 
 SUPPORTED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF"})
-_RESAMPLING = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
 _HIGH_BIT_DEPTH_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
 
@@ -28,7 +29,7 @@ class PreprocessSpec:
     interpolation: str = "bicubic"
 
     def __post_init__(self) -> None:
-        if self.interpolation not in _RESAMPLING:
+        if self.interpolation not in RESAMPLING:
             raise ValueError(f"unknown interpolation {self.interpolation!r}")
         if self.crop_size > self.resize_shorter_side:
             raise ValueError("crop_size must not exceed resize_shorter_side")
@@ -95,16 +96,7 @@ def decode(data: bytes, max_pixels: int, min_shorter_side: int) -> Image.Image:
 
 
 def center_crop_resize(image: Image.Image, spec: PreprocessSpec) -> np.ndarray:
-    """Resize the shorter side to ``resize_shorter_side`` and take the central square of
-    ``crop_size``, as one resampling of just the source region the crop covers."""
-    width, height = image.size
-    scale = spec.resize_shorter_side / min(width, height)
-    crop_in_source = spec.crop_size / scale
-    left = (width - crop_in_source) / 2
-    top = (height - crop_in_source) / 2
-    box = (left, top, left + crop_in_source, top + crop_in_source)
-    out = image.resize((spec.crop_size, spec.crop_size), _RESAMPLING[spec.interpolation], box=box, reducing_gap=3.0)
-    return np.asarray(out, dtype=np.uint8)
+    return crop_resize(image, spec.resize_shorter_side, spec.crop_size, spec.interpolation)
 
 
 def image_to_tensor(data: bytes, spec: PreprocessSpec, max_pixels: int) -> np.ndarray:

@@ -16,6 +16,7 @@ RUNTIMES: dict[str, str] = {
     "tensorflow": "server.runtimes.tensorflow:TensorFlowRuntime",
     "simulated": "server.runtimes.simulated:SimulatedRuntime",
     "keras_jax": "server.runtimes.keras_jax:KerasJaxRuntime",
+    "litert": "server.runtimes.litert:LiteRTRuntime",
 }
 
 

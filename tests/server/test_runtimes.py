@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from server.manifest import ModelManifest
-from server.runtimes import RuntimeOptions, load_runtime
+from server.runtimes import RUNTIMES, RuntimeOptions, load_runtime
 
 
 def manifest(runtime: str, **parameters: float) -> ModelManifest:
@@ -28,9 +28,10 @@ def manifest(runtime: str, **parameters: float) -> ModelManifest:
     )
 
 
-def test_an_unknown_runtime_is_named_in_the_error(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match=r"onnx.*known: keras_jax, simulated, tensorflow"):
+def test_an_unknown_runtime_is_named_in_the_error_with_the_known_ones(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="onnx") as error:
         load_runtime(manifest("onnx"), tmp_path, RuntimeOptions())
+    assert all(name in str(error.value) for name in RUNTIMES)
 
 
 def test_simulated_runtime_costs_its_cost_model_and_answers_deterministically(tmp_path: Path) -> None:

@@ -1,0 +1,172 @@
+"""imgserve build: LiteRT conversion, verification gates, publishing, serving; TF-TRT's
+pre-conversion logic and its clear failure where TensorFlow has no TensorRT."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from server.app import create_app
+from server.cli import main as imgserve
+from server.settings import BatchingSettings, Settings
+from tests.live_server import live_server
+from trt_build import litert, tftrt
+from trt_build.builder import BuildRequest, VerificationFailed, build
+from trt_build.eval_images import evaluation_tensors
+from trt_build.verify import compare
+
+SOURCE = Path("models/efficientnet_lite0/1")
+PREPROCESSING = {"resize_shorter_side": 256, "crop_size": 224, "interpolation": "bicubic"}
+
+
+@pytest.fixture(scope="module")
+def fp16_repository(model_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    repository = tmp_path_factory.mktemp("repo")
+    output = repository / "efficientnet_lite0" / "2"
+    build(BuildRequest(model_repository / "efficientnet_lite0" / "1", "litert", "fp16", output, eval_count=40))
+    return repository
+
+
+def test_a_published_build_carries_its_verification_report(fp16_repository: Path) -> None:
+    version = fp16_repository / "efficientnet_lite0" / "2"
+    manifest = json.loads((version / "manifest.json").read_text())
+    assert (manifest["runtime"], manifest["artifact"], manifest["version"]) == ("litert", "model.tflite", 2)
+    report = manifest["build"]["verification"]
+    assert report["passed"] and report["images"] == 40
+    assert report["top1_agreement"] >= 0.995
+    assert report["built_bytes"] < report["source_bytes"] / 3  # fp16 weights, no graph overhead
+    assert manifest["build"]["source"] == {"name": "efficientnet_lite0", "version": 1}
+    assert manifest["preprocessing"]["crop_size"] == 224 and len(manifest["labels"]) == 1000
+
+
+def test_the_litert_build_is_served_through_the_http_api(fp16_repository: Path, photo_bytes: dict[str, bytes]) -> None:
+    settings = Settings(model_repository=fp16_repository, batching=BatchingSettings(max_batch_size=4))
+    with live_server(create_app(settings)) as base_url, httpx.Client(base_url=base_url, timeout=60) as client:
+        deadline = time.monotonic() + 60
+        while client.get("/ready").status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        (model,) = client.get("/v1/models").json()["models"]
+        assert (model["runtime"], model["version"]) == ("litert", 2)
+        body = client.post("/v1/classify", content=photo_bytes["coffee"], headers={"Content-Type": "image/png"}).json()
+        assert body["class"] == "espresso" and body["version"] == 2
+
+
+def _wrong_saved_model(path: Path) -> Path:
+    """Same signature as the real model (uint8 images in, 1000 probabilities out), random
+    weights: it converts, loads and runs, and its answers are wrong."""
+    import tensorflow as tf
+
+    class Wrong(tf.Module):
+        def __init__(self) -> None:
+            self.weights = tf.Variable(tf.random.stateless_normal([3, 1000], seed=[0, 1]))
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 224, 224, 3], tf.uint8, name="images")])
+        def serve(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
+            colour = tf.reduce_mean(tf.cast(images, tf.float32), axis=[1, 2]) / 255.0
+            return {"probabilities": tf.nn.softmax(colour @ self.weights)}
+
+    module = Wrong()
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+    return path
+
+
+def test_a_deliberately_broken_build_fails_verification_and_is_not_published(
+    model_repository: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_convert = litert.convert
+    wrong = _wrong_saved_model(tmp_path / "wrong_saved_model")
+    monkeypatch.setattr(litert, "convert", lambda saved_model, precision, calibration=None: real_convert(wrong, "fp32"))
+    output = tmp_path / "repo" / "efficientnet_lite0" / "2"
+    with pytest.raises(VerificationFailed) as failed:
+        build(BuildRequest(model_repository / "efficientnet_lite0" / "1", "litert", "fp32", output, eval_count=20))
+    assert failed.value.verification.top1_agreement < 0.5
+    assert not output.exists()
+    assert list(output.parent.iterdir()) == []  # no staging left behind either
+
+
+def test_verification_figures() -> None:
+    source = np.array([[0.7, 0.2, 0.1, 0, 0, 0], [0.1, 0.6, 0.3, 0, 0, 0]])
+    built = np.array([[0.6, 0.3, 0.1, 0, 0, 0], [0.1, 0.3, 0.6, 0, 0, 0]])
+    figures = compare(source, built)
+    assert figures["top1_agreement"] == 0.5
+    assert figures["max_abs_prob_diff"] == pytest.approx(0.3)
+    assert figures["top5_overlap"] == 1.0
+
+
+def test_evaluation_images_are_real_photos_then_seeded_variations() -> None:
+    first = evaluation_tensors(PREPROCESSING, 12, seed=0)
+    again = evaluation_tensors(PREPROCESSING, 12, seed=0)
+    other = evaluation_tensors(PREPROCESSING, 12, seed=1)
+    assert first.shape == (12, 224, 224, 3) and first.dtype == np.uint8
+    np.testing.assert_array_equal(first, again)
+    np.testing.assert_array_equal(first[:7], other[:7])  # the 7 photos themselves
+    assert not np.array_equal(first[7:], other[7:])  # their variations depend on the seed
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"target": "onnx", "precision": "fp32"}, ValueError),
+        ({"target": "tftrt", "precision": "dynamic"}, ValueError),
+        ({"target": "litert", "precision": "int4"}, ValueError),
+    ],
+)
+def test_build_requests_are_checked_before_any_work(tmp_path: Path, kwargs: dict[str, str], error: type) -> None:
+    with pytest.raises(error):
+        BuildRequest(source=SOURCE, output=tmp_path / "m" / "2", **kwargs)  # type: ignore[arg-type]
+
+
+def test_an_existing_or_unnumbered_output_is_refused(model_repository: Path, tmp_path: Path) -> None:
+    source = model_repository / "efficientnet_lite0" / "1"
+    with pytest.raises(FileExistsError):
+        BuildRequest(source, "litert", "fp32", source)
+    with pytest.raises(ValueError, match="version folder"):
+        BuildRequest(source, "litert", "fp32", tmp_path / "latest")
+
+
+def test_engine_sizes_are_the_batchers_buckets() -> None:
+    assert tftrt.engine_batch_sizes(32) == [1, 2, 4, 8, 16, 32]
+    assert tftrt.engine_batch_sizes(20) == [1, 2, 4, 8, 16, 20]
+    assert tftrt.engine_batch_sizes(1) == [1]
+
+
+def test_calibration_input_yields_batches_of_real_images() -> None:
+    images = evaluation_tensors(PREPROCESSING, 20, seed=1)
+    batches = list(tftrt.calibration_batches(images, 8)())
+    assert [b[0].shape for b in batches] == [(8, 224, 224, 3)] * 2
+    with pytest.raises(ValueError):
+        tftrt.calibration_batches(images[:4], 8)
+
+
+def _has_tensorrt() -> bool:
+    import tensorflow as tf
+
+    return bool(tf.sysconfig.get_build_info().get("is_tensorrt_build", False))
+
+
+@pytest.mark.skipif(_has_tensorrt(), reason="this TensorFlow has TensorRT")
+def test_tftrt_fails_fast_and_says_where_it_runs(
+    model_repository: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = str(model_repository / "efficientnet_lite0" / "1")
+    output = tmp_path / "efficientnet_lite0" / "2"
+    code = imgserve(["build", source, "--target", "tftrt", "--precision", "fp16", "--output", str(output)])
+    message = capsys.readouterr().err
+    assert code == 2
+    assert "without TensorRT" in message and "Dockerfile.gpu" in message
+    assert not output.exists()
+
+
+@pytest.mark.skipif(not _has_tensorrt(), reason="needs TensorFlow built with TensorRT (Dockerfile.gpu)")
+def test_tftrt_fp16_conversion(model_repository: Path, tmp_path: Path) -> None:
+    output = tmp_path / "efficientnet_lite0" / "2"
+    manifest = build(
+        BuildRequest(model_repository / "efficientnet_lite0" / "1", "tftrt", "fp16", output, eval_count=40)
+    )
+    assert manifest["build"]["verification"]["passed"]

@@ -1,0 +1,114 @@
+"""``imgserve build``: convert a source version, verify it, and publish it only if it passes.
+
+The new version is staged next to its destination and renamed into place at the end, so the
+server's repository never holds a half-written or unverified version.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from trt_build import litert, tftrt
+from trt_build.eval_images import evaluation_tensors
+from trt_build.verify import MIN_TOP1_AGREEMENT, Verification, saved_model_predictor, tflite_predictor, verify
+
+log = logging.getLogger(__name__)
+
+TARGETS = ("litert", "tftrt")
+
+
+class VerificationFailed(RuntimeError):
+    def __init__(self, verification: Verification) -> None:
+        super().__init__(
+            f"top-1 agreement {verification.top1_agreement:.4f} is below {verification.min_top1_agreement}; "
+            "the build was not published"
+        )
+        self.verification = verification
+
+
+@dataclass(frozen=True)
+class BuildRequest:
+    source: Path
+    target: str
+    precision: str
+    output: Path
+    max_batch_size: int = 32
+    calibration_dir: Path | None = None
+    calibration_count: int = 200
+    eval_dir: Path | None = None
+    eval_count: int = 300
+    threads: int = 0
+    min_top1_agreement: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.target not in TARGETS:
+            raise ValueError(f"target must be one of {', '.join(TARGETS)}")
+        precisions = litert.PRECISIONS if self.target == "litert" else tftrt.PRECISIONS
+        if self.precision not in precisions:
+            raise ValueError(f"{self.target} precision must be one of {', '.join(precisions)}")
+        if not self.output.name.isdigit():
+            raise ValueError(f"output must be a version folder <repository>/<model>/<number>, not {self.output}")
+        if self.output.exists():
+            raise FileExistsError(f"{self.output} already exists; versions are never overwritten")
+        if not (self.source / "manifest.json").is_file():
+            raise FileNotFoundError(f"{self.source} is not a model version (no manifest.json)")
+
+
+def build(request: BuildRequest) -> dict[str, Any]:
+    if request.target == "tftrt":
+        tftrt.require_tensorrt()  # fail before any slow work
+    source_manifest = json.loads((request.source / "manifest.json").read_text())
+    source_artifact = request.source / source_manifest["artifact"]
+    preprocessing = source_manifest["preprocessing"]
+    images = evaluation_tensors(preprocessing, request.eval_count, seed=0, folder=request.eval_dir)
+    needs_calibration = request.precision == "int8"
+    calibration = (
+        evaluation_tensors(preprocessing, request.calibration_count, seed=1, folder=request.calibration_dir)
+        if needs_calibration
+        else None
+    )
+    threshold = request.min_top1_agreement or MIN_TOP1_AGREEMENT[request.precision]
+    request.output.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=request.output.parent) as tmp:
+        staging = Path(tmp) / "version"
+        staging.mkdir()
+        if request.target == "litert":
+            artifact = staging / "model.tflite"
+            artifact.write_bytes(litert.convert(source_artifact, request.precision, calibration))
+            built = tflite_predictor(artifact, request.threads)
+            runtime, artifact_name = "litert", artifact.name
+        else:
+            artifact = staging / "saved_model"
+            item_shape = tuple(source_manifest["input"]["shape"][1:])
+            tftrt.convert(source_artifact, artifact, request.precision, request.max_batch_size, item_shape, calibration)
+            built = saved_model_predictor(artifact)
+            runtime, artifact_name = "tensorflow", artifact.name
+        verification = verify(
+            saved_model_predictor(source_artifact), source_artifact, built, artifact, images, threshold
+        )
+        if not verification.passed:
+            raise VerificationFailed(verification)
+        manifest = {
+            **{k: v for k, v in source_manifest.items() if k not in ("artifacts", "parameters")},
+            "version": int(request.output.name),
+            "runtime": runtime,
+            "artifact": artifact_name,
+            "build": {
+                "source": {"name": source_manifest["name"], "version": source_manifest["version"]},
+                "target": request.target,
+                "precision": request.precision,
+                "batch_sizes": tftrt.engine_batch_sizes(request.max_batch_size),
+                "calibration_images": 0 if calibration is None else len(calibration),
+                "verification": verification.as_dict(),
+            },
+        }
+        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        shutil.move(str(staging), str(request.output))
+    log.info("published %s (%s %s): %s", request.output, request.target, request.precision, verification)
+    return manifest

@@ -1,0 +1,138 @@
+"""Verify a built model against its source on real images: agreement, error, size, speed."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+Predictor = Callable[[np.ndarray], np.ndarray]
+
+# Least top-1 agreement with the float source for a build to be published.
+MIN_TOP1_AGREEMENT = {"fp32": 0.999, "fp16": 0.995, "dynamic": 0.99, "int8": 0.99}
+
+
+@dataclass(frozen=True)
+class Verification:
+    images: int
+    top1_agreement: float
+    top5_overlap: float
+    max_abs_prob_diff: float
+    mean_abs_prob_diff: float
+    source_bytes: int
+    built_bytes: int
+    source_images_per_s: float
+    built_images_per_s: float
+    built_batch_mode: str
+    min_top1_agreement: float
+    passed: bool
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def saved_model_predictor(path: Path) -> Predictor:
+    import tensorflow as tf
+
+    signature = tf.saved_model.load(str(path)).signatures["serving_default"]
+    (output,) = signature.structured_outputs
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        result: np.ndarray = signature(images=tf.constant(batch))[output].numpy()
+        return result
+
+    return predict
+
+
+def tflite_predictor(path: Path, threads: int = 0, batched: bool = True) -> Predictor:
+    """Batched: the input tensor resized to the batch (one interpreter per size). Otherwise
+    one image per invoke, back to back."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreters: dict[int, Interpreter] = {}
+
+    def interpreter(n: int) -> Interpreter:
+        if n not in interpreters:
+            it = Interpreter(model_path=str(path), num_threads=threads or os.cpu_count() or 1)
+            it.resize_tensor_input(it.get_input_details()[0]["index"], [n, *it.get_input_details()[0]["shape"][1:]])
+            it.allocate_tensors()
+            interpreters[n] = it
+        return interpreters[n]
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        it = interpreter(len(batch))
+        it.set_tensor(it.get_input_details()[0]["index"], batch)
+        it.invoke()
+        out: np.ndarray = it.get_tensor(it.get_output_details()[0]["index"]).copy()
+        return out
+
+    if batched:
+        return run
+    return lambda batch: np.concatenate([run(batch[i : i + 1]) for i in range(len(batch))])
+
+
+def predict_all(predictor: Predictor, images: np.ndarray, batch_size: int, label: str) -> np.ndarray:
+    batches = range(0, len(images), batch_size)
+    return np.concatenate([predictor(images[i : i + batch_size]) for i in tqdm(batches, desc=label, unit="batch")])
+
+
+def images_per_second(predictor: Predictor, images: np.ndarray, batch_sizes: tuple[int, ...] = (1, 8, 32)) -> float:
+    """Best median throughput over a few batch sizes."""
+    best = 0.0
+    for n in batch_sizes:
+        batch = images[:n] if len(images) >= n else np.resize(images, (n, *images.shape[1:]))
+        predictor(batch)  # warm
+        times = []
+        for _ in range(5):
+            started = time.perf_counter()
+            predictor(batch)
+            times.append(time.perf_counter() - started)
+        best = max(best, n / float(np.median(times)))
+    return round(best, 1)
+
+
+def compare(source: np.ndarray, built: np.ndarray) -> dict[str, float]:
+    top5_source = np.argsort(-source, axis=1)[:, :5]
+    top5_built = np.argsort(-built, axis=1)[:, :5]
+    overlap = [len(set(a) & set(b)) / 5 for a, b in zip(top5_source, top5_built, strict=True)]
+    diff = np.abs(source - built)
+    return {
+        "top1_agreement": round(float(np.mean(source.argmax(1) == built.argmax(1))), 4),
+        "top5_overlap": round(float(np.mean(overlap)), 4),
+        "max_abs_prob_diff": round(float(diff.max()), 5),
+        "mean_abs_prob_diff": round(float(diff.mean()), 7),
+    }
+
+
+def directory_bytes(path: Path) -> int:
+    return path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def verify(
+    source: Predictor,
+    source_artifact: Path,
+    built: Predictor,
+    built_artifact: Path,
+    images: np.ndarray,
+    min_top1_agreement: float,
+    built_batch_mode: str = "batched",
+) -> Verification:
+    source_probs = predict_all(source, images, 32, "source model")
+    built_probs = predict_all(built, images, 32, "built model")
+    figures = compare(source_probs, built_probs)
+    return Verification(
+        images=len(images),
+        **figures,
+        source_bytes=directory_bytes(source_artifact),
+        built_bytes=directory_bytes(built_artifact),
+        source_images_per_s=images_per_second(source, images),
+        built_images_per_s=images_per_second(built, images),
+        built_batch_mode=built_batch_mode,
+        min_top1_agreement=min_top1_agreement,
+        passed=figures["top1_agreement"] >= min_top1_agreement,
+    )
