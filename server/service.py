@@ -111,6 +111,33 @@ class ClassificationService:
                 probabilities = await model.infer(tensor, deadline)
         return self._classification(model, probabilities, k)
 
+    async def infer(
+        self,
+        *,
+        model_name: str,
+        tensors: Sequence[np.ndarray] | None = None,
+        encoded: Sequence[bytes] | None = None,
+        timeout_s: float | None = None,
+    ) -> tuple[ModelInstance, np.ndarray]:
+        """Model outputs for a batch of ready tensors, or of encoded images to decode first.
+        All or nothing: one bad image fails the request (the protocols' semantics)."""
+        model = self._registry.get(model_name)
+        deadline = self._deadline(timeout_s)
+        with self._admitted():
+            if encoded is not None:
+                tensors = await asyncio.gather(*(self._decode(model, data) for data in encoded))
+            if not tensors:
+                raise ServiceError(ErrorKind.BAD_REQUEST, "the batch is empty")
+            for tensor in tensors:
+                if tensor.shape != model.manifest.item_shape or tensor.dtype != np.dtype(model.manifest.input.dtype):
+                    raise ServiceError(
+                        ErrorKind.INVALID_PARAMETER,
+                        f"each image must be {model.manifest.input.dtype} of shape {list(model.manifest.item_shape)}",
+                    )
+            with self._model_errors(model):
+                rows = await model.infer_many(list(tensors), deadline)
+        return model, np.stack(rows)
+
     async def classify_many(
         self, images: Sequence[bytes], *, model_name: str, k: int, timeout_s: float | None = None
     ) -> list[ItemOutcome]:

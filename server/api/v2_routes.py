@@ -1,0 +1,175 @@
+"""Open Inference Protocol v2 over HTTP (what Triton and KServe clients speak).
+
+Health, server and model metadata, readiness, and inference with JSON or binary tensors:
+UINT8 or FP32 preprocessed images (pixel values 0-255, the model's input before
+normalisation), or BYTES holding encoded JPEG/PNG that the server decodes. Errors are
+``{"error": "..."}``, as the protocol says.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from server.api.disconnect import unless_disconnected
+from server.api.responses import OrjsonResponse
+from server.errors import ErrorKind, ServiceError
+from server.model_instance import ModelInstance
+from server.registry import ModelRegistry
+from server.service import ClassificationService
+from server.v2_codec import InferRequest, ProtocolError, encode_infer_response, parse_infer_request
+
+router = APIRouter(prefix="/v2", tags=["open inference protocol v2"])
+
+EXTENSIONS = ["binary_tensor_data", "classification"]
+PLATFORMS = {"tensorflow": "tensorflow_savedmodel", "litert": "tensorflow_lite", "keras_jax": "keras_jax"}
+
+
+def v2_errors(handler: Callable[..., Awaitable[Response]]) -> Callable[..., Awaitable[Response]]:
+    @functools.wraps(handler)
+    async def wrapped(*args: Any, **kwargs: Any) -> Response:
+        try:
+            return await handler(*args, **kwargs)
+        except ServiceError as exc:
+            return OrjsonResponse({"error": exc.message}, status_code=exc.status, headers=exc.headers())
+        except ProtocolError as exc:
+            return OrjsonResponse({"error": str(exc)}, status_code=400)
+
+    return wrapped
+
+
+def _registry(request: Request) -> ModelRegistry:
+    registry: ModelRegistry = request.app.state.registry
+    return registry
+
+
+def _model(request: Request, name: str, version: str | None) -> ModelInstance:
+    model = _registry(request).get(name)
+    if version is not None and version != str(model.version):
+        raise ServiceError(ErrorKind.MODEL_NOT_FOUND, f"model {name!r} has no loaded version {version}")
+    return model
+
+
+@router.get("/health/live")
+async def live() -> Response:
+    return OrjsonResponse({"live": True})
+
+
+@router.get("/health/ready")
+async def ready(request: Request) -> Response:
+    is_ready = _registry(request).ready
+    return OrjsonResponse({"ready": is_ready}, status_code=200 if is_ready else 503)
+
+
+@router.get("")
+async def server_metadata(request: Request) -> Response:
+    return OrjsonResponse({"name": "imgserve", "version": request.app.version, "extensions": EXTENSIONS})
+
+
+async def _metadata(request: Request, name: str, version: str | None) -> Response:
+    model = _model(request, name, version)
+    m = model.manifest
+    return OrjsonResponse(
+        {
+            "name": m.name,
+            "versions": [str(m.version)],
+            "platform": PLATFORMS.get(m.runtime, m.runtime),
+            "inputs": [{"name": m.input.name, "datatype": m.input.dtype.upper(), "shape": m.input.shape}],
+            "outputs": [{"name": m.output.name, "datatype": "FP32", "shape": m.output.shape}],
+        }
+    )
+
+
+@router.get("/models/{name}")
+@v2_errors
+async def model_metadata(request: Request, name: str) -> Response:
+    return await _metadata(request, name, None)
+
+
+@router.get("/models/{name}/versions/{version}")
+@v2_errors
+async def model_version_metadata(request: Request, name: str, version: str) -> Response:
+    return await _metadata(request, name, version)
+
+
+async def _ready(request: Request, name: str, version: str | None) -> Response:
+    try:
+        _model(request, name, version)
+    except ServiceError as exc:
+        return OrjsonResponse({"name": name, "ready": False, "error": exc.message}, status_code=400)
+    return OrjsonResponse({"name": name, "ready": True})
+
+
+@router.get("/models/{name}/ready")
+async def model_ready(request: Request, name: str) -> Response:
+    return await _ready(request, name, None)
+
+
+@router.get("/models/{name}/versions/{version}/ready")
+async def model_version_ready(request: Request, name: str, version: str) -> Response:
+    return await _ready(request, name, version)
+
+
+def _images(request: InferRequest) -> tuple[list[np.ndarray] | None, list[bytes] | None]:
+    if len(request.inputs) != 1:
+        raise ProtocolError("this model takes exactly one input")
+    tensor = request.inputs[0]
+    if tensor.datatype == "BYTES":
+        return None, tensor.elements
+    if tensor.datatype not in ("UINT8", "FP32") or tensor.array is None or tensor.array.ndim != 4:
+        raise ProtocolError("send images as UINT8 or FP32 [batch, height, width, 3], or BYTES of encoded images")
+    array = tensor.array
+    if array.dtype != np.uint8:
+        array = np.clip(np.rint(array), 0, 255).astype(np.uint8)
+    return list(array), None
+
+
+async def _infer(request: Request, name: str, version: str | None) -> Response:
+    model = _model(request, name, version)
+    header = request.headers.get("inference-header-content-length")
+    try:
+        header_length = None if header is None else int(header)
+    except ValueError as exc:
+        raise ProtocolError("Inference-Header-Content-Length is not a number") from exc
+    infer_request = parse_infer_request(await request.body(), header_length)
+    tensors, encoded = _images(infer_request)
+    timeout_us = infer_request.parameters.get("timeout")
+    service: ClassificationService = request.app.state.service
+    work = service.infer(
+        model_name=model.name,
+        tensors=tensors,
+        encoded=encoded,
+        timeout_s=None if timeout_us is None else float(timeout_us) / 1e6,
+    )
+    model, probabilities = await unless_disconnected(request, work)
+    body, json_length = encode_infer_response(
+        model.name,
+        model.version,
+        infer_request.id,
+        model.manifest.output.name,
+        probabilities,
+        infer_request.outputs,
+        model.manifest.labels,
+    )
+    if json_length is None:
+        return Response(body, media_type="application/json")
+    return Response(
+        body, media_type="application/octet-stream", headers={"Inference-Header-Content-Length": str(json_length)}
+    )
+
+
+@router.post("/models/{name}/infer")
+@v2_errors
+async def infer(request: Request, name: str) -> Response:
+    return await _infer(request, name, None)
+
+
+@router.post("/models/{name}/versions/{version}/infer")
+@v2_errors
+async def infer_version(request: Request, name: str, version: str) -> Response:
+    return await _infer(request, name, version)
