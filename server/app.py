@@ -15,6 +15,7 @@ from server.api.error_handlers import install_error_handlers
 from server.api.middleware import BodySizeLimit, RequestMetrics
 from server.api.responses import OrjsonResponse
 from server.api.routes import router
+from server.api.tfserving_routes import router as tfserving_router
 from server.api.v2_routes import router as v2_router
 from server.metrics import Metrics
 from server.registry import ModelRegistry
@@ -71,6 +72,7 @@ def create_app(settings: Settings, runtime_factory: RuntimeFactory = load_runtim
     app.state.registry = registry
     app.include_router(router)
     app.include_router(v2_router)
+    app.include_router(tfserving_router)
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.limits.max_body_bytes)
     app.add_middleware(RequestMetrics, metrics=metrics)  # outermost: counts the 413s too

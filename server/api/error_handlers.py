@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -12,6 +15,7 @@ from starlette.responses import Response
 from batching import BatchingError
 from server.api.responses import OrjsonResponse
 from server.errors import HTTP_STATUS, ErrorKind, ServiceError, from_batching_error
+from server.v2_codec import ProtocolError
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +53,21 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 async def _unexpected(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s", request.url.path, exc_info=exc)
     return render(ServiceError(ErrorKind.INTERNAL, "internal server error"))
+
+
+def flat_errors(handler: Callable[..., Awaitable[Response]]) -> Callable[..., Awaitable[Response]]:
+    """For the Triton/KServe v2 and TF Serving routes: their clients expect ``{"error": "..."}``."""
+
+    @functools.wraps(handler)
+    async def wrapped(*args: Any, **kwargs: Any) -> Response:
+        try:
+            return await handler(*args, **kwargs)
+        except ServiceError as exc:
+            return OrjsonResponse({"error": exc.message}, status_code=exc.status, headers=exc.headers())
+        except ProtocolError as exc:
+            return OrjsonResponse({"error": str(exc)}, status_code=400)
+
+    return wrapped
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -8,15 +8,12 @@ normalisation), or BYTES holding encoded JPEG/PNG that the server decodes. Error
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Awaitable, Callable
-from typing import Any
-
 import numpy as np
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from server.api.disconnect import unless_disconnected
+from server.api.error_handlers import flat_errors
 from server.api.responses import OrjsonResponse
 from server.errors import ErrorKind, ServiceError
 from server.model_instance import ModelInstance
@@ -28,19 +25,6 @@ router = APIRouter(prefix="/v2", tags=["open inference protocol v2"])
 
 EXTENSIONS = ["binary_tensor_data", "classification"]
 PLATFORMS = {"tensorflow": "tensorflow_savedmodel", "litert": "tensorflow_lite", "keras_jax": "keras_jax"}
-
-
-def v2_errors(handler: Callable[..., Awaitable[Response]]) -> Callable[..., Awaitable[Response]]:
-    @functools.wraps(handler)
-    async def wrapped(*args: Any, **kwargs: Any) -> Response:
-        try:
-            return await handler(*args, **kwargs)
-        except ServiceError as exc:
-            return OrjsonResponse({"error": exc.message}, status_code=exc.status, headers=exc.headers())
-        except ProtocolError as exc:
-            return OrjsonResponse({"error": str(exc)}, status_code=400)
-
-    return wrapped
 
 
 def _registry(request: Request) -> ModelRegistry:
@@ -86,13 +70,13 @@ async def _metadata(request: Request, name: str, version: str | None) -> Respons
 
 
 @router.get("/models/{name}")
-@v2_errors
+@flat_errors
 async def model_metadata(request: Request, name: str) -> Response:
     return await _metadata(request, name, None)
 
 
 @router.get("/models/{name}/versions/{version}")
-@v2_errors
+@flat_errors
 async def model_version_metadata(request: Request, name: str, version: str) -> Response:
     return await _metadata(request, name, version)
 
@@ -164,12 +148,12 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
 
 
 @router.post("/models/{name}/infer")
-@v2_errors
+@flat_errors
 async def infer(request: Request, name: str) -> Response:
     return await _infer(request, name, None)
 
 
 @router.post("/models/{name}/versions/{version}/infer")
-@v2_errors
+@flat_errors
 async def infer_version(request: Request, name: str, version: str) -> Response:
     return await _infer(request, name, version)
