@@ -27,6 +27,15 @@ from server.settings import Settings
 log = logging.getLogger(__name__)
 
 
+async def _poll(registry: ModelRegistry, interval_s: float) -> None:
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            await registry.reload()
+        except Exception:
+            log.exception("repository poll failed")
+
+
 def create_app(settings: Settings, runtime_factory: RuntimeFactory = load_runtime) -> FastAPI:
     metrics = Metrics()
     registry = ModelRegistry(
@@ -40,6 +49,8 @@ def create_app(settings: Settings, runtime_factory: RuntimeFactory = load_runtim
         ),
         settings.batching,
         metrics,
+        drain_timeout_s=settings.drain_timeout_s,
+        max_model_bytes=settings.max_model_bytes,
     )
 
     @asynccontextmanager
@@ -49,15 +60,18 @@ def create_app(settings: Settings, runtime_factory: RuntimeFactory = load_runtim
         )
         app.state.service = ClassificationService(registry, settings.limits, decode_pool)
         # Load in the background: /health answers at once, /ready turns true after warm-up.
-        loading = asyncio.create_task(registry.load_all(), name="load-models")
+        background = [asyncio.create_task(registry.load_all(), name="load-models")]
+        if settings.repository_poll_s > 0:
+            background.append(asyncio.create_task(_poll(registry, settings.repository_poll_s), name="poll-repository"))
         try:
             yield
         finally:
-            # Ordered: stop loading, drain each model's queue, release models, then threads.
-            loading.cancel()
-            with suppress(asyncio.CancelledError):
-                await loading
-            await registry.close(settings.drain_timeout_s)
+            # Ordered: stop loading and polling, drain each model's queue, release models, then threads.
+            for task in background:
+                task.cancel()
+                with suppress(asyncio.CancelledError):
+                    await task
+            await registry.close()
             decode_pool.shutdown(wait=True)
 
     app = FastAPI(

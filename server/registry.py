@@ -1,4 +1,10 @@
-"""The models this server holds, loaded in the background so liveness answers at once."""
+"""The models this server holds, by name and version, and how they change without downtime.
+
+Loading runs in the background, so liveness answers at once. ``reload`` rescans the
+repository. It loads and warms new versions before they take traffic, then swaps the routing
+in one step. Versions that left are drained (their queued work finishes) and released. A
+version that fails to load leaves the serving ones untouched, and its error is reported.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +15,7 @@ from pathlib import Path
 from server.errors import ErrorKind, ServiceError
 from server.metrics import Metrics
 from server.model_instance import ModelInstance
-from server.model_repository import latest_versions
+from server.model_repository import ModelVersion, served_versions
 from server.runtimes import RuntimeOptions
 from server.runtimes.base import RuntimeFactory
 from server.settings import BatchingSettings
@@ -25,60 +31,142 @@ class ModelRegistry:
         runtime_options: RuntimeOptions,
         batching: BatchingSettings,
         metrics: Metrics,
+        drain_timeout_s: float = 10.0,
+        max_model_bytes: int = 0,
     ) -> None:
         self._repository = repository
         self._runtime_factory = runtime_factory
         self._runtime_options = runtime_options
         self._batching = batching
         self._metrics = metrics
-        self._models: dict[str, ModelInstance] = {}
-        self.load_error: str | None = None
+        self._drain_timeout_s = drain_timeout_s
+        self._max_model_bytes = max_model_bytes
+        self._serving: dict[str, dict[int, ModelInstance]] = {}
+        self._errors: dict[str, str] = {}
+        self._lock = asyncio.Lock()
+        self._loaded_once = False
 
     @property
     def models(self) -> list[ModelInstance]:
-        return list(self._models.values())
+        return [instance for versions in self._serving.values() for instance in versions.values()]
 
     @property
     def ready(self) -> bool:
-        return bool(self._models) and all(m.ready for m in self._models.values())
+        return bool(self._serving) and all(m.ready for m in self.models)
+
+    @property
+    def errors(self) -> dict[str, str]:
+        return dict(self._errors)
+
+    @property
+    def load_error(self) -> str | None:
+        return "; ".join(f"{name}: {error}" for name, error in self._errors.items()) or None
 
     async def load_all(self) -> None:
-        """Load and warm every model's newest version; record (not raise) a failure."""
-        try:
-            versions = latest_versions(self._repository)
-            if not versions:
-                raise FileNotFoundError(f"no model versions found in {self._repository}")
-            for version in versions:
-                # Loading a SavedModel blocks for seconds: keep the event loop answering.
-                runtime = await asyncio.to_thread(
-                    self._runtime_factory, version.manifest, version.path, self._runtime_options
-                )
-                batching = BatchingSettings.model_validate(
-                    {**self._batching.model_dump(), **version.config.batching}
-                ).to_config()
-                instance = ModelInstance(
-                    version.manifest,
-                    version.path,
-                    runtime,
-                    batching,
-                    metrics=self._metrics.batch_observer(version.manifest.name),
-                )
-                self._models[instance.name] = instance
-                await instance.warm_up()
-        except Exception as exc:
-            self.load_error = f"{type(exc).__name__}: {exc}"
-            log.exception("model loading failed")
+        await self.reload()
+        self._loaded_once = True
 
-    def get(self, name: str) -> ModelInstance:
-        model = self._models.get(name)
-        if model is None:
-            if not self.ready and self.load_error is None:
+    def _resident_bytes(self) -> int:
+        return sum(_artifact_bytes(m.path) for m in self.models)
+
+    async def _load(self, version: ModelVersion) -> ModelInstance:
+        size = _artifact_bytes(version.path)
+        if self._max_model_bytes and self._resident_bytes() + size > self._max_model_bytes:
+            raise MemoryError(
+                f"loading {version.manifest.name} v{version.manifest.version} ({size} bytes) would exceed the "
+                f"model memory budget of {self._max_model_bytes} bytes"
+            )
+        # Loading a model blocks for seconds: keep the event loop answering.
+        runtime = await asyncio.to_thread(self._runtime_factory, version.manifest, version.path, self._runtime_options)
+        batching = BatchingSettings.model_validate({**self._batching.model_dump(), **version.config.batching})
+        instance = ModelInstance(
+            version.manifest,
+            version.path,
+            runtime,
+            batching.to_config(),
+            metrics=self._metrics.batch_observer(version.manifest.name),
+        )
+        await instance.warm_up()
+        return instance
+
+    async def reload(self, only: str | None = None) -> None:
+        """Bring the served versions in line with the repository (or one model of it)."""
+        async with self._lock:
+            try:
+                wanted = served_versions(self._repository)
+            except Exception as exc:
+                self._errors["repository"] = f"{type(exc).__name__}: {exc}"
+                log.exception("cannot read the model repository")
+                return
+            self._errors.pop("repository", None)
+            names = [only] if only else sorted(set(wanted) | set(self._serving))
+            if only and only not in wanted:
+                raise ServiceError(ErrorKind.MODEL_NOT_FOUND, f"no model named {only!r} in the repository")
+            for name in names:
+                await self._reconcile(name, wanted.get(name, []))
+
+    async def _reconcile(self, name: str, wanted: list[ModelVersion]) -> None:
+        current = self._serving.get(name, {})
+        updated = {v: m for v, m in current.items() if v in {w.manifest.version for w in wanted}}
+        failed = []
+        for version in wanted:
+            number = version.manifest.version
+            if number in updated:
+                continue
+            try:
+                updated[number] = await self._load(version)
+                log.info("model %s v%d now serving", name, number)
+            except Exception as exc:
+                failed.append(f"v{number}: {type(exc).__name__}: {exc}")
+                log.exception("model %s v%d failed to load", name, number)
+        if failed:
+            self._errors[name] = "; ".join(failed)
+        else:
+            self._errors.pop(name, None)
+        if not updated and current and failed:
+            return  # nothing new could load: keep serving what we had
+        # One assignment: every request from here on sees the new set of versions.
+        if updated:
+            self._serving[name] = updated
+        else:
+            self._serving.pop(name, None)
+        retired = [m for v, m in current.items() if updated.get(v) is not m]
+        await asyncio.gather(*(m.close(self._drain_timeout_s) for m in retired))
+
+    async def unload(self, name: str) -> None:
+        async with self._lock:
+            versions = self._serving.pop(name, None)
+            if versions is None:
+                raise ServiceError(ErrorKind.MODEL_NOT_FOUND, f"model {name!r} is not loaded")
+            await asyncio.gather(*(m.close(self._drain_timeout_s) for m in versions.values()))
+
+    def get_text_version(self, name: str, version: str | None) -> ModelInstance:
+        """``get`` with the version as a URL gives it."""
+        if version is not None and not version.isdigit():
+            raise ServiceError(ErrorKind.MODEL_NOT_FOUND, f"model {name!r} has no version {version!r}")
+        return self.get(name, None if version is None else int(version))
+
+    def get(self, name: str, version: int | None = None) -> ModelInstance:
+        versions = self._serving.get(name)
+        if not versions:
+            if not self._loaded_once:
                 raise ServiceError(ErrorKind.NOT_READY, "models are still loading", retry_after=1)
             raise ServiceError(ErrorKind.MODEL_NOT_FOUND, f"no model named {name!r}")
+        if version is None:
+            model = versions[max(versions)]
+        elif version in versions:
+            model = versions[version]
+        else:
+            raise ServiceError(ErrorKind.MODEL_NOT_FOUND, f"model {name!r} has no loaded version {version}")
         if not model.ready:
             raise ServiceError(ErrorKind.NOT_READY, f"model {name!r} is warming up", retry_after=1)
         return model
 
-    async def close(self, drain_timeout: float) -> None:
-        await asyncio.gather(*(m.close(drain_timeout) for m in self._models.values()))
-        self._models.clear()
+    async def close(self) -> None:
+        async with self._lock:
+            await asyncio.gather(*(m.close(self._drain_timeout_s) for m in self.models))
+            self._serving.clear()
+
+
+def _artifact_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())

@@ -13,11 +13,11 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Sequence, Union
+from typing import Awaitable, Callable, Sequence, TypeVar, Union
 
 import numpy as np
 
-from batching import BatchingError
+from batching import BatcherClosed, BatchingError
 from server.errors import ErrorKind, ServiceError, from_batching_error
 from server.imaging import PreprocessSpec, image_to_tensor
 from server.model_instance import ModelInstance
@@ -25,6 +25,8 @@ from server.registry import ModelRegistry
 from server.settings import LimitSettings
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -86,11 +88,29 @@ class ClassificationService:
         already narrowed to this image by bisecting) to a logged internal error."""
         try:
             yield
+        except BatcherClosed:
+            raise  # the version was retired under us: _on_model retries on its replacement
         except BatchingError as exc:
             raise from_batching_error(exc) from exc
         except Exception as exc:
             log.exception("model %s failed on an image", model.name)
             raise ServiceError(ErrorKind.INTERNAL, f"the model failed on this image: {type(exc).__name__}") from exc
+
+    async def _on_model(self, name: str, version: int | None, work: Callable[[ModelInstance], Awaitable[T]]) -> T:
+        """Run ``work`` on the serving version. If a reload retired that version while this
+        request was on its way, run it once more on the one that replaced it: a reload
+        must not fail requests."""
+        model = self._registry.get(name, version)
+        try:
+            return await work(model)
+        except BatcherClosed as exc:
+            replacement = self._registry.get(name, version)
+            if replacement is model:
+                raise from_batching_error(exc) from exc
+        try:
+            return await work(replacement)
+        except BatcherClosed as exc:
+            raise from_batching_error(exc) from exc
 
     def _classification(self, model: ModelInstance, probabilities: np.ndarray, k: int) -> Classification:
         return Classification(model.name, model.version, top_k(probabilities, k, model.manifest.labels))
@@ -103,40 +123,45 @@ class ClassificationService:
 
     async def classify(self, data: bytes, *, model_name: str, k: int, timeout_s: float | None = None) -> Classification:
         self._check_top_k(k)
-        model = self._registry.get(model_name)
         deadline = self._deadline(timeout_s)
-        with self._admitted():
+
+        async def work(model: ModelInstance) -> Classification:
             tensor = await self._decode(model, data)
             with self._model_errors(model):
                 probabilities = await model.infer(tensor, deadline)
-        return self._classification(model, probabilities, k)
+            return self._classification(model, probabilities, k)
+
+        with self._admitted():
+            return await self._on_model(model_name, None, work)
 
     async def infer(
         self,
         *,
         model_name: str,
+        version: int | None = None,
         tensors: Sequence[np.ndarray] | None = None,
         encoded: Sequence[bytes] | None = None,
         timeout_s: float | None = None,
     ) -> tuple[ModelInstance, np.ndarray]:
         """Model outputs for a batch of ready tensors, or of encoded images to decode first.
         All or nothing: one bad image fails the request (the protocols' semantics)."""
-        model = self._registry.get(model_name)
         deadline = self._deadline(timeout_s)
-        with self._admitted():
+
+        async def work(model: ModelInstance) -> tuple[ModelInstance, np.ndarray]:
+            batch = list(tensors or [])
             if encoded is not None:
-                tensors = await asyncio.gather(*(self._decode(model, data) for data in encoded))
-            if not tensors:
+                batch = list(await asyncio.gather(*(self._decode(model, data) for data in encoded)))
+            if not batch:
                 raise ServiceError(ErrorKind.BAD_REQUEST, "the batch is empty")
-            for tensor in tensors:
-                if tensor.shape != model.manifest.item_shape or tensor.dtype != np.dtype(model.manifest.input.dtype):
-                    raise ServiceError(
-                        ErrorKind.INVALID_PARAMETER,
-                        f"each image must be {model.manifest.input.dtype} of shape {list(model.manifest.item_shape)}",
-                    )
+            shape, dtype = model.manifest.item_shape, np.dtype(model.manifest.input.dtype)
+            if any(t.shape != shape or t.dtype != dtype for t in batch):
+                raise ServiceError(ErrorKind.INVALID_PARAMETER, f"each image must be {dtype} of shape {list(shape)}")
             with self._model_errors(model):
-                rows = await model.infer_many(list(tensors), deadline)
-        return model, np.stack(rows)
+                rows = await model.infer_many(batch, deadline)
+            return model, np.stack(rows)
+
+        with self._admitted():
+            return await self._on_model(model_name, version, work)
 
     async def classify_many(
         self, images: Sequence[bytes], *, model_name: str, k: int, timeout_s: float | None = None
@@ -144,10 +169,13 @@ class ClassificationService:
         """Per-item outcomes in order: a bad image gets its own error, the others their
         classes. Failures of the server itself (overload, timeout) fail the whole request."""
         self._check_top_k(k)
-        model = self._registry.get(model_name)
         deadline = self._deadline(timeout_s)
-        with self._admitted():
+
+        async def work(model: ModelInstance) -> list[ItemOutcome]:
             return await self._classify_decoded(model, images, deadline, k)
+
+        with self._admitted():
+            return await self._on_model(model_name, None, work)
 
     async def _classify_decoded(
         self, model: ModelInstance, images: Sequence[bytes], deadline: float, k: int

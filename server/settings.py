@@ -75,7 +75,15 @@ class Settings(BaseSettings):
         "float32", description="Compute precision, for runtimes that support lower ones (keras_jax)."
     )
     device: str | None = Field(None, description="Device platform for keras_jax (gpu, cpu); default: JAX's first.")
-    drain_timeout_s: float = Field(10.0, ge=0, description="How long shutdown waits for queued work.")
+    drain_timeout_s: float = Field(10.0, ge=0, description="How long shutdown or a reload waits for queued work.")
+    repository_poll_s: float = Field(
+        0.0,
+        ge=0,
+        description="Rescan the model repository this often and load/unload what changed (0: only on request).",
+    )
+    max_model_bytes: int = Field(
+        0, ge=0, description="Budget for all loaded versions' artifacts together, in bytes (0: no limit)."
+    )
     batching: BatchingSettings = Field(default_factory=BatchingSettings)  # type: ignore[arg-type]
     limits: LimitSettings = Field(default_factory=LimitSettings)  # type: ignore[arg-type]
     log_level: str = Field("info", description="uvicorn and application log level.")

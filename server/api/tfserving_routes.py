@@ -37,9 +37,7 @@ def _bad(message: str) -> ServiceError:
 
 def _model(request: Request, name: str, version: str | None, label: str | None = None) -> ModelInstance:
     registry: ModelRegistry = request.app.state.registry
-    model = registry.get(name)
-    if version is not None and version != str(model.version):
-        raise ServiceError(ErrorKind.MODEL_NOT_FOUND, f"model {name!r} has no loaded version {version}")
+    model = registry.get_text_version(name, version)
     if label is not None and label != "latest":
         raise ServiceError(ErrorKind.MODEL_NOT_FOUND, f"model {name!r} has no version labelled {label!r}")
     return model
@@ -80,7 +78,7 @@ def _instances(body: dict[str, Any], input_name: str) -> tuple[list[bytes | np.n
     return [_image(row, input_name) for row in rows], columnar
 
 
-async def _run(request: Request, model: ModelInstance) -> tuple[np.ndarray, bool, dict[str, Any]]:
+async def _run(request: Request, model: ModelInstance, pinned: bool) -> tuple[np.ndarray, bool, dict[str, Any]]:
     try:
         body = orjson.loads(await request.body())
     except orjson.JSONDecodeError as exc:
@@ -92,24 +90,26 @@ async def _run(request: Request, model: ModelInstance) -> tuple[np.ndarray, bool
     encoded = [i for i in images if isinstance(i, bytes)]
     if encoded and len(encoded) != len(images):
         raise _bad("send either b64 images or pixel tensors in one request, not both")
+    version = model.version if pinned else None
     if encoded:
-        work = service.infer(model_name=model.name, encoded=encoded)
+        work = service.infer(model_name=model.name, version=version, encoded=encoded)
     else:
-        work = service.infer(model_name=model.name, tensors=[i for i in images if isinstance(i, np.ndarray)])
+        tensors = [i for i in images if isinstance(i, np.ndarray)]
+        work = service.infer(model_name=model.name, version=version, tensors=tensors)
     _, probabilities = await unless_disconnected(request, work)
     return probabilities, columnar, body
 
 
 async def _predict(request: Request, name: str, version: str | None, label: str | None) -> Response:
     model = _model(request, name, version, label)
-    probabilities, columnar, _ = await _run(request, model)
+    probabilities, columnar, _ = await _run(request, model, pinned=version is not None)
     key = "outputs" if columnar else "predictions"
     return OrjsonResponse({key: probabilities})
 
 
 async def _classify(request: Request, name: str, version: str | None, label: str | None) -> Response:
     model = _model(request, name, version, label)
-    probabilities, _, body = await _run(request, model)
+    probabilities, _, body = await _run(request, model, pinned=version is not None)
     k = int(body.get("top_k", 5))
     labels = model.manifest.labels
     results = [[[labels[i], float(row[i])] for i in np.argsort(-row, kind="stable")[:k]] for row in probabilities]

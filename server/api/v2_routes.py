@@ -15,7 +15,7 @@ from starlette.responses import Response
 from server.api.disconnect import unless_disconnected
 from server.api.error_handlers import flat_errors
 from server.api.responses import OrjsonResponse
-from server.errors import ErrorKind, ServiceError
+from server.errors import ServiceError
 from server.model_instance import ModelInstance
 from server.registry import ModelRegistry
 from server.service import ClassificationService
@@ -33,10 +33,7 @@ def _registry(request: Request) -> ModelRegistry:
 
 
 def _model(request: Request, name: str, version: str | None) -> ModelInstance:
-    model = _registry(request).get(name)
-    if version is not None and version != str(model.version):
-        raise ServiceError(ErrorKind.MODEL_NOT_FOUND, f"model {name!r} has no loaded version {version}")
-    return model
+    return _registry(request).get_text_version(name, version)
 
 
 @router.get("/health/live")
@@ -126,6 +123,7 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
     service: ClassificationService = request.app.state.service
     work = service.infer(
         model_name=model.name,
+        version=None if version is None else model.version,
         tensors=tensors,
         encoded=encoded,
         timeout_s=None if timeout_us is None else float(timeout_us) / 1e6,
