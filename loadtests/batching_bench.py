@@ -44,14 +44,15 @@ def write_model(
     classes: int = 1000,
     parameters: dict[str, float] | None = None,
     config: dict[str, object] | None = None,
+    version: int = 1,
 ) -> Path:
     """A model version folder with a manifest (and, if given, the model's config.json), for
     runtimes that need no artifact: the simulated one here, fakes in tests."""
-    version = repository / name / "1"
-    version.mkdir(parents=True)
+    folder = repository / name / str(version)
+    folder.mkdir(parents=True)
     manifest = {
         "name": name,
-        "version": 1,
+        "version": version,
         "runtime": runtime,
         "artifact": "",
         "input": {"name": "images", "dtype": "uint8", "shape": [-1, image_size, image_size, 3]},
@@ -60,10 +61,10 @@ def write_model(
         "labels": [f"class{i}" for i in range(classes)],
         "parameters": parameters or {},
     }
-    (version / "manifest.json").write_text(json.dumps(manifest))
+    (folder / "manifest.json").write_text(json.dumps(manifest))
     if config is not None:
         (repository / name / "config.json").write_text(json.dumps(config))
-    return version
+    return folder
 
 
 def write_simulated_model(repository: Path, fixed_s: float, per_image_s: float) -> None:

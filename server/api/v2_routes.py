@@ -8,6 +8,8 @@ normalisation), or BYTES holding encoded JPEG/PNG that the server decodes. Error
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from fastapi import APIRouter, Request
 from starlette.responses import Response
@@ -23,7 +25,7 @@ from server.v2_codec import InferRequest, ProtocolError, encode_infer_response, 
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol v2"])
 
-EXTENSIONS = ["binary_tensor_data", "classification"]
+EXTENSIONS = ["binary_tensor_data", "classification", "model_repository"]
 PLATFORMS = {"tensorflow": "tensorflow_savedmodel", "litert": "tensorflow_lite", "keras_jax": "keras_jax"}
 
 
@@ -155,3 +157,37 @@ async def infer(request: Request, name: str) -> Response:
 @flat_errors
 async def infer_version(request: Request, name: str, version: str) -> Response:
     return await _infer(request, name, version)
+
+
+@router.post("/repository/index")
+async def repository_index(request: Request) -> Response:
+    """Every served version with its state, and the models whose last load failed."""
+    registry = _registry(request)
+    entries: list[dict[str, Any]] = [
+        {"name": m.name, "version": str(m.version), "state": "READY" if m.ready else "LOADING", "reason": ""}
+        for m in registry.models
+    ]
+    served = {m.name for m in registry.models}
+    entries += [
+        {"name": name, "version": "", "state": "READY" if name in served else "UNAVAILABLE", "reason": error}
+        for name, error in registry.errors.items()
+    ]
+    return OrjsonResponse(entries)
+
+
+@router.post("/repository/models/{name}/load")
+@flat_errors
+async def repository_load(request: Request, name: str) -> Response:
+    """Rescan this model's folder now: load new versions, retire removed ones."""
+    registry = _registry(request)
+    await registry.reload(only=name)
+    if name in registry.errors:
+        return OrjsonResponse({"error": registry.errors[name]}, status_code=400)
+    return OrjsonResponse({})
+
+
+@router.post("/repository/models/{name}/unload")
+@flat_errors
+async def repository_unload(request: Request, name: str) -> Response:
+    await _registry(request).unload(name)
+    return OrjsonResponse({})

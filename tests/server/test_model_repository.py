@@ -1,0 +1,184 @@
+"""The model repository at run time: version policies, reload without failed requests, a
+broken version, unload, the memory budget, and polling. Fake runtimes make it fast."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+from PIL import Image
+
+from loadtests.batching_bench import write_model
+from server.app import create_app
+from server.manifest import ModelManifest
+from server.runtimes import RuntimeOptions
+from server.settings import BatchingSettings, Settings
+from tests.fakes import GatedRuntime
+
+MODEL = "fake"
+
+
+def png(value: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((8, 8, 3), value, np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def add_version(repository: Path, version: int, config: dict[str, Any] | None = None) -> None:
+    write_model(
+        repository, MODEL, "fake", image_size=8, resize_shorter_side=8, classes=10, version=version, config=config
+    )
+
+
+@asynccontextmanager
+async def serving(
+    repository: Path, broken_versions: set[int] = frozenset(), **settings: Any
+) -> AsyncIterator[httpx.AsyncClient]:  # type: ignore[assignment]
+    def factory(manifest: ModelManifest, path: Path, options: RuntimeOptions) -> GatedRuntime:
+        if manifest.version in broken_versions:
+            raise RuntimeError("artifact is corrupt")
+        return GatedRuntime()
+
+    config = Settings(
+        model_repository=repository, default_model=MODEL, batching=BatchingSettings(max_batch_size=4), **settings
+    )
+    app = create_app(config, runtime_factory=factory)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            for _ in range(500):
+                if (await client.post("/v2/repository/index")).json():
+                    break
+                await asyncio.sleep(0.01)
+            yield client
+
+
+async def served_versions(client: httpx.AsyncClient) -> list[int]:
+    return sorted(m["version"] for m in (await client.get("/v1/models")).json()["models"])
+
+
+async def classify(client: httpx.AsyncClient, value: int = 3) -> httpx.Response:
+    return await client.post("/v1/classify", content=png(value), headers={"Content-Type": "image/png"})
+
+
+def test_version_policy_latest_two_serves_the_two_newest(tmp_path: Path) -> None:
+    for v in (1, 2, 3):
+        add_version(tmp_path, v, config={"version_policy": {"latest": 2}})
+
+    async def scenario() -> None:
+        async with serving(tmp_path) as client:
+            assert await served_versions(client) == [2, 3]
+            assert (await classify(client)).json()["version"] == 3  # the default is the newest
+            pinned = await client.get(f"/v2/models/{MODEL}/versions/2")
+            assert pinned.status_code == 200 and pinned.json()["versions"] == ["2"]
+            assert (await client.get(f"/v2/models/{MODEL}/versions/1")).status_code == 404
+
+    asyncio.run(scenario())
+
+
+def test_specific_versions_policy(tmp_path: Path) -> None:
+    for v in (1, 2, 3):
+        add_version(tmp_path, v, config={"version_policy": {"specific": [1, 3]}})
+
+    async def scenario() -> None:
+        async with serving(tmp_path) as client:
+            assert await served_versions(client) == [1, 3]
+
+    asyncio.run(scenario())
+
+
+def test_a_new_version_takes_over_under_load_without_a_failed_request(tmp_path: Path) -> None:
+    add_version(tmp_path, 1)
+
+    async def scenario() -> None:
+        async with serving(tmp_path) as client:
+            statuses: list[int] = []
+            versions: list[int] = []
+            stop = asyncio.Event()
+
+            async def user() -> None:
+                for _ in range(400):  # bounded, whatever happens
+                    if stop.is_set():
+                        return
+                    response = await classify(client)
+                    statuses.append(response.status_code)
+                    if response.status_code == 200:
+                        versions.append(response.json()["version"])
+
+            users = [asyncio.ensure_future(user()) for _ in range(8)]
+            await asyncio.sleep(0.05)
+            add_version(tmp_path, 2)
+            loaded = await client.post(f"/v2/repository/models/{MODEL}/load")
+            assert loaded.status_code == 200, loaded.text
+            await asyncio.sleep(0.05)
+            stop.set()
+            await asyncio.gather(*users)
+            assert statuses and set(statuses) == {200}
+            assert versions[0] == 1 and versions[-1] == 2
+            assert await served_versions(client) == [2]  # version 1 was retired
+
+    asyncio.run(scenario())
+
+
+def test_a_version_that_fails_to_load_leaves_the_serving_one_and_says_why(tmp_path: Path) -> None:
+    add_version(tmp_path, 1)
+
+    async def scenario() -> None:
+        async with serving(tmp_path, broken_versions=frozenset({2})) as client:
+            add_version(tmp_path, 2)
+            failed = await client.post(f"/v2/repository/models/{MODEL}/load")
+            assert failed.status_code == 400 and "corrupt" in failed.json()["error"]
+            assert (await classify(client)).json()["version"] == 1
+            index = (await client.post("/v2/repository/index")).json()
+            assert any(e["name"] == MODEL and "corrupt" in e["reason"] for e in index)
+            assert (await client.get("/ready")).status_code == 200  # still serving
+
+    asyncio.run(scenario())
+
+
+def test_unload_then_load_again(tmp_path: Path) -> None:
+    add_version(tmp_path, 1)
+
+    async def scenario() -> None:
+        async with serving(tmp_path) as client:
+            assert (await client.post(f"/v2/repository/models/{MODEL}/unload")).status_code == 200
+            gone = await classify(client)
+            assert gone.status_code == 404 and gone.json()["error"]["code"] == "model_not_found"
+            assert (await client.post(f"/v2/repository/models/{MODEL}/load")).status_code == 200
+            assert (await classify(client)).status_code == 200
+            missing = await client.post("/v2/repository/models/nothing/load")
+            assert missing.status_code == 404
+
+    asyncio.run(scenario())
+
+
+def test_a_model_beyond_the_memory_budget_is_not_loaded(tmp_path: Path) -> None:
+    add_version(tmp_path, 1)
+
+    async def scenario() -> None:
+        async with serving(tmp_path, max_model_bytes=10) as client:
+            ready = await client.get("/ready")
+            assert ready.status_code == 503 and "memory budget" in ready.json()["error"]
+
+    asyncio.run(scenario())
+
+
+def test_polling_picks_up_a_new_version(tmp_path: Path) -> None:
+    add_version(tmp_path, 1)
+
+    async def scenario() -> None:
+        async with serving(tmp_path, repository_poll_s=0.05) as client:
+            add_version(tmp_path, 2)
+            for _ in range(200):
+                if await served_versions(client) == [2]:
+                    break
+                await asyncio.sleep(0.02)
+            assert await served_versions(client) == [2]
+
+    asyncio.run(scenario())
