@@ -56,6 +56,9 @@ class Metrics:
         self.padded_slots = Counter(
             "imgserve_batch_slots_total", "Rows sent to the runtime, padding included.", ["model"], registry=r
         )
+        self.cache = Counter(
+            "imgserve_result_cache_requests_total", "Result cache lookups by outcome.", ["model", "result"], registry=r
+        )
         self.dropped = Counter(
             "imgserve_dropped_images_total",
             "Images that never reached the model, by reason (rejected, expired, abandoned).",
@@ -84,6 +87,8 @@ class ModelBatchMetrics:
         self._abandoned = metrics.dropped.labels(model, "abandoned")
         self._padding = metrics.padding.labels(model)
         self._slots = metrics.padded_slots.labels(model)
+        self.cache_hits = metrics.cache.labels(model, "hit")
+        self.cache_misses = metrics.cache.labels(model, "miss")
         self._per_item = metrics.latency_model.labels(model, "per_image")
         self._fixed = metrics.latency_model.labels(model, "fixed")
 

@@ -12,6 +12,7 @@ import numpy as np
 from batching import BatchingConfig, MicroBatcher
 from server.manifest import ModelManifest
 from server.metrics import ModelBatchMetrics
+from server.result_cache import ResultCache
 from server.runtimes import Runtime
 
 log = logging.getLogger(__name__)
@@ -25,6 +26,7 @@ class ModelInstance:
         runtime: Runtime,
         batching: BatchingConfig,
         metrics: ModelBatchMetrics | None = None,
+        cache: ResultCache | None = None,
     ) -> None:
         self.manifest = manifest
         self.path = path
@@ -38,6 +40,7 @@ class ModelInstance:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{manifest.name}")
         self._batcher: MicroBatcher[np.ndarray, np.ndarray] = MicroBatcher(self._run_batch, batching, observer=metrics)
         self.ready = False
+        self._cache = cache
 
     @property
     def name(self) -> str:
@@ -76,6 +79,22 @@ class ModelInstance:
         self._batcher.start()
         self.ready = True
         log.info("model %s v%d warm for batch sizes %s", self.name, self.version, list(self.batching.batch_shapes))
+
+    def cached(self, key: bytes | None) -> np.ndarray | None:
+        """The stored output for this input, if the model has a cache and holds it."""
+        if self._cache is None or key is None:
+            return None
+        hit = self._cache.get(key)
+        if self._metrics is not None:
+            (self._metrics.cache_hits if hit is not None else self._metrics.cache_misses).inc()
+        return hit
+
+    def remember(self, key: bytes | None, output: np.ndarray) -> None:
+        if self._cache is not None and key is not None:
+            self._cache.put(key, output)
+
+    def cache_key(self, data: bytes | np.ndarray) -> bytes | None:
+        return None if self._cache is None else ResultCache.key(data)
 
     async def infer(self, tensor: np.ndarray, deadline: float | None) -> np.ndarray:
         return await self._batcher.submit(tensor, deadline=deadline)

@@ -22,6 +22,10 @@ MODEL_CONFIG_FILE = "config.json"
 class ModelConfig(BaseModel):
     batching: dict[str, Any] = Field(default_factory=dict, description="Overrides of the server's batching settings.")
     version_policy: dict[str, Any] = Field(default_factory=lambda: {"latest": 1})
+    cache: dict[str, int] | None = Field(
+        default=None,
+        description='Result cache per version, e.g. {"max_entries": 10000, "max_bytes": 100000000}; off if absent.',
+    )
 
     def select(self, versions: list[int]) -> list[int]:
         """The versions to serve, newest first."""

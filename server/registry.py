@@ -16,6 +16,7 @@ from server.errors import ErrorKind, ServiceError
 from server.metrics import Metrics
 from server.model_instance import ModelInstance
 from server.model_repository import ModelVersion, served_versions
+from server.result_cache import ResultCache
 from server.runtimes import RuntimeOptions
 from server.runtimes.base import RuntimeFactory
 from server.settings import BatchingSettings
@@ -85,6 +86,7 @@ class ModelRegistry:
             runtime,
             batching.to_config(),
             metrics=self._metrics.batch_observer(version.manifest.name),
+            cache=ResultCache(**version.config.cache) if version.config.cache else None,
         )
         await instance.warm_up()
         return instance

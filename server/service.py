@@ -126,9 +126,13 @@ class ClassificationService:
         deadline = self._deadline(timeout_s)
 
         async def work(model: ModelInstance) -> Classification:
-            tensor = await self._decode(model, data)
-            with self._model_errors(model):
-                probabilities = await model.infer(tensor, deadline)
+            key = model.cache_key(data)
+            probabilities = model.cached(key)
+            if probabilities is None:
+                tensor = await self._decode(model, data)
+                with self._model_errors(model):
+                    probabilities = await model.infer(tensor, deadline)
+                model.remember(key, probabilities)
             return self._classification(model, probabilities, k)
 
         with self._admitted():

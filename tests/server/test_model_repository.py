@@ -38,16 +38,22 @@ def add_version(repository: Path, version: int, config: dict[str, Any] | None = 
 
 @asynccontextmanager
 async def serving(
-    repository: Path, broken_versions: set[int] = frozenset(), **settings: Any
-) -> AsyncIterator[httpx.AsyncClient]:  # type: ignore[assignment]
+    repository: Path,
+    broken_versions: frozenset[int] = frozenset(),
+    runtimes: list[GatedRuntime] | None = None,
+    **settings: Any,
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The app on fake runtimes (each one appended to ``runtimes``), once loading is done."""
+    created = runtimes if runtimes is not None else []
+
     def factory(manifest: ModelManifest, path: Path, options: RuntimeOptions) -> GatedRuntime:
         if manifest.version in broken_versions:
             raise RuntimeError("artifact is corrupt")
-        return GatedRuntime()
+        created.append(GatedRuntime())
+        return created[-1]
 
-    config = Settings(
-        model_repository=repository, default_model=MODEL, batching=BatchingSettings(max_batch_size=4), **settings
-    )
+    batching = BatchingSettings(max_batch_size=4)
+    config = Settings(model_repository=repository, default_model=MODEL, batching=batching, **settings)
     app = create_app(config, runtime_factory=factory)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
@@ -56,6 +62,7 @@ async def serving(
                 if (await client.post("/v2/repository/index")).json():
                     break
                 await asyncio.sleep(0.01)
+            client.app = app  # type: ignore[attr-defined]  # for tests that read the metrics
             yield client
 
 
@@ -180,5 +187,53 @@ def test_polling_picks_up_a_new_version(tmp_path: Path) -> None:
                     break
                 await asyncio.sleep(0.02)
             assert await served_versions(client) == [2]
+
+    asyncio.run(scenario())
+
+
+def test_a_cache_hit_returns_the_identical_body_without_running_the_model(tmp_path: Path) -> None:
+    add_version(tmp_path, 1, config={"cache": {"max_entries": 100, "max_bytes": 100_000}})
+    runtimes: list[GatedRuntime] = []
+
+    async def scenario() -> None:
+        async with serving(tmp_path, runtimes=runtimes) as client:
+            metrics = client.app.state.metrics.registry  # type: ignore[attr-defined]
+
+            def lookups(result: str) -> float:
+                labels = {"model": MODEL, "result": result}
+                return float(metrics.get_sample_value("imgserve_result_cache_requests_total", labels) or 0)
+
+            first, second = await classify(client, 5), await classify(client, 5)
+            assert first.status_code == 200 and first.content == second.content
+            assert (lookups("miss"), lookups("hit")) == (1, 1)
+            assert runtimes[0].seen.count(5) == 1  # the model ran once
+            # A new version starts with an empty cache: never another version's answer.
+            add_version(tmp_path, 2)
+            await client.post(f"/v2/repository/models/{MODEL}/load")
+            third = await classify(client, 5)
+            assert third.json()["version"] == 2 and runtimes[1].seen.count(5) == 1
+
+    asyncio.run(scenario())
+
+
+def test_unload_drains_queued_requests_before_releasing_the_model(tmp_path: Path) -> None:
+    add_version(tmp_path, 1, config={"batching": {"max_batch_size": 1}})
+    runtimes: list[GatedRuntime] = []
+
+    async def scenario() -> None:
+        async with serving(tmp_path, runtimes=runtimes) as client:
+            (runtime,) = runtimes
+            runtime.gate.clear()
+            entered = runtime.entered
+            in_flight = [asyncio.ensure_future(classify(client, v)) for v in (1, 2, 3)]
+            while runtime.entered == entered:
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.05)  # the other two queue behind the stuck one
+            unloading = asyncio.ensure_future(client.post(f"/v2/repository/models/{MODEL}/unload"))
+            await asyncio.sleep(0.05)
+            runtime.gate.set()
+            assert [r.status_code for r in await asyncio.gather(*in_flight)] == [200, 200, 200]
+            assert (await unloading).status_code == 200
+            assert (await classify(client)).status_code == 404
 
     asyncio.run(scenario())

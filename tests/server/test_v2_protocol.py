@@ -111,3 +111,39 @@ def test_protocol_errors_come_back_as_v2_errors(
     assert broken.status_code == 400 and "error" in broken.json()
     other_version = httpx.get(f"{base_url}/v2/models/{MODEL}/versions/7")
     assert other_version.status_code == 404 and "version 7" in other_version.json()["error"]
+
+
+def test_tritonclient_and_v1_classify_agree_on_the_same_photo(
+    client: triton.InferenceServerClient, base_url: str, photo_bytes: dict[str, bytes], coffee_and_cat: np.ndarray
+) -> None:
+    for name, tensor in (("coffee", coffee_and_cat[0]), ("chelsea", coffee_and_cat[1])):
+        v1_top1 = httpx.post(
+            f"{base_url}/v1/classify", content=photo_bytes[name], headers={"Content-Type": "image/png"}
+        ).json()["predictions"][0]["index"]
+        for binary in (False, True):
+            images = triton.InferInput("images", [1, 224, 224, 3], "UINT8")
+            images.set_data_from_numpy(tensor[None], binary_data=binary)
+            output = triton.InferRequestedOutput("probabilities", binary_data=binary)
+            assert client.infer(MODEL, [images], outputs=[output]).as_numpy("probabilities")[0].argmax() == v1_top1
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "message"),
+    [
+        (b'{"inputs": [{"name": "images", "datatype": "UINT8", "shape": [1, 224, 224, 3], "data": [1, 2, 3]}]}',
+         {}, "values for shape"),
+        (b'{"inputs": [{"name": "images", "datatype": "COMPLEX64", "shape": [1], "data": [1]}]}', {}, "datatype"),
+        (b'{"inputs": [{"name": "images", "datatype": "UINT8", "shape": [1, 2], '
+         b'"parameters": {"binary_data_size": 2}}]}', {"Inference-Header-Content-Length": "500"}, "larger than"),
+        (b'{"inputs": []}', {}, "inputs"),
+        (b'{"outputs": []}', {}, "inputs"),
+        (b'{"inputs": [{"name": "images", "datatype": "UINT8", "shape": [1, 2, 2, 3]}]}', {}, "neither data"),
+    ],
+    ids=["shape-vs-data", "unknown-datatype", "header-past-body", "empty-inputs", "missing-inputs", "no-data"],
+)  # fmt: skip
+def test_malformed_v2_bodies_are_400_with_an_error(
+    base_url: str, body: bytes, headers: dict[str, str], message: str
+) -> None:
+    response = httpx.post(f"{base_url}/v2/models/{MODEL}/infer", content=body, headers=headers)
+    assert response.status_code == 400, response.text
+    assert message in response.json()["error"]

@@ -1,0 +1,48 @@
+"""The bounded LRU result cache."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from server.result_cache import ResultCache
+
+
+def row(value: float, size: int = 10) -> np.ndarray:
+    return np.full(size, value, np.float32)  # 40 bytes
+
+
+def test_least_recently_used_entries_go_first_when_full() -> None:
+    cache = ResultCache(max_entries=2, max_bytes=10_000)
+    cache.put(b"a", row(1))
+    cache.put(b"b", row(2))
+    assert cache.get(b"a") is not None  # a is now the most recent
+    cache.put(b"c", row(3))
+    assert cache.get(b"b") is None and cache.get(b"a") is not None and cache.get(b"c") is not None
+    assert len(cache) == 2
+
+
+def test_the_byte_bound_holds_too() -> None:
+    cache = ResultCache(max_entries=100, max_bytes=100)  # room for two 40-byte rows
+    for key in (b"a", b"b", b"c"):
+        cache.put(key, row(1))
+    assert len(cache) == 2 and cache.size_bytes == 80
+    cache.put(b"huge", row(1, size=1000))  # larger than the whole cache: not stored
+    assert cache.get(b"huge") is None
+
+
+def test_stored_results_are_read_only_copies() -> None:
+    cache = ResultCache(max_entries=4, max_bytes=1000)
+    original = row(1)
+    cache.put(b"a", original)
+    original[0] = 99
+    stored = cache.get(b"a")
+    assert stored is not None and stored[0] == 1
+    with pytest.raises(ValueError):
+        stored[0] = 5
+
+
+def test_keys_follow_the_bytes() -> None:
+    assert ResultCache.key(b"photo") == ResultCache.key(b"photo")
+    assert ResultCache.key(b"photo") != ResultCache.key(b"photo2")
+    assert ResultCache.key(np.zeros(3, np.uint8)) != ResultCache.key(np.ones(3, np.uint8))
