@@ -80,7 +80,7 @@ class ServiceError(Exception):
 
 def from_batching_error(exc: BatchingError) -> ServiceError:
     if isinstance(exc, Overloaded):
-        return ServiceError(ErrorKind.OVERLOADED, "server overloaded: too many images queued", exc.retry_after)
+        return ServiceError(ErrorKind.OVERLOADED, f"server overloaded: {exc.reason}", exc.retry_after)
     if isinstance(exc, DeadlineExceeded):
         return ServiceError(ErrorKind.TIMEOUT, "the request's deadline passed before the model could run it")
     if isinstance(exc, BatcherClosed):

@@ -147,3 +147,22 @@ def test_malformed_v2_bodies_are_400_with_an_error(
     response = httpx.post(f"{base_url}/v2/models/{MODEL}/infer", content=body, headers=headers)
     assert response.status_code == 400, response.text
     assert message in response.json()["error"]
+
+
+def test_the_timeout_parameter_shortens_the_deadline(base_url: str, coffee_and_cat: np.ndarray) -> None:
+    body = {
+        "parameters": {"timeout": 1},  # microseconds: past before the batcher can send it
+        "inputs": [
+            {
+                "name": "images",
+                "datatype": "UINT8",
+                "shape": [1, 224, 224, 3],
+                "data": coffee_and_cat[0].ravel().tolist(),
+            }
+        ],
+    }
+    response = httpx.post(f"{base_url}/v2/models/{MODEL}/infer", json=body, timeout=60)
+    # Either it expired in the queue (504), or, once the latency model has seen batches, it
+    # was refused at admission as unable to make its deadline (429). It never ran.
+    assert response.status_code in (429, 504)
+    assert "deadline" in response.json()["error"]
