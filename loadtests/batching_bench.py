@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 
 from loadtests.measure import measure_server
-from loadtests.payloads import jpeg_payloads, multipart_body
+from loadtests.payloads import HttpRequest, upload_requests
 from loadtests.server_process import free_port, server_process
 
 STRATEGIES: dict[str, dict[str, str]] = {
@@ -73,7 +73,7 @@ def write_simulated_model(repository: Path, fixed_s: float, per_image_s: float) 
 
 
 def run_model(
-    name: str, repository: Path, model: str, clients: list[int], duration: float, bodies: list[tuple[bytes, str]]
+    name: str, repository: Path, model: str, clients: list[int], duration: float, bodies: list[HttpRequest]
 ) -> list[dict[str, object]]:
     rows = []
     for strategy, env in STRATEGIES.items():
@@ -109,7 +109,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="write the JSON report here")
     args = parser.parse_args()
 
-    bodies = [multipart_body(p) for p in jpeg_payloads()]
+    bodies = upload_requests()
     rows: list[dict[str, object]] = []
     with tempfile.TemporaryDirectory() as tmp:
         repository = Path(tmp)

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from loadtests.measure import measure_point
-from loadtests.payloads import jpeg_payloads, multipart_body
+from loadtests.payloads import preprocessed_photos, upload_requests, v2_binary_body
 from loadtests.report import markdown_table, plot
 from loadtests.server_process import free_port, server_process
 from loadtests.system import wait_until_quiet
@@ -98,6 +98,12 @@ def main() -> None:
     parser.add_argument("--rates", default="", help="open-loop request rates (req/s), e.g. 50,100")
     parser.add_argument("--duration", type=float, default=8.0, help="seconds per point")
     parser.add_argument("--server-env", action="append", default=[], help="KEY=VALUE for the imgserve servers")
+    parser.add_argument(
+        "--payload",
+        choices=["jpeg", "v2-binary"],
+        default="jpeg",
+        help="JPEG uploads to /v1/classify, or preprocessed uint8 as v2 binary tensors (imgserve configs only)",
+    )
     parser.add_argument("--out-dir", type=Path, default=Path("loadtests/results"))
     args = parser.parse_args()
 
@@ -105,7 +111,11 @@ def main() -> None:
     chosen = {name: spec for name, spec in configs(args.model, extra_env).items() if name in args.configs.split(",")}
     clients = [int(c) for c in args.clients.split(",") if c]
     rates = [float(r) for r in args.rates.split(",") if r]
-    bodies = [multipart_body(p) for p in jpeg_payloads()]
+    path, bodies = "/v1/classify", upload_requests()
+    if args.payload == "v2-binary":
+        size = int(json.loads((args.model / "manifest.json").read_text())["preprocessing"]["crop_size"])
+        path = f"/v2/models/{args.model.parent.name}/infer"
+        bodies = [v2_binary_body(image[None]) for image in preprocessed_photos(size)]
 
     print("in-process ceiling ...", file=sys.stderr)
     ceiling_figures = ceiling(args.model)
@@ -117,13 +127,14 @@ def main() -> None:
             for load in loads:
                 wait_until_quiet()
                 print(f"{name} {load} ...", file=sys.stderr)
-                figures = measure_point(base_url, bodies, args.duration, server_pid=process.pid, **load)
+                figures = measure_point(base_url, bodies, args.duration, server_pid=process.pid, path=path, **load)
                 points.append({"config": name, **load, **figures})
 
     report = {
         "machine": machine(),
         "model": str(args.model),
         "duration_s": args.duration,
+        "payload": args.payload,
         "payload_bytes": [len(b) for b, _ in bodies],
         "ceiling": ceiling_figures,
         "points": points,

@@ -16,6 +16,8 @@ from urllib.parse import urlparse
 import httpx
 import numpy as np
 
+from loadtests.payloads import HttpRequest
+
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
 
 
@@ -46,11 +48,11 @@ class LoadResult:
         }
 
 
-async def _send(client: httpx.AsyncClient, url: str, body: bytes, content_type: str, result: LoadResult) -> None:
+async def _send(client: httpx.AsyncClient, url: str, body: bytes, headers: dict[str, str], result: LoadResult) -> None:
     """One request, timed and recorded in ``result``."""
     sent = time.perf_counter()
     try:
-        response = await client.post(url, content=body, headers={"Content-Type": content_type})
+        response = await client.post(url, content=body, headers=headers)
     except httpx.TransportError:
         result.transport_errors += 1
         return
@@ -60,7 +62,7 @@ async def _send(client: httpx.AsyncClient, url: str, body: bytes, content_type: 
 
 async def run_closed_loop(
     url: str,
-    bodies: list[tuple[bytes, str]],
+    bodies: list[HttpRequest],
     clients: int,
     duration: float,
     max_requests: int = 1_000_000,
@@ -78,8 +80,8 @@ async def run_closed_loop(
         async def one_client(offset: int) -> None:
             payloads = itertools.cycle(bodies[offset % len(bodies) :] + bodies[: offset % len(bodies)])
             while time.perf_counter() < stop_at and next(counter) < max_requests:
-                body, content_type = next(payloads)
-                await _send(client, url, body, content_type, result)
+                body, headers = next(payloads)
+                await _send(client, url, body, headers, result)
 
         await asyncio.gather(*(one_client(i) for i in range(clients)))
     result.seconds = time.perf_counter() - started
@@ -88,7 +90,7 @@ async def run_closed_loop(
 
 async def run_open_loop(
     url: str,
-    bodies: list[tuple[bytes, str]],
+    bodies: list[HttpRequest],
     rate: float,
     duration: float,
     max_in_flight: int = 512,
@@ -112,8 +114,8 @@ async def run_open_loop(
             if len(in_flight) >= max_in_flight:
                 result.transport_errors += 1
                 continue
-            body, content_type = bodies[i % len(bodies)]
-            task = asyncio.ensure_future(_send(client, url, body, content_type, result))
+            body, headers = bodies[i % len(bodies)]
+            task = asyncio.ensure_future(_send(client, url, body, headers, result))
             in_flight.add(task)
             task.add_done_callback(in_flight.discard)
         if in_flight:

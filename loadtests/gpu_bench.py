@@ -6,9 +6,10 @@ For each model:
 (a) model-only throughput on the keras_jax runtime, per batch size and dtype, with the input
     already on the device and copied from the host (``loadtests.model_bench``, run as its
     own process).
-(b) end-to-end: ``imgserve serve`` on keras_jax, driven over loopback with JPEG uploads at
-    each client count (wrk if installed). Each point records req/s, p50/p99, the server's
-    mean batch, and CPU.
+(b) end-to-end: ``imgserve serve`` on keras_jax, driven over loopback (wrk if installed) at
+    each client count. It uses JPEG uploads to /v1/classify, then preprocessed uint8 images as
+    v2 binary tensors (no decode, no JSON floats). Each point records req/s, p50/p99, the
+    server's mean batch, and CPU.
 (c) GPU utilisation and memory during each end-to-end point, sampled from ``nvidia-smi``
     when it is present.
 
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from loadtests.measure import measure_point
-from loadtests.payloads import jpeg_payloads, multipart_body
+from loadtests.payloads import preprocessed_photos, upload_requests, v2_binary_body
 from loadtests.server_process import free_port, server_process
 
 
@@ -98,14 +99,23 @@ def end_to_end(model: Path, clients: list[int], duration: float, max_batch: int,
     port = free_port()
     command = [sys.executable, "-m", "server.cli", "serve", "--port", str(port)]
     command += ["--model-repository", str(model.parent.parent)]
-    bodies = [multipart_body(p) for p in jpeg_payloads()]
+    size = int(json.loads((model / "manifest.json").read_text())["preprocessing"]["crop_size"])
+    payloads = {
+        "jpeg upload": ("/v1/classify", upload_requests()),
+        "v2 binary uint8": (
+            f"/v2/models/{model.parent.name}/infer",
+            [v2_binary_body(image[None]) for image in preprocessed_photos(size)],
+        ),
+    }
     rows = []
     with server_process(command, port, env, startup_s=600) as (base_url, process):
-        for n in clients:
-            sampler = GpuSampler()
-            sampler.start()
-            figures = measure_point(base_url, bodies, duration, clients=n, server_pid=process.pid)
-            rows.append({"model": model.parent.name, "dtype": dtype, "clients": n, **figures, **sampler.stop()})
+        for payload, (path, requests) in payloads.items():
+            for n in clients:
+                sampler = GpuSampler()
+                sampler.start()
+                figures = measure_point(base_url, requests, duration, clients=n, server_pid=process.pid, path=path)
+                row = {"model": model.parent.name, "dtype": dtype, "payload": payload, "clients": n, **figures}
+                rows.append({**row, **sampler.stop()})
     return rows
 
 
@@ -144,7 +154,8 @@ def main() -> None:
         print(f"\n## {name}\n")
         print(table(entry["model_only"], ["dtype", "batch", "from_host_images_per_s", "on_device_images_per_s"]))
         print()
-        columns = ["clients", "req_per_s", "p50_ms", "p99_ms", "mean_batch_size", "server_cpu", "gpu_util_mean_pct"]
+        columns = ["payload", "clients", "req_per_s", "p50_ms", "p99_ms", "mean_batch_size", "server_cpu"]
+        columns.append("gpu_util_mean_pct")
         print(table(entry["end_to_end"], columns))
         print(f"\nend to end / model only: {entry['end_to_end_over_model_only']}")
 

@@ -9,6 +9,7 @@ import httpx
 
 from loadtests import wrk
 from loadtests.closed_loop import run_closed_loop, run_open_loop
+from loadtests.payloads import HttpRequest
 from loadtests.system import children_cpu_seconds, process_cpu_seconds
 
 
@@ -31,7 +32,7 @@ def _own_cpu_seconds() -> float:
     return t.user + t.system
 
 
-def closed_loop(url: str, bodies: list[tuple[bytes, str]], clients: int, duration: float) -> dict[str, float]:
+def closed_loop(url: str, bodies: list[HttpRequest], clients: int, duration: float) -> dict[str, float]:
     """wrk when it is installed, else the Python generator."""
     if wrk.available():
         return wrk.run_wrk(url, bodies, clients, duration)
@@ -40,16 +41,17 @@ def closed_loop(url: str, bodies: list[tuple[bytes, str]], clients: int, duratio
 
 def measure_point(
     base_url: str,
-    bodies: list[tuple[bytes, str]],
+    bodies: list[HttpRequest],
     duration: float,
     *,
     clients: int | None = None,
     rate: float | None = None,
     server_pid: int | None = None,
     warm_s: float = 3.0,
+    path: str = "/v1/classify",
 ) -> dict[str, object]:
     """One point: closed loop with ``clients``, or open loop at ``rate`` requests/s."""
-    url = f"{base_url}/v1/classify"
+    url = f"{base_url}{path}"
     if clients is not None:
         closed_loop(url, bodies, clients, min(warm_s, duration))
     images_before, batches_before = batch_stats(base_url)
@@ -76,6 +78,6 @@ def measure_point(
 
 
 def measure_server(
-    base_url: str, bodies: list[tuple[bytes, str]], clients: int, duration: float, server_pid: int | None = None
+    base_url: str, bodies: list[HttpRequest], clients: int, duration: float, server_pid: int | None = None
 ) -> dict[str, object]:
     return measure_point(base_url, bodies, duration, clients=clients, server_pid=server_pid)

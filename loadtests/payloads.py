@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import io
+import json
 import uuid
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 PHOTO_SOURCES = (
@@ -58,3 +60,39 @@ def multipart_files(field: str, images: list[bytes]) -> tuple[bytes, str]:
 
 def multipart_body(image: bytes, field: str = "file") -> tuple[bytes, str]:
     return multipart_files(field, [image])
+
+
+HttpRequest = tuple[bytes, dict[str, str]]  # body and headers, encoded once, sent many times
+
+
+def upload_requests() -> list[HttpRequest]:
+    """One multipart upload of each payload photo, for /v1/classify."""
+    return [(body, {"Content-Type": content_type}) for body, content_type in map(multipart_body, jpeg_payloads())]
+
+
+def v2_binary_body(images: np.ndarray, input_name: str = "images") -> tuple[bytes, dict[str, str]]:
+    """An Open Inference Protocol v2 request with the uint8 batch as binary tensor data:
+    what high-volume clients send, with no decode left for the server and no JSON floats."""
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": input_name,
+                    "datatype": "UINT8",
+                    "shape": list(images.shape),
+                    "parameters": {"binary_data_size": images.nbytes},
+                }
+            ],
+            "outputs": [{"name": "probabilities", "parameters": {"binary_data": True, "classification": 5}}],
+        }
+    ).encode()
+    headers = {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(len(header))}
+    return header + np.ascontiguousarray(images, dtype=np.uint8).tobytes(), headers
+
+
+def preprocessed_photos(size: int = 224) -> np.ndarray:
+    """The payload photos as the model's uint8 input: shorter side to 256/224 of ``size``, centre crop."""
+    from trt_build.preprocess import center_crop_resize
+
+    images = [Image.open(io.BytesIO(p)) for p in jpeg_payloads()]
+    return np.stack([center_crop_resize(im, round(size * 256 / 224), size, "bicubic") for im in images])

@@ -14,17 +14,18 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from loadtests.closed_loop import LOOPBACK_HOSTS
+from loadtests.payloads import HttpRequest
 
 # Requests rotate through the payloads; `done` prints one JSON line with the figures.
 _SCRIPT = """
 local paths = {%(paths)s}
-local content_types = {%(content_types)s}
+local headers = {%(headers)s}
 local requests = {}
 local counter = 0
 init = function(args)
   for i, path in ipairs(paths) do
     local f = io.open(path, "rb"); local body = f:read("*a"); f:close()
-    requests[i] = wrk.format("POST", nil, {["Content-Type"] = content_types[i]}, body)
+    requests[i] = wrk.format("POST", nil, headers[i], body)
   end
 end
 request = function()
@@ -46,7 +47,11 @@ def available() -> bool:
     return shutil.which("wrk") is not None
 
 
-def run_wrk(url: str, bodies: list[tuple[bytes, str]], clients: int, duration: float) -> dict[str, float]:
+def _lua_table(headers: dict[str, str]) -> str:
+    return "{" + ", ".join(f'["{k}"] = "{v}"' for k, v in headers.items()) + "}"
+
+
+def run_wrk(url: str, bodies: list[HttpRequest], clients: int, duration: float) -> dict[str, float]:
     if urlparse(url).hostname not in LOOPBACK_HOSTS:
         raise ValueError("load tests only target this machine's loopback interface")
     with tempfile.TemporaryDirectory() as tmp:
@@ -60,7 +65,7 @@ def run_wrk(url: str, bodies: list[tuple[bytes, str]], clients: int, duration: f
             _SCRIPT
             % {
                 "paths": ", ".join(f'"{p}"' for p in paths),
-                "content_types": ", ".join(f'"{ct}"' for _, ct in bodies),
+                "headers": ", ".join(_lua_table(h) for _, h in bodies),
             }
         )
         threads = min(2, clients)

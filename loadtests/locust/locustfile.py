@@ -27,8 +27,8 @@ from typing import Any
 
 from locust import FastHttpUser, LoadTestShape, between, task
 
-from loadtests.locust.payloads import mixed_photo, photos, typical_photo
-from loadtests.payloads import multipart_files
+from loadtests.locust.payloads import mixed_photo, photos, preprocessed_photos, typical_photo
+from loadtests.payloads import multipart_files, v2_binary_body
 
 SHED_STATUSES = (429, 503)
 
@@ -94,6 +94,30 @@ class MixedTrafficUser(_ImgserveUser):
     @task(1)
     def classify_batch(self) -> None:
         self.post_batch([mixed_photo(self.rng) for _ in range(4)], "/v1/classify/batch [mixed sizes]")
+
+
+class V2BinaryTensorUser(_ImgserveUser):
+    """Preprocessed uint8 images as Open Inference Protocol v2 binary tensors, as Triton
+    clients send them: batches of 1 to 8, top-5 through the classification extension."""
+
+    model = os.environ.get("IMGSERVE_MODEL", "efficientnet_lite0")
+
+    @task
+    def infer(self) -> None:
+        images = preprocessed_photos()
+        picks = [self.rng.randrange(len(images)) for _ in range(self.rng.randint(1, 8))]
+        body, headers = v2_binary_body(images[picks])
+        with self.client.post(
+            f"/v2/models/{self.model}/infer",
+            data=body,  # type: ignore[arg-type]
+            headers=headers,
+            name="/v2/models/[model]/infer [binary uint8]",
+            catch_response=True,
+        ) as response:
+            if response.status_code == 200 and response.headers.get("Inference-Header-Content-Length"):
+                response.success()
+            else:
+                _check(response)
 
 
 # Load shapes: (until second, users, spawn rate) stages.

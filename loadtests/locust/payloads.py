@@ -5,7 +5,10 @@ from __future__ import annotations
 import random
 from functools import cache
 
+import numpy as np
+
 from loadtests.payloads import jpeg_payloads
+from loadtests.payloads import preprocessed_photos as _preprocessed
 
 # Shorter side of the upload, with how often clients send it: thumbnails, phone-camera
 # web uploads, and full-resolution originals.
@@ -24,3 +27,8 @@ def typical_photo(rng: random.Random) -> bytes:
 def mixed_photo(rng: random.Random) -> bytes:
     sizes, weights = zip(*SIZE_MIX, strict=True)
     return rng.choice(photos(rng.choices(sizes, weights)[0]))
+
+
+@cache
+def preprocessed_photos() -> np.ndarray:
+    return _preprocessed()

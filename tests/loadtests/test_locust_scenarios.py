@@ -43,7 +43,7 @@ def run_locust(
         "-u", str(users), "-r", str(users), "-t", f"{seconds}s", "--stop-timeout", "5",
         "--csv", str(csv_prefix), "--only-summary", user_class,
     ]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "IMGSERVE_MODEL": "simulated"}
     subprocess.run(command, check=False, capture_output=True, timeout=seconds + 60, env=env, cwd=REPO_ROOT)
     with open(f"{csv_prefix}_stats.csv", newline="") as f:
         return list(csv.DictReader(f))
@@ -55,6 +55,7 @@ def run_locust(
         ("SingleImageUser", "/v1/classify"),
         ("BatchUploadUser", "/v1/classify/batch"),
         ("MixedTrafficUser", "/v1/classify [mixed sizes]"),
+        ("V2BinaryTensorUser", "/v2/models/[model]/infer [binary uint8]"),
     ],
 )
 def test_scenario_runs_headless_and_every_request_succeeds(
