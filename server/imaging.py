@@ -60,6 +60,12 @@ def open_image(data: bytes, max_pixels: int) -> Image.Image:
     return image
 
 
+def to_uint8_pixels(values: np.ndarray) -> np.ndarray:
+    """Pixel values in any numeric type, rounded and clipped to 0..255."""
+    pixels: np.ndarray = np.clip(np.rint(values), 0, 255).astype(np.uint8)
+    return pixels
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
     """Any supported mode to 8-bit RGB: alpha over white, 16-bit scaled, CMYK/palette converted."""
     if image.mode == "RGB":
@@ -68,7 +74,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
         pixels = np.asarray(image, dtype=np.float32)
         if image.mode.startswith("I;16") or pixels.max(initial=0) > 255:
             pixels = pixels / 257.0  # 16-bit range onto 8-bit
-        return Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8), mode="L").convert("RGB")
+        return Image.fromarray(to_uint8_pixels(pixels), mode="L").convert("RGB")
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
     if image.mode in _ALPHA_MODES:

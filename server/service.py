@@ -19,7 +19,7 @@ import numpy as np
 
 from batching import BatcherClosed, BatchingError
 from server.errors import ErrorKind, ServiceError, from_batching_error
-from server.imaging import PreprocessSpec, image_to_tensor
+from server.imaging import image_to_tensor
 from server.model_instance import ModelInstance
 from server.registry import ModelRegistry
 from server.settings import LimitSettings
@@ -77,10 +77,10 @@ class ClassificationService:
             raise ServiceError(ErrorKind.INVALID_PARAMETER, f"top_k must be between 1 and {self._limits.max_top_k}")
 
     async def _decode(self, model: ModelInstance, data: bytes) -> np.ndarray:
-        p = model.manifest.preprocessing
-        spec = PreprocessSpec(p.resize_shorter_side, p.crop_size, p.interpolation)
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._decode_pool, image_to_tensor, data, spec, self._limits.max_image_pixels)
+        return await loop.run_in_executor(
+            self._decode_pool, image_to_tensor, data, model.preprocess, self._limits.max_image_pixels
+        )
 
     @contextmanager
     def _model_errors(self, model: ModelInstance) -> Iterator[None]:

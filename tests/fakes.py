@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from typing import Any, Sequence
+
+import numpy as np
 
 
 async def settle(rounds: int = 20) -> None:
@@ -113,8 +116,6 @@ class GatedRuntime:
     """
 
     def __init__(self, classes: int = 10, poison: int = 13) -> None:
-        import threading
-
         self.classes = classes
         self.poison = poison
         self.gate = threading.Event()
@@ -124,8 +125,6 @@ class GatedRuntime:
         self.seen: list[int] = []  # first pixel of every row run, padding included
 
     def predict(self, batch: Any) -> Any:
-        import numpy as np
-
         self.entered += 1
         if not self.gate.wait(timeout=30):
             raise TimeoutError("test never opened the gate")

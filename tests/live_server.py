@@ -8,12 +8,15 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import httpx
 import uvicorn
 from fastapi import FastAPI
 
 
 @contextmanager
-def live_server(app: FastAPI, startup_timeout: float = 60.0) -> Iterator[str]:
+def live_server(app: FastAPI, startup_timeout: float = 60.0, ready_path: str | None = "/ready") -> Iterator[str]:
+    """Yield the base URL once uvicorn listens and, unless ``ready_path`` is None, once that
+    path answers 200 (models loaded and warm)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
@@ -26,8 +29,13 @@ def live_server(app: FastAPI, startup_timeout: float = 60.0) -> Iterator[str]:
         if not thread.is_alive() or time.monotonic() > deadline:
             raise RuntimeError("uvicorn did not start")
         time.sleep(0.01)
+    base_url = f"http://127.0.0.1:{port}"
     try:
-        yield f"http://127.0.0.1:{port}"
+        while ready_path and httpx.get(base_url + ready_path, timeout=10).status_code != 200:
+            if time.monotonic() > deadline + 120:
+                raise RuntimeError(f"{ready_path} never answered 200")
+            time.sleep(0.05)
+        yield base_url
     finally:
         server.should_exit = True
         thread.join(timeout=30)

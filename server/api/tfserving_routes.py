@@ -22,6 +22,7 @@ from server.api.disconnect import unless_disconnected
 from server.api.error_handlers import flat_errors
 from server.api.responses import OrjsonResponse
 from server.errors import ErrorKind, ServiceError
+from server.imaging import to_uint8_pixels
 from server.model_instance import ModelInstance
 from server.registry import ModelRegistry
 from server.service import ClassificationService
@@ -58,7 +59,7 @@ def _image(value: Any, input_name: str) -> bytes | np.ndarray:
         pixels = np.asarray(value, dtype=np.float32)
     except (TypeError, ValueError) as exc:
         raise _bad("a pixel instance must be a [height][width][3] list of numbers") from exc
-    return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
+    return to_uint8_pixels(pixels)
 
 
 def _instances(body: dict[str, Any], input_name: str) -> tuple[list[bytes | np.ndarray], bool]:

@@ -18,6 +18,7 @@ from server.api.disconnect import unless_disconnected
 from server.api.error_handlers import flat_errors
 from server.api.responses import OrjsonResponse
 from server.errors import ServiceError
+from server.imaging import to_uint8_pixels
 from server.model_instance import ModelInstance
 from server.registry import ModelRegistry
 from server.service import ClassificationService
@@ -108,7 +109,7 @@ def _images(request: InferRequest) -> tuple[list[np.ndarray] | None, list[bytes]
         raise ProtocolError("send images as UINT8 or FP32 [batch, height, width, 3], or BYTES of encoded images")
     array = tensor.array
     if array.dtype != np.uint8:
-        array = np.clip(np.rint(array), 0, 255).astype(np.uint8)
+        array = to_uint8_pixels(array)
     return list(array), None
 
 

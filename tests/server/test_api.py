@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,10 +28,6 @@ def client(model_repository: Path) -> Iterator[Client]:
         limits=LimitSettings(max_body_bytes=MAX_BODY, max_image_pixels=20_000_000, max_files=8),
     )
     with live_server(create_app(settings)) as base_url, Client(base_url=base_url, timeout=60) as test_client:
-        deadline = time.monotonic() + 120
-        while test_client.get("/ready").status_code != 200:
-            assert time.monotonic() < deadline, test_client.get("/ready").json()
-            time.sleep(0.1)
         yield test_client
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,10 +24,6 @@ ESPRESSO = 967
 def client(model_repository: Path) -> Iterator[httpx.Client]:
     settings = Settings(model_repository=model_repository, batching=BatchingSettings(max_batch_size=4))
     with live_server(create_app(settings)) as url, httpx.Client(base_url=url, timeout=60) as http:
-        deadline = time.monotonic() + 120
-        while http.get("/ready").status_code != 200:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
         yield http
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,11 +26,7 @@ ESPRESSO = 967
 @pytest.fixture(scope="module")
 def base_url(model_repository: Path) -> Iterator[str]:
     settings = Settings(model_repository=model_repository, batching=BatchingSettings(max_batch_size=4))
-    with live_server(create_app(settings)) as url:
-        deadline = time.monotonic() + 120
-        while httpx.get(f"{url}/v2/health/ready").status_code != 200:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+    with live_server(create_app(settings), ready_path="/v2/health/ready") as url:
         yield url
 
 

@@ -4,7 +4,6 @@ pre-conversion logic and its clear failure where TensorFlow has no TensorRT."""
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import httpx
@@ -47,10 +46,6 @@ def test_a_published_build_carries_its_verification_report(fp16_repository: Path
 def test_the_litert_build_is_served_through_the_http_api(fp16_repository: Path, photo_bytes: dict[str, bytes]) -> None:
     settings = Settings(model_repository=fp16_repository, batching=BatchingSettings(max_batch_size=4))
     with live_server(create_app(settings)) as base_url, httpx.Client(base_url=base_url, timeout=60) as client:
-        deadline = time.monotonic() + 60
-        while client.get("/ready").status_code != 200:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
         (model,) = client.get("/v1/models").json()["models"]
         assert (model["runtime"], model["version"]) == ("litert", 2)
         body = client.post("/v1/classify", content=photo_bytes["coffee"], headers={"Content-Type": "image/png"}).json()
