@@ -63,6 +63,7 @@ def _build(args: argparse.Namespace) -> int:
         eval_dir=args.eval_dir,
         eval_count=args.eval_count,
         min_top1_agreement=args.min_top1_agreement,
+        decided_probability=args.decided_probability,
     )
     try:
         manifest = build(request)
@@ -79,7 +80,7 @@ def _build(args: argparse.Namespace) -> int:
 def _verify(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from trt_build.eval_images import evaluation_tensors
-    from trt_build.verify import MIN_TOP1_AGREEMENT, saved_model_predictor, tflite_predictor, verify
+    from trt_build.verify import Gate, saved_model_predictor, tflite_predictor, verify
 
     source = json.loads((args.source / "manifest.json").read_text())
     built = json.loads((args.built / "manifest.json").read_text())
@@ -92,10 +93,22 @@ def _verify(args: argparse.Namespace) -> int:
     source_artifact = args.source / source["artifact"]
     result = verify(
         saved_model_predictor(source_artifact), source_artifact, predictor, built_artifact, images,
-        args.min_top1_agreement or MIN_TOP1_AGREEMENT[precision],
+        Gate.for_precision(precision, args.min_top1_agreement, args.decided_probability),
     )  # fmt: skip
     print(json.dumps(result.as_dict(), indent=2))
     return 0 if result.passed else 1
+
+
+def _add_gate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--min-top1-agreement", type=float, help="override the precision's threshold (fp16 0.995, int8 0.99)"
+    )
+    parser.add_argument(
+        "--decided-probability",
+        type=float,
+        help="images count for top-1 agreement when the source gives its top class at least this (default 0.5; "
+        "0 counts every image)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -125,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     optimize.add_argument("--calibration-dir", type=Path, help="images for int8 calibration (default: packaged photos)")
     optimize.add_argument("--eval-dir", type=Path, help="images to verify on (default: packaged photos + variations)")
     optimize.add_argument("--eval-count", type=int, default=300, help="how many images to verify on")
-    optimize.add_argument("--min-top1-agreement", type=float, help="override the precision's threshold")
+    _add_gate_arguments(optimize)
     optimize.set_defaults(run=_build)
 
     check = commands.add_parser("verify", help="compare a built version with its source on real images")
@@ -133,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("built", type=Path)
     check.add_argument("--eval-dir", type=Path)
     check.add_argument("--eval-count", type=int, default=300)
-    check.add_argument("--min-top1-agreement", type=float)
+    _add_gate_arguments(check)
     check.set_defaults(run=_verify)
 
     resnet = commands.add_parser(

@@ -16,7 +16,7 @@ from typing import Any
 
 from trt_build import litert, tftrt
 from trt_build.eval_images import evaluation_tensors
-from trt_build.verify import MIN_TOP1_AGREEMENT, Verification, saved_model_predictor, tflite_predictor, verify
+from trt_build.verify import Gate, Verification, saved_model_predictor, tflite_predictor, verify
 
 log = logging.getLogger(__name__)
 
@@ -25,10 +25,7 @@ TARGETS = ("litert", "tftrt")
 
 class VerificationFailed(RuntimeError):
     def __init__(self, verification: Verification) -> None:
-        super().__init__(
-            f"top-1 agreement {verification.top1_agreement:.4f} is below {verification.min_top1_agreement}; "
-            "the build was not published"
-        )
+        super().__init__("; ".join(verification.failures) + "; the build was not published")
         self.verification = verification
 
 
@@ -45,6 +42,7 @@ class BuildRequest:
     eval_count: int = 300
     threads: int = 0
     min_top1_agreement: float | None = None
+    decided_probability: float | None = None
 
     def __post_init__(self) -> None:
         if self.target not in TARGETS:
@@ -73,7 +71,7 @@ def build(request: BuildRequest) -> dict[str, Any]:
         if needs_calibration
         else None
     )
-    threshold = request.min_top1_agreement or MIN_TOP1_AGREEMENT[request.precision]
+    gate = Gate.for_precision(request.precision, request.min_top1_agreement, request.decided_probability)
     request.output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=request.output.parent) as tmp:
         staging = Path(tmp) / "version"
@@ -89,9 +87,7 @@ def build(request: BuildRequest) -> dict[str, Any]:
             tftrt.convert(source_artifact, artifact, request.precision, request.max_batch_size, item_shape, calibration)
             built = saved_model_predictor(artifact)
             runtime, artifact_name = "tensorflow", artifact.name
-        verification = verify(
-            saved_model_predictor(source_artifact), source_artifact, built, artifact, images, threshold
-        )
+        verification = verify(saved_model_predictor(source_artifact), source_artifact, built, artifact, images, gate)
         if not verification.passed:
             raise VerificationFailed(verification)
         manifest = {
