@@ -14,7 +14,7 @@ from server.app import create_app
 from server.cli import main as imgserve
 from server.settings import BatchingSettings, Settings
 from tests.live_server import live_server
-from trt_build import litert, tftrt
+from trt_build import litert, sensitivity, tftrt
 from trt_build.builder import BuildRequest, VerificationFailed, build
 from trt_build.eval_images import evaluation_tensors
 from trt_build.verify import Gate, compare
@@ -62,14 +62,10 @@ def test_the_litert_build_is_served_through_the_http_api(fp16_repository: Path, 
 
 
 def test_an_int8_build_runs_integer_kernels_with_float_probabilities(int8_repository: Path) -> None:
-    from ai_edge_litert.interpreter import Interpreter
-
     version = int8_repository / "efficientnet_lite0" / "3"
     report = json.loads((version / "manifest.json").read_text())["build"]["verification"]
     assert report["passed"] and report["decided_top1_agreement"] >= 0.99 and report["top1_in_source_top5"] >= 0.99
-    interpreter = Interpreter(model_path=str(version / "model.tflite"))
-    dtypes = {t["index"]: t["dtype"] for t in interpreter.get_tensor_details()}
-    kinds = [(op["op_name"], dtypes[op["outputs"][0]]) for op in interpreter._get_ops_details()]
+    kinds = _op_output_dtypes((version / "model.tflite").read_bytes())
     assert {dtype for name, dtype in kinds if name in ("CONV_2D", "DEPTHWISE_CONV_2D")} == {np.int8}
     assert kinds[-1] == ("SOFTMAX", np.float32)  # probabilities are not rounded to 1/256
 
@@ -83,6 +79,24 @@ def test_the_int8_build_is_served_with_its_classes(int8_repository: Path, photo_
             body = client.post("/v1/classify", content=photo_bytes[photo], headers={"Content-Type": "image/png"})
             answer = body.json()
             assert answer["version"] == 3 and answer["class"] in ({expected} if isinstance(expected, str) else expected)
+
+
+def _op_output_dtypes(model: bytes) -> list[tuple[str, type]]:
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_content=model)
+    dtypes = {t["index"]: t["dtype"] for t in interpreter.get_tensor_details()}
+    return [(op["op_name"], dtypes[op["outputs"][0]]) for op in interpreter._get_ops_details()]
+
+
+def test_named_layers_stay_float_in_an_otherwise_int8_model(model_repository: Path) -> None:
+    saved_model = model_repository / "efficientnet_lite0" / "1" / "saved_model"
+    calibration = evaluation_tensors(PREPROCESSING, 8, seed=1)
+    layers = sensitivity.quantized_layers(saved_model, calibration, calibration[:2])
+    assert layers[-1].op == "SOFTMAX" and layers[1].op == "CONV_2D" and "stem" in layers[1].tensor
+    stem_float = litert.quantize_int8(saved_model, calibration, float_ops=["SOFTMAX"], float_nodes=[layers[1].tensor])
+    convs = [dtype for name, dtype in _op_output_dtypes(stem_float) if name == "CONV_2D"]
+    assert convs[0] == np.float32 and set(convs[1:]) == {np.int8}
 
 
 def _wrong_saved_model(path: Path) -> Path:
