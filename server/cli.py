@@ -1,4 +1,4 @@
-"""``imgserve`` command line: serve, and build the default model."""
+"""``imgserve`` command line: serve, check health, build the default and optimized models."""
 
 from __future__ import annotations
 
@@ -29,6 +29,23 @@ def _serve(args: argparse.Namespace) -> int:
         access_log=args.access_log,
     )
     return 0
+
+
+def _health(args: argparse.Namespace) -> int:
+    """Exit 0 when the local server is ready: the container HEALTHCHECK, with no curl in the image."""
+    import urllib.error
+    import urllib.request
+
+    from server.settings import Settings
+
+    settings = Settings.model_validate({})  # fields from IMGSERVE_* variables
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+    try:
+        with urllib.request.urlopen(f"http://{host}:{settings.port}/ready", timeout=args.timeout) as response:
+            return 0 if response.status == 200 else 1
+    except (urllib.error.URLError, OSError) as exc:
+        print(f"imgserve health: not ready ({exc})", file=sys.stderr)
+        return 1
 
 
 def _build_default(args: argparse.Namespace) -> int:
@@ -121,6 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--model-repository", type=Path, help="model repository (default ./models)")
     serve.add_argument("--access-log", action="store_true", help="log every request (costs throughput)")
     serve.set_defaults(run=_serve)
+
+    health = commands.add_parser("health", help="exit 0 if the server on IMGSERVE_HOST:IMGSERVE_PORT is ready")
+    health.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for /ready")
+    health.set_defaults(run=_health)
 
     build = commands.add_parser("build-default", help="build EfficientNet-Lite0 into the model repository")
     build.add_argument("--repository", default="models", help="model repository (default ./models)")
