@@ -25,7 +25,7 @@ import numpy as np
 
 from trt_build import litert
 from trt_build.eval_images import evaluation_tensors
-from trt_build.verify import DECIDED_PROBABILITY, compare, predict_all, saved_model_predictor, tflite_predictor
+from trt_build.verify import compare, predict_all, saved_model_predictor, tflite_predictor
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
             path = Path(tmp) / "model.tflite"
             path.write_bytes(litert.quantize_int8(saved_model, calibration, float_ops, float_nodes))
             built = predict_all(tflite_predictor(path), images, 32, name)
-        figures = compare(source, built, DECIDED_PROBABILITY)
+        figures = compare(source, built)  # the gate's default decided probability
         print(
             f"{name:<16} {len(float_nodes) + len(float_ops):>12} {figures['top1_agreement']:>10.4f} "
             f"{figures['decided_top1_agreement']:>8.4f}  ({figures['decided_images']:.0f} decided of {len(images)})"
