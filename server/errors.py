@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from enum import Enum
+from typing import Any
 
 from batching import BatcherClosed, BatchingError, DeadlineExceeded, Overloaded
 
@@ -21,11 +22,16 @@ class ErrorKind(str, Enum):
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
     IMAGE_TOO_LARGE = "image_too_large"
     PAYLOAD_TOO_LARGE = "payload_too_large"
-    TOO_MANY_FILES = "too_many_files"
+    TOO_MANY_IMAGES = "too_many_images"
     INVALID_PARAMETER = "invalid_parameter"
     NOT_FOUND = "not_found"
     MODEL_NOT_FOUND = "model_not_found"
     METHOD_NOT_ALLOWED = "method_not_allowed"
+    UNAUTHORIZED = "unauthorized"
+    FORBIDDEN = "forbidden"
+    INVALID_HOST = "invalid_host"
+    REQUEST_TIMEOUT = "request_timeout"
+    RATE_LIMITED = "rate_limited"
     OVERLOADED = "overloaded"
     NOT_READY = "not_ready"
     SHUTTING_DOWN = "shutting_down"
@@ -43,11 +49,16 @@ HTTP_STATUS: dict[ErrorKind, int] = {
     ErrorKind.UNSUPPORTED_MEDIA_TYPE: 415,
     ErrorKind.IMAGE_TOO_LARGE: 413,
     ErrorKind.PAYLOAD_TOO_LARGE: 413,
-    ErrorKind.TOO_MANY_FILES: 413,
+    ErrorKind.TOO_MANY_IMAGES: 413,
     ErrorKind.INVALID_PARAMETER: 422,
     ErrorKind.NOT_FOUND: 404,
     ErrorKind.MODEL_NOT_FOUND: 404,
     ErrorKind.METHOD_NOT_ALLOWED: 405,
+    ErrorKind.UNAUTHORIZED: 401,
+    ErrorKind.FORBIDDEN: 403,
+    ErrorKind.INVALID_HOST: 400,
+    ErrorKind.REQUEST_TIMEOUT: 408,
+    ErrorKind.RATE_LIMITED: 429,
     ErrorKind.OVERLOADED: 429,
     ErrorKind.NOT_READY: 503,
     ErrorKind.SHUTTING_DOWN: 503,
@@ -57,8 +68,25 @@ HTTP_STATUS: dict[ErrorKind, int] = {
 }
 
 
+# An error body must never grow with the request: messages are capped, and a client's own
+# value appears in one only through ``echo``.
+MAX_MESSAGE_CHARS = 400
+MAX_ECHO_CHARS = 100
+
+
+def echo(value: Any) -> str:
+    """A client-supplied value, quoted for a message and cut to ``MAX_ECHO_CHARS``."""
+    text = repr(value)
+    return text if len(text) <= MAX_ECHO_CHARS else text[: MAX_ECHO_CHARS - 3] + "..."
+
+
+def _capped(message: str) -> str:
+    return message if len(message) <= MAX_MESSAGE_CHARS else message[: MAX_MESSAGE_CHARS - 3] + "..."
+
+
 class ServiceError(Exception):
     def __init__(self, kind: ErrorKind, message: str, retry_after: float | None = None) -> None:
+        message = _capped(message)
         super().__init__(message)
         self.kind = kind
         self.message = message

@@ -6,10 +6,11 @@ Nested sections use a double underscore: ``IMGSERVE_BATCHING__MAX_BATCH_SIZE=16`
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+import limits
+from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from batching import BatchingConfig
 
@@ -39,23 +40,65 @@ class BatchingSettings(BaseModel):
 
 
 class LimitSettings(BaseModel):
+    """What one request, and all requests together, may cost. Checked before the work they bound."""
+
     max_body_bytes: int = Field(20 * 1024 * 1024, ge=1, description="Largest request body; larger ones get 413.")
+    max_body_bytes_in_flight: int = Field(
+        256 * 1024 * 1024,
+        ge=1,
+        description="Bytes of request bodies being received or held by requests in progress, all together; "
+        "beyond it new requests get 429.",
+    )
     max_image_pixels: int = Field(
         40_000_000, ge=1, description="Largest decoded image (width x height); guards against decompression bombs."
     )
-    max_files: int = Field(64, ge=1, description="Most images in one /v1/classify/batch request.")
+    max_decoded_image_bytes: int = Field(
+        128 * 1024 * 1024,
+        ge=1,
+        description="Largest decoded image in memory (pixels x bands x bytes per sample); 413 beyond it.",
+    )
+    max_images_per_request: int = Field(
+        64, ge=1, description="Most images in one request, on every protocol; more get 413."
+    )
+    max_images_in_progress: int = Field(
+        1024,
+        ge=1,
+        description="Images being decoded or queued for a model, all requests together; beyond it 429. "
+        "Bounds the decode backlog and the memory of decoded tensors.",
+    )
     max_top_k: int = Field(100, ge=1, description="Largest top_k a client may ask for.")
     max_requests_in_progress: int = Field(
         256,
         ge=1,
-        description="Classify requests being decoded or queued at once; beyond it new ones get 429. "
-        "Bounds the decode backlog the way max_queue_size bounds the model's.",
+        description="Requests with a body being received, parsed, decoded or queued at once; beyond it new ones "
+        "get 429 before their body is read.",
     )
     request_timeout_s: float = Field(
         10.0,
         gt=0,
         description="Deadline for a request's images to reach the model; past it the answer is 504. "
         "A client may shorten it with the X-Request-Timeout-Ms header.",
+    )
+
+
+class HttpSettings(BaseModel):
+    """Slow or oversized clients: what the HTTP layer tolerates before it closes the connection."""
+
+    max_header_bytes: int = Field(
+        16 * 1024, ge=1024, description="Request line and headers together; larger ones get 431 and are closed."
+    )
+    max_headers: int = Field(100, ge=1, description="Most header fields in one request (431 beyond).")
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="Time to send the request line and headers, from the first byte; then 408."
+    )
+    body_timeout_s: float = Field(
+        30.0, gt=0, description="Time to send the whole body, from the end of the headers; then 408."
+    )
+    keep_alive_timeout_s: float = Field(
+        5.0, gt=0, description="Idle time allowed on a connection between requests (or before the first)."
+    )
+    max_connections: int = Field(
+        1000, ge=1, description="Open connections at once; requests on connections beyond it get 503."
     )
 
 
@@ -86,4 +129,58 @@ class Settings(BaseSettings):
     )
     batching: BatchingSettings = Field(default_factory=BatchingSettings)  # type: ignore[arg-type]
     limits: LimitSettings = Field(default_factory=LimitSettings)  # type: ignore[arg-type]
+    http: HttpSettings = Field(default_factory=HttpSettings)  # type: ignore[arg-type]
     log_level: str = Field("info", description="uvicorn and application log level.")
+
+    # Access control. Everything a stranger could misuse is closed unless configured.
+    admin_token: SecretStr | None = Field(
+        None,
+        description="Bearer token for the repository API (index, load, unload); unset: that API is refused.",
+    )
+    api_keys_file: Path | None = Field(
+        None,
+        description="File of hashed client API keys (see `imgserve hash-key`); when set, inference and metadata "
+        "routes need `Authorization: Bearer <key>` or `X-API-Key`. Reloaded when it changes.",
+    )
+    rate_limit: str | None = Field(
+        None,
+        description='Requests per client, e.g. "50/second" or "50/second;1000/minute": per API key when keys are '
+        "configured, else per client address. Unset: no rate limit.",
+    )
+    allowed_hosts: Annotated[list[str] | None, NoDecode] = Field(
+        None,
+        description="Host header values accepted, comma-separated ('*.example.com' allowed). Unset: the loopback "
+        "names when bound to a loopback address, any host otherwise.",
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Origins allowed by CORS, comma-separated; empty (the default): CORS off."
+    )
+    docs: bool = Field(True, description="Serve /docs and /openapi.json.")
+    public_probes: bool = Field(True, description="/health, /ready and /v2/health/* need no API key.")
+    public_metrics: bool = Field(True, description="/metrics needs no API key.")
+
+    @field_validator("allowed_hosts", "cors_origins", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _parses(cls, value: str | None) -> str | None:
+        if value:
+            try:
+                limits.parse_many(value)
+            except ValueError as exc:
+                raise ValueError(f"rate_limit {value!r} is not like '50/second;1000/minute'") from exc
+        return value or None
+
+    @property
+    def trusted_hosts(self) -> list[str]:
+        """The Host values to accept; ['*'] for any."""
+        if self.allowed_hosts is not None:
+            return self.allowed_hosts
+        if self.host in ("127.0.0.1", "localhost", "::1"):
+            return ["127.0.0.1", "localhost", "::1", "[::1]"]
+        return ["*"]

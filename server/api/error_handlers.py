@@ -1,11 +1,14 @@
-"""One place that renders every error as ``{"error": {"code", "message"}}``."""
+"""One place that renders every error, in the shape of the protocol the client speaks.
+
+imgserve's own routes answer ``{"error": {"code", "message"}}``; the Open Inference Protocol v2
+and TensorFlow Serving routes answer ``{"error": "..."}``, as Triton and TF Serving do. The
+shape follows from the path alone, so middleware that refuses a request before routing (body
+limits, access control, admission) answers in the same shape as the route would have.
+"""
 
 from __future__ import annotations
 
-import functools
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -14,65 +17,76 @@ from starlette.responses import Response
 
 from batching import BatchingError
 from server.api.responses import OrjsonResponse
-from server.errors import HTTP_STATUS, ErrorKind, ServiceError, from_batching_error
+from server.errors import HTTP_STATUS, ErrorKind, ServiceError, echo, from_batching_error
 from server.v2_codec import ProtocolError
 
 log = logging.getLogger(__name__)
 
 _KIND_BY_STATUS = {status: kind for kind, status in reversed(list(HTTP_STATUS.items()))}
+# The connection is closed after these: the rest of the request may still be on its way.
+_CLOSE_AFTER = frozenset({ErrorKind.PAYLOAD_TOO_LARGE, ErrorKind.REQUEST_TIMEOUT})
 
 
-def render(error: ServiceError) -> Response:
-    return OrjsonResponse(error.body(), status_code=error.status, headers=error.headers())
+def speaks_flat_errors(path: str) -> bool:
+    """True for v2 and TF Serving paths. TF Serving lives under ``/v1/models/`` beside imgserve's
+    own ``/v1/models`` list and ``/v1/models/{name}/classify``."""
+    if path.startswith("/v2/") or path == "/v2":
+        return True
+    return path.startswith("/v1/models/") and not path.endswith("/classify")
+
+
+def render(error: ServiceError, path: str, headers: dict[str, str] | None = None) -> Response:
+    body: object = {"error": error.message} if speaks_flat_errors(path) else error.body()
+    all_headers = {**error.headers(), **(headers or {})}
+    if error.kind is ErrorKind.UNAUTHORIZED:
+        all_headers["WWW-Authenticate"] = "Bearer"
+    if error.kind in _CLOSE_AFTER:
+        all_headers["Connection"] = "close"
+    return OrjsonResponse(body, status_code=error.status, headers=all_headers)
 
 
 async def _service_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ServiceError)
-    return render(exc)
+    if exc.status >= 500:
+        log.warning("%s %s: %s", request.method, request.url.path, exc.message)
+    return render(exc, request.url.path)
 
 
 async def _batching_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, BatchingError)
-    return render(from_batching_error(exc))
+    return render(from_batching_error(exc), request.url.path)
+
+
+async def _protocol_error(request: Request, exc: Exception) -> Response:
+    return render(ServiceError(ErrorKind.BAD_REQUEST, str(exc)), request.url.path)
 
 
 async def _validation_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
-    problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-    return render(ServiceError(ErrorKind.INVALID_PARAMETER, problems or "invalid request"))
+    errors = exc.errors()
+    problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors[:3])
+    if len(errors) > 3:
+        problems += f"; and {len(errors) - 3} more"
+    return render(ServiceError(ErrorKind.INVALID_PARAMETER, problems or "invalid request"), request.url.path)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     kind = _KIND_BY_STATUS.get(exc.status_code, ErrorKind.BAD_REQUEST)
-    response = render(ServiceError(kind, str(exc.detail)))
+    response = render(ServiceError(kind, str(exc.detail)), request.url.path)
     response.status_code = exc.status_code
     return response
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
-    log.exception("unhandled error on %s", request.url.path, exc_info=exc)
-    return render(ServiceError(ErrorKind.INTERNAL, "internal server error"))
-
-
-def flat_errors(handler: Callable[..., Awaitable[Response]]) -> Callable[..., Awaitable[Response]]:
-    """For the Triton/KServe v2 and TF Serving routes: their clients expect ``{"error": "..."}``."""
-
-    @functools.wraps(handler)
-    async def wrapped(*args: Any, **kwargs: Any) -> Response:
-        try:
-            return await handler(*args, **kwargs)
-        except ServiceError as exc:
-            return OrjsonResponse({"error": exc.message}, status_code=exc.status, headers=exc.headers())
-        except ProtocolError as exc:
-            return OrjsonResponse({"error": str(exc)}, status_code=400)
-
-    return wrapped
+    log.exception("unhandled error on %s %s", request.method, echo(request.url.path), exc_info=exc)
+    return render(ServiceError(ErrorKind.INTERNAL, "internal server error"), request.url.path)
 
 
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(BatchingError, _batching_error)
+    app.add_exception_handler(ProtocolError, _protocol_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected)

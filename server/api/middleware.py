@@ -6,7 +6,7 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from server.api.responses import OrjsonResponse
+from server.api.error_handlers import render
 from server.errors import ErrorKind, ServiceError
 from server.metrics import Metrics
 
@@ -32,8 +32,7 @@ class BodySizeLimit:
             except ValueError:
                 error = ServiceError(ErrorKind.BAD_REQUEST, "Content-Length is not a number")
         if error is not None:
-            response = OrjsonResponse(error.body(), status_code=error.status, headers={"Connection": "close"})
-            await response(scope, receive, send)
+            await render(error, scope["path"], {"Connection": "close"})(scope, receive, send)
             return
 
         received = 0

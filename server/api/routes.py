@@ -105,7 +105,7 @@ async def classify(request: Request, top_k: int = TopK, timeout_ms: float | None
 async def classify_batch(request: Request, top_k: int = TopK, timeout_ms: float | None = TimeoutMs) -> Response:
     """Classify several images; each gets its own result or error, in order."""
     settings = _settings(request)
-    images = await uploads.many_images(request, settings.limits.max_files)
+    images = await uploads.many_images(request, settings.limits.max_images_per_request)
     work = _service(request).classify_many(
         images, model_name=settings.default_model, k=top_k, timeout_s=_seconds(timeout_ms)
     )

@@ -19,7 +19,6 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from server.api.disconnect import unless_disconnected
-from server.api.error_handlers import flat_errors
 from server.api.responses import OrjsonResponse
 from server.errors import ErrorKind, ServiceError
 from server.imaging import to_uint8_pixels
@@ -147,54 +146,45 @@ def _metadata(model: ModelInstance) -> Response:
 
 
 @router.post("/{name}:predict")
-@flat_errors
 async def predict(request: Request, name: str) -> Response:
     return await _predict(request, name, None, None)
 
 
 @router.post("/{name}/versions/{version}:predict")
-@flat_errors
 async def predict_version(request: Request, name: str, version: str) -> Response:
     return await _predict(request, name, version, None)
 
 
 @router.post("/{name}/labels/{label}:predict")
-@flat_errors
 async def predict_label(request: Request, name: str, label: str) -> Response:
     return await _predict(request, name, None, label)
 
 
 @router.post("/{name}:classify")
-@flat_errors
 async def classify(request: Request, name: str) -> Response:
     return await _classify(request, name, None, None)
 
 
 @router.post("/{name}/versions/{version}:classify")
-@flat_errors
 async def classify_version(request: Request, name: str, version: str) -> Response:
     return await _classify(request, name, version, None)
 
 
 @router.get("/{name}")
-@flat_errors
 async def status(request: Request, name: str) -> Response:
     return _status(_model(request, name, None))
 
 
 @router.get("/{name}/versions/{version}")
-@flat_errors
 async def version_status(request: Request, name: str, version: str) -> Response:
     return _status(_model(request, name, version))
 
 
 @router.get("/{name}/metadata")
-@flat_errors
 async def metadata(request: Request, name: str) -> Response:
     return _metadata(_model(request, name, None))
 
 
 @router.get("/{name}/versions/{version}/metadata")
-@flat_errors
 async def version_metadata(request: Request, name: str, version: str) -> Response:
     return _metadata(_model(request, name, version))

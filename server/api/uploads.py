@@ -45,5 +45,5 @@ async def many_images(request: Request, max_files: int) -> list[bytes]:
         )
     files = await _form_files(request, "files", max_files=max_files + 1)
     if len(files) > max_files:
-        raise ServiceError(ErrorKind.TOO_MANY_FILES, f"at most {max_files} images per request")
+        raise ServiceError(ErrorKind.TOO_MANY_IMAGES, f"at most {max_files} images per request")
     return files

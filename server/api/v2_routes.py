@@ -15,7 +15,6 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from server.api.disconnect import unless_disconnected
-from server.api.error_handlers import flat_errors
 from server.api.responses import OrjsonResponse
 from server.errors import ServiceError
 from server.imaging import to_uint8_pixels
@@ -70,13 +69,11 @@ async def _metadata(request: Request, name: str, version: str | None) -> Respons
 
 
 @router.get("/models/{name}")
-@flat_errors
 async def model_metadata(request: Request, name: str) -> Response:
     return await _metadata(request, name, None)
 
 
 @router.get("/models/{name}/versions/{version}")
-@flat_errors
 async def model_version_metadata(request: Request, name: str, version: str) -> Response:
     return await _metadata(request, name, version)
 
@@ -149,13 +146,11 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
 
 
 @router.post("/models/{name}/infer")
-@flat_errors
 async def infer(request: Request, name: str) -> Response:
     return await _infer(request, name, None)
 
 
 @router.post("/models/{name}/versions/{version}/infer")
-@flat_errors
 async def infer_version(request: Request, name: str, version: str) -> Response:
     return await _infer(request, name, version)
 
@@ -177,7 +172,6 @@ async def repository_index(request: Request) -> Response:
 
 
 @router.post("/repository/models/{name}/load")
-@flat_errors
 async def repository_load(request: Request, name: str) -> Response:
     """Rescan this model's folder now: load new versions, retire removed ones."""
     registry = _registry(request)
@@ -188,7 +182,6 @@ async def repository_load(request: Request, name: str) -> Response:
 
 
 @router.post("/repository/models/{name}/unload")
-@flat_errors
 async def repository_unload(request: Request, name: str) -> Response:
     await _registry(request).unload(name)
     return OrjsonResponse({})

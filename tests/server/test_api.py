@@ -25,7 +25,7 @@ def client(model_repository: Path) -> Iterator[Client]:
     settings = Settings(
         model_repository=model_repository,
         batching=BatchingSettings(max_batch_size=4),
-        limits=LimitSettings(max_body_bytes=MAX_BODY, max_image_pixels=20_000_000, max_files=8),
+        limits=LimitSettings(max_body_bytes=MAX_BODY, max_image_pixels=20_000_000, max_images_per_request=8),
     )
     with live_server(create_app(settings)) as base_url, Client(base_url=base_url, timeout=60) as test_client:
         yield test_client
@@ -216,7 +216,7 @@ def test_top_k_out_of_range(client: Client, photo_bytes: dict[str, bytes], top_k
 def test_too_many_files(client: Client, cat: Image.Image) -> None:
     small = encode(cat.resize((64, 64)), "PNG")
     files = [("files", (f"{i}.png", small, "image/png")) for i in range(9)]
-    assert_error(client.post("/v1/classify/batch", files=files), 413, "too_many_files")
+    assert_error(client.post("/v1/classify/batch", files=files), 413, "too_many_images")
 
 
 def test_unknown_model_and_unknown_route(client: Client, photo_bytes: dict[str, bytes]) -> None:
