@@ -7,7 +7,14 @@ that takes a list of items and returns one result per item.
 from batching.batcher import BatchObserver, MicroBatcher
 from batching.clock import Clock, MonotonicClock
 from batching.config import BatchingConfig
-from batching.errors import BatcherClosed, BatchingError, BatchResultMismatch, DeadlineExceeded, Overloaded
+from batching.errors import (
+    BatcherClosed,
+    BatchingError,
+    BatchResultMismatch,
+    DeadlineExceeded,
+    Overloaded,
+    RequestTooLarge,
+)
 from batching.latency import LatencyModel
 from batching.policy import BatchDecision, Pending, next_batch
 
@@ -25,5 +32,6 @@ __all__ = [
     "MonotonicClock",
     "Overloaded",
     "Pending",
+    "RequestTooLarge",
     "next_batch",
 ]

@@ -16,7 +16,7 @@ from typing import Awaitable, Callable, Generic, Protocol, Sequence, TypeVar
 
 from batching.clock import Clock, MonotonicClock
 from batching.config import BatchingConfig
-from batching.errors import BatcherClosed, BatchResultMismatch, DeadlineExceeded, Overloaded
+from batching.errors import BatcherClosed, BatchResultMismatch, DeadlineExceeded, Overloaded, RequestTooLarge
 from batching.latency import LatencyModel
 from batching.policy import Pending, next_batch
 
@@ -111,7 +111,7 @@ class MicroBatcher(Generic[T, R]):
         """Queue ``item`` and wait for its result.
 
         Raises ``Overloaded`` at once when the queue is full or the item could not run before
-        its deadline, ``DeadlineExceeded`` when the deadline (on the batcher's clock) passes
+        its deadline, ``RequestTooLarge`` when it costs more than the whole queue holds, ``DeadlineExceeded`` when the deadline (on the batcher's clock) passes
         before it is sent, ``BatcherClosed`` during shutdown, and whatever the batch function
         raised for this item.
         """
@@ -136,6 +136,9 @@ class MicroBatcher(Generic[T, R]):
             raise BatcherClosed("the batcher is not accepting work")
         costs = [self._cost(item) for item in items]
         total = sum(costs)
+        if total > self._config.max_queue_size:
+            self._observer.rejected(total)
+            raise RequestTooLarge(total, self._config.max_queue_size)
         now = self._clock.now()
         if self._queued_cost + total > self._config.max_queue_size:
             self._reject(total, f"queue full ({self._queued_cost}/{self._config.max_queue_size} queued)")

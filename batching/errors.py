@@ -18,6 +18,15 @@ class Overloaded(BatchingError):
         self.capacity = capacity
 
 
+class RequestTooLarge(BatchingError):
+    """The request costs more than the whole queue holds: no retry can ever admit it."""
+
+    def __init__(self, cost: int, capacity: int) -> None:
+        super().__init__(f"a request of cost {cost} exceeds the queue's capacity of {capacity}")
+        self.cost = cost
+        self.capacity = capacity
+
+
 class DeadlineExceeded(BatchingError):
     """The item's deadline passed while it was queued; it never reached the runner."""
 

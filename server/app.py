@@ -6,23 +6,29 @@ import asyncio
 import logging
 import os
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, suppress
 
 from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
 
+from server.admission import Admission
+from server.api.access import DOCS_PATHS, METRICS_PATHS, PROBE_PATHS, AccessControl, TrustedHosts
+from server.api.admit import AdmitRequests
 from server.api.error_handlers import install_error_handlers
-from server.api.middleware import BodySizeLimit, RequestMetrics
+from server.api.middleware import RequestMetrics
 from server.api.responses import OrjsonResponse
 from server.api.routes import router
 from server.api.tfserving_routes import router as tfserving_router
 from server.api.v2_routes import router as v2_router
+from server.api_keys import ApiKeys
 from server.metrics import Metrics
+from server.rate_limit import RateLimiter
 from server.registry import ModelRegistry
 from server.runtimes import RuntimeOptions, load_runtime
 from server.runtimes.base import RuntimeFactory
 from server.service import ClassificationService
 from server.settings import Settings
+from server.work_pool import WorkPool
 
 log = logging.getLogger(__name__)
 
@@ -53,12 +59,12 @@ def create_app(settings: Settings, runtime_factory: RuntimeFactory = load_runtim
         max_model_bytes=settings.max_model_bytes,
     )
 
+    admission = Admission(settings.limits)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        decode_pool = ThreadPoolExecutor(
-            max_workers=settings.decode_threads or os.cpu_count() or 1, thread_name_prefix="decode"
-        )
-        app.state.service = ClassificationService(registry, settings.limits, decode_pool)
+        pool = WorkPool(threads=settings.decode_threads or os.cpu_count() or 1)
+        app.state.service = ClassificationService(registry, admission, pool, metrics)
         # Load in the background: /health answers at once, /ready turns true after warm-up.
         background = [asyncio.create_task(registry.load_all(), name="load-models")]
         if settings.repository_poll_s > 0:
@@ -72,7 +78,7 @@ def create_app(settings: Settings, runtime_factory: RuntimeFactory = load_runtim
                 with suppress(asyncio.CancelledError):
                     await task
             await registry.close()
-            decode_pool.shutdown(wait=True)
+            await asyncio.to_thread(pool.shutdown)
 
     app = FastAPI(
         title="imgserve",
@@ -80,6 +86,9 @@ def create_app(settings: Settings, runtime_factory: RuntimeFactory = load_runtim
         version="0.1.0",
         lifespan=lifespan,
         default_response_class=OrjsonResponse,
+        docs_url="/docs" if settings.docs else None,
+        redoc_url="/redoc" if settings.docs else None,
+        openapi_url="/openapi.json" if settings.docs else None,
     )
     app.state.settings = settings
     app.state.metrics = metrics
@@ -88,6 +97,38 @@ def create_app(settings: Settings, runtime_factory: RuntimeFactory = load_runtim
     app.include_router(v2_router)
     app.include_router(tfserving_router)
     install_error_handlers(app)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.limits.max_body_bytes)
-    app.add_middleware(RequestMetrics, metrics=metrics)  # outermost: counts the 413s too
+    _add_middleware(app, settings, admission, metrics)
     return app
+
+
+def _public_paths(settings: Settings) -> frozenset[str]:
+    public = set(DOCS_PATHS)
+    if settings.public_probes:
+        public |= PROBE_PATHS
+    if settings.public_metrics:
+        public |= METRICS_PATHS
+    return frozenset(public)
+
+
+def _add_middleware(app: FastAPI, settings: Settings, admission: Admission, metrics: Metrics) -> None:
+    """Cheapest refusal first. Each added layer wraps the ones before it, so this runs
+    bottom-up: metrics, trusted host, CORS, access control, then admission."""
+    app.add_middleware(AdmitRequests, admission=admission)
+    app.add_middleware(
+        AccessControl,
+        admin_token=settings.admin_token.get_secret_value() if settings.admin_token else None,
+        api_keys=ApiKeys(settings.api_keys_file) if settings.api_keys_file else None,
+        rate_limiter=RateLimiter(settings.rate_limit) if settings.rate_limit else None,
+        public_paths=_public_paths(settings),
+    )
+    if settings.cors_origins:
+        # Outside access control: a browser's preflight carries no credentials.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "X-API-Key", "X-Request-Timeout-Ms",
+                           "Inference-Header-Content-Length"],
+        )  # fmt: skip
+    app.add_middleware(TrustedHosts, hosts=settings.trusted_hosts)
+    app.add_middleware(RequestMetrics, metrics=metrics)  # outermost: counts every refusal too

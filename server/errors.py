@@ -10,7 +10,7 @@ import math
 from enum import Enum
 from typing import Any
 
-from batching import BatcherClosed, BatchingError, DeadlineExceeded, Overloaded
+from batching import BatcherClosed, BatchingError, DeadlineExceeded, Overloaded, RequestTooLarge
 
 
 class ErrorKind(str, Enum):
@@ -109,6 +109,8 @@ class ServiceError(Exception):
 def from_batching_error(exc: BatchingError) -> ServiceError:
     if isinstance(exc, Overloaded):
         return ServiceError(ErrorKind.OVERLOADED, f"server overloaded: {exc.reason}", exc.retry_after)
+    if isinstance(exc, RequestTooLarge):
+        return ServiceError(ErrorKind.TOO_MANY_IMAGES, f"{exc.cost} images exceed the model's queue of {exc.capacity}")
     if isinstance(exc, DeadlineExceeded):
         return ServiceError(ErrorKind.TIMEOUT, "the request's deadline passed before the model could run it")
     if isinstance(exc, BatcherClosed):

@@ -59,6 +59,12 @@ class Metrics:
         self.cache = Counter(
             "imgserve_result_cache_requests_total", "Result cache lookups by outcome.", ["model", "result"], registry=r
         )
+        self.images_decoded = Counter(
+            "imgserve_images_decoded_total",
+            "Images whose decode ran, by outcome (ok, or refused as a client error).",
+            ["model", "outcome"],
+            registry=r,
+        )
         self.dropped = Counter(
             "imgserve_dropped_images_total",
             "Images that never reached the model, by reason (rejected, expired, abandoned).",

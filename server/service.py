@@ -1,28 +1,31 @@
 """Classification as a service: image bytes in, top-k classes out. No HTTP in here.
 
-Decoding runs on a thread pool (it is CPU work and Pillow releases the GIL), then the
-tensor goes to the model's batcher; top-k is taken from the probabilities it returns.
+A request's images are admitted (counted against the per-request and in-progress limits)
+before any is decoded. Decoding runs on the work pool (CPU work; Pillow releases the GIL),
+then the tensors go to the model's batcher; top-k is taken from the probabilities it returns.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Awaitable, Callable, Sequence, TypeVar, Union
 
 import numpy as np
 
 from batching import BatcherClosed, BatchingError
+from server.admission import Admission
 from server.errors import ErrorKind, ServiceError, from_batching_error
 from server.imaging import image_to_tensor
+from server.metrics import Metrics
 from server.model_instance import ModelInstance
 from server.registry import ModelRegistry
 from server.settings import LimitSettings
+from server.work_pool import WorkPool
 
 log = logging.getLogger(__name__)
 
@@ -54,33 +57,66 @@ def top_k(probabilities: np.ndarray, k: int, labels: Sequence[str]) -> list[Pred
 
 
 class ClassificationService:
-    def __init__(self, registry: ModelRegistry, limits: LimitSettings, decode_pool: ThreadPoolExecutor) -> None:
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        admission: Admission,
+        pool: WorkPool,
+        metrics: Metrics,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._registry = registry
-        self._limits = limits
-        self._decode_pool = decode_pool
-        self._in_progress = 0
+        self._decoded = metrics.images_decoded
+        self._admission = admission
+        self._limits = admission.limits
+        self._pool = pool
+        # The batcher's clock: deadlines computed here are compared there.
+        self._clock = clock
 
-    @contextmanager
-    def _admitted(self) -> Iterator[None]:
-        """Refuse at once past ``max_requests_in_progress``: when decoding, not the model,
-        is the bottleneck, requests would otherwise pile up in front of the decode threads."""
-        if self._in_progress >= self._limits.max_requests_in_progress:
-            raise ServiceError(ErrorKind.OVERLOADED, "server overloaded: too many requests in progress", retry_after=1)
-        self._in_progress += 1
-        try:
-            yield
-        finally:
-            self._in_progress -= 1
+    @property
+    def limits(self) -> LimitSettings:
+        return self._limits
 
-    def _check_top_k(self, k: int) -> None:
+    def max_images(self, model: ModelInstance) -> int:
+        """Most images one request to ``model`` may carry: more are refused (413), not queued."""
+        return self._admission.max_images(model.batching.max_queue_size)
+
+    async def offload(self, call: Callable[[], T]) -> T:
+        """A request's CPU work (JSON parsing, tensor conversion), off the event loop."""
+        return await self._pool.run(call)
+
+    def check_top_k(self, k: int) -> None:
         if not 1 <= k <= self._limits.max_top_k:
             raise ServiceError(ErrorKind.INVALID_PARAMETER, f"top_k must be between 1 and {self._limits.max_top_k}")
 
-    async def _decode(self, model: ModelInstance, data: bytes) -> np.ndarray:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self._decode_pool, image_to_tensor, data, model.preprocess, self._limits.max_image_pixels
-        )
+    def _decode(self, model: ModelInstance, data: bytes) -> np.ndarray:
+        """On a pool thread: one image to the model's input tensor."""
+        try:
+            tensor = image_to_tensor(data, model.preprocess, self._limits.max_image_pixels)
+        except ServiceError:
+            self._decoded.labels(model.name, "refused").inc()
+            raise
+        self._decoded.labels(model.name, "ok").inc()
+        return tensor
+
+    def _decode_outcome(self, model: ModelInstance, data: bytes) -> np.ndarray | ServiceError:
+        """For per-image answers: a bad image is this image's outcome, not the request's failure."""
+        try:
+            return self._decode(model, data)
+        except ServiceError as exc:
+            return exc
+
+    async def _decode_all(self, model: ModelInstance, images: Sequence[bytes]) -> list[np.ndarray]:
+        """All or nothing: the first bad image withdraws its siblings' decodes."""
+        return await self._pool.run_all([partial(self._decode, model, data) for data in images])
+
+    async def _decode_each(self, model: ModelInstance, images: Sequence[bytes]) -> list[np.ndarray | ServiceError]:
+        return await self._pool.run_all([partial(self._decode_outcome, model, data) for data in images])
+
+    @contextmanager
+    def _images_admitted(self, model: ModelInstance, count: int) -> Iterator[None]:
+        with self._admission.images_held(count, model.batching.max_queue_size):
+            yield
 
     @contextmanager
     def _model_errors(self, model: ModelInstance) -> Iterator[None]:
@@ -118,25 +154,24 @@ class ClassificationService:
     def _deadline(self, timeout_s: float | None) -> float:
         """A client may shorten the server's deadline, never lengthen it."""
         budget = self._limits.request_timeout_s if timeout_s is None else min(timeout_s, self._limits.request_timeout_s)
-        # The batcher's clock is time.monotonic; deadlines are on the same scale.
-        return time.monotonic() + budget
+        return self._clock() + budget
 
     async def classify(self, data: bytes, *, model_name: str, k: int, timeout_s: float | None = None) -> Classification:
-        self._check_top_k(k)
+        self.check_top_k(k)
         deadline = self._deadline(timeout_s)
 
         async def work(model: ModelInstance) -> Classification:
             key = model.cache_key(data)
             probabilities = model.cached(key)
             if probabilities is None:
-                tensor = await self._decode(model, data)
-                with self._model_errors(model):
-                    probabilities = await model.infer(tensor, deadline)
+                with self._images_admitted(model, 1):
+                    (tensor,) = await self._decode_all(model, [data])
+                    with self._model_errors(model):
+                        probabilities = await model.infer(tensor, deadline)
                 model.remember(key, probabilities)
             return self._classification(model, probabilities, k)
 
-        with self._admitted():
-            return await self._on_model(model_name, None, work)
+        return await self._on_model(model_name, None, work)
 
     async def infer(
         self,
@@ -149,56 +184,52 @@ class ClassificationService:
     ) -> tuple[ModelInstance, np.ndarray]:
         """Model outputs for a batch of ready tensors, or of encoded images to decode first.
         All or nothing: one bad image fails the request (the protocols' semantics)."""
+        count = len(encoded) if encoded is not None else len(tensors or [])
+        if count == 0:
+            raise ServiceError(ErrorKind.BAD_REQUEST, "the batch is empty")
         deadline = self._deadline(timeout_s)
 
         async def work(model: ModelInstance) -> tuple[ModelInstance, np.ndarray]:
-            batch = list(tensors or [])
-            if encoded is not None:
-                batch = list(await asyncio.gather(*(self._decode(model, data) for data in encoded)))
-            if not batch:
-                raise ServiceError(ErrorKind.BAD_REQUEST, "the batch is empty")
-            shape, dtype = model.manifest.item_shape, np.dtype(model.manifest.input.dtype)
-            if any(t.shape != shape or t.dtype != dtype for t in batch):
-                raise ServiceError(ErrorKind.INVALID_PARAMETER, f"each image must be {dtype} of shape {list(shape)}")
-            with self._model_errors(model):
-                rows = await model.infer_many(batch, deadline)
+            with self._images_admitted(model, count):
+                batch = await self._decode_all(model, encoded) if encoded is not None else list(tensors or [])
+                shape, dtype = model.manifest.item_shape, np.dtype(model.manifest.input.dtype)
+                if any(t.shape != shape or t.dtype != dtype for t in batch):
+                    raise ServiceError(
+                        ErrorKind.INVALID_PARAMETER, f"each image must be {dtype} of shape {list(shape)}"
+                    )
+                with self._model_errors(model):
+                    rows = await model.infer_many(batch, deadline)
             return model, np.stack(rows)
 
-        with self._admitted():
-            return await self._on_model(model_name, version, work)
+        return await self._on_model(model_name, version, work)
 
     async def classify_many(
         self, images: Sequence[bytes], *, model_name: str, k: int, timeout_s: float | None = None
     ) -> list[ItemOutcome]:
         """Per-item outcomes in order: a bad image gets its own error, the others their
         classes. Failures of the server itself (overload, timeout) fail the whole request."""
-        self._check_top_k(k)
+        self.check_top_k(k)
         deadline = self._deadline(timeout_s)
 
         async def work(model: ModelInstance) -> list[ItemOutcome]:
-            return await self._classify_decoded(model, images, deadline, k)
+            with self._images_admitted(model, len(images)):
+                return await self._classify_decoded(model, images, deadline, k)
 
-        with self._admitted():
-            return await self._on_model(model_name, None, work)
+        return await self._on_model(model_name, None, work)
 
     async def _classify_decoded(
         self, model: ModelInstance, images: Sequence[bytes], deadline: float, k: int
     ) -> list[ItemOutcome]:
-        decoded = await asyncio.gather(*(self._decode(model, data) for data in images), return_exceptions=True)
-        outcomes: list[ItemOutcome | None] = []
-        tensors: list[tuple[int, np.ndarray]] = []
-        for i, item in enumerate(decoded):
-            if isinstance(item, ServiceError):
-                outcomes.append(item)
-            elif isinstance(item, BaseException):
-                raise item
-            else:
-                outcomes.append(None)
-                tensors.append((i, item))
+        decoded = await self._decode_each(model, images)
+        tensors = [t for t in decoded if not isinstance(t, ServiceError)]
         # Admitted all or none, queued back to back: a request larger than a batch is cut
         # across consecutive batches and its answers come back in order.
-        with self._model_errors(model):
-            rows = await model.infer_many([tensor for _, tensor in tensors], deadline)
-        for (i, _), probabilities in zip(tensors, rows, strict=True):
-            outcomes[i] = self._classification(model, probabilities, k)
-        return [o for o in outcomes if o is not None]
+        rows: list[np.ndarray] = []
+        if tensors:
+            with self._model_errors(model):
+                rows = await model.infer_many(tensors, deadline)
+        answers = iter(rows)
+        return [
+            item if isinstance(item, ServiceError) else self._classification(model, next(answers), k)
+            for item in decoded
+        ]

@@ -182,5 +182,5 @@ class Settings(BaseSettings):
         if self.allowed_hosts is not None:
             return self.allowed_hosts
         if self.host in ("127.0.0.1", "localhost", "::1"):
-            return ["127.0.0.1", "localhost", "::1", "[::1]"]
+            return ["127.0.0.1", "localhost", "[::1]"]
         return ["*"]

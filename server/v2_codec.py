@@ -8,12 +8,16 @@ pure: bytes in, arrays out, and the reverse; the routes own HTTP.
 
 from __future__ import annotations
 
+import math
 import struct
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import orjson
+
+from server.errors import ErrorKind, ServiceError, echo
+from server.imaging import to_uint8_pixels
 
 DTYPES: dict[str, np.dtype[Any]] = {
     "BOOL": np.dtype(bool),
@@ -32,8 +36,31 @@ DTYPES: dict[str, np.dtype[Any]] = {
 V2_NAMES = {dtype: name for name, dtype in DTYPES.items()}
 
 
-class ProtocolError(ValueError):
-    """The request does not follow the protocol; the message says how."""
+# Structural bounds: a well-formed request is far inside them, a hostile one cannot make the
+# parser do work that grows faster than its body.
+MAX_TENSORS = 16
+MAX_DIMS = 8
+MAX_DIM = 2**31 - 1
+MAX_NAME_CHARS = 256
+
+
+class ProtocolError(ServiceError):
+    """The request does not follow the protocol; the message says how (400 unless told)."""
+
+    def __init__(self, message: str, kind: ErrorKind = ErrorKind.BAD_REQUEST) -> None:
+        super().__init__(kind, message)
+
+
+@dataclass(frozen=True)
+class TensorLimits:
+    """What one request may declare, checked before anything is converted or split."""
+
+    max_elements: int
+    """Numeric elements in one input tensor."""
+    max_byte_elements: int
+    """BYTES elements (encoded images) in one input tensor."""
+    max_classification: int
+    """Largest ``classification`` top-k on an output."""
 
 
 @dataclass
@@ -58,20 +85,88 @@ class InferRequest:
     inputs: list[InputTensor]
     outputs: list[RequestedOutput]
     parameters: dict[str, Any]
+    timeout_us: float | None = None
 
 
-def _split_bytes_elements(raw: bytes) -> list[bytes]:
+def _object(value: Any, what: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ProtocolError(f"{what} must be a JSON object")
+    return value
+
+
+def _list(value: Any, what: str, most: int) -> list[Any]:
+    if not isinstance(value, list):
+        raise ProtocolError(f"{what} must be a list")
+    if len(value) > most:
+        raise ProtocolError(f"{what} has {len(value)} entries; at most {most} are accepted")
+    return value
+
+
+def _text(value: Any, what: str) -> str:
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_NAME_CHARS:
+        raise ProtocolError(f"{what} must be a string of 1 to {MAX_NAME_CHARS} characters")
+    return value
+
+
+def _integer(value: Any, what: str, low: int, high: int) -> int:
+    # bool is an int in Python, and JSON's true must not pass as 1.
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ProtocolError(f"{what} must be an integer from {low} to {high}")
+    return value
+
+
+def _flag(value: Any, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise ProtocolError(f"{what} must be true or false")
+    return value
+
+
+def _shape(value: Any, name: str) -> list[int]:
+    dims = _list(value, f"input {echo(name)}: shape", MAX_DIMS)
+    return [_integer(d, f"input {echo(name)}: each dimension", 0, MAX_DIM) for d in dims]
+
+
+def _element_count(shape: list[int], limit: int, name: str, kind: ErrorKind) -> int:
+    """The product of ``shape``, refused as soon as it passes ``limit`` (no big-int arithmetic)."""
+    count = 1
+    for dim in shape:
+        count *= dim
+        if count > limit:
+            raise ProtocolError(f"input {echo(name)}: shape {shape} has more than {limit} elements", kind)
+    return count
+
+
+def parse_header_length(value: str | None, body_length: int) -> int | None:
+    """``Inference-Header-Content-Length``: where the JSON ends and binary data begins."""
+    if value is None:
+        return None
+    if not value.isdigit() or len(value) > 18:
+        raise ProtocolError("Inference-Header-Content-Length is not a number of bytes")
+    length = int(value)
+    if length > body_length:
+        raise ProtocolError("Inference-Header-Content-Length is larger than the body")
+    return length
+
+
+def _split_bytes_elements(raw: bytes, count: int, name: str) -> list[bytes]:
     """BYTES in binary form: each element is a 4-byte little-endian length, then the bytes."""
-    elements, offset = [], 0
+    elements: list[bytes] = []
+    offset = 0
     while offset < len(raw):
+        if len(elements) == count:
+            raise ProtocolError(f"input {echo(name)}: more BYTES elements than its shape declares")
         if offset + 4 > len(raw):
-            raise ProtocolError("truncated BYTES element length")
+            raise ProtocolError(f"input {echo(name)}: truncated BYTES element length")
         (length,) = struct.unpack_from("<I", raw, offset)
         offset += 4
         if offset + length > len(raw):
-            raise ProtocolError("truncated BYTES element")
+            raise ProtocolError(f"input {echo(name)}: truncated BYTES element")
         elements.append(raw[offset : offset + length])
         offset += length
+    if len(elements) != count:
+        raise ProtocolError(f"input {echo(name)}: {len(elements)} BYTES elements for a shape of {count}")
     return elements
 
 
@@ -79,70 +174,177 @@ def _pack_bytes_elements(elements: list[bytes]) -> bytes:
     return b"".join(struct.pack("<I", len(e)) + e for e in elements)
 
 
-def _numeric(datatype: str, shape: list[int], data: Any, raw: bytes | None) -> np.ndarray:
-    dtype = DTYPES.get(datatype)
-    if dtype is None:
-        raise ProtocolError(f"unsupported datatype {datatype}")
-    count = int(np.prod(shape)) if shape else 1
+def _json_bytes_elements(data: Any, count: int, name: str) -> list[bytes]:
+    """BYTES as JSON: strings, in a flat or nested list, as many as the shape declares."""
+    elements: list[bytes] = []
+    stack = [data]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list):
+            stack.extend(reversed(item))
+        elif isinstance(item, str):
+            elements.append(item.encode())
+        else:
+            raise ProtocolError(f"input {echo(name)}: BYTES data must be strings")
+        if len(elements) > count:
+            raise ProtocolError(f"input {echo(name)}: more BYTES elements than its shape declares")
+    if len(elements) != count:
+        raise ProtocolError(f"input {echo(name)}: {len(elements)} BYTES elements for a shape of {count}")
+    return elements
+
+
+def _in_range(values: np.ndarray, dtype: np.dtype[Any], name: str) -> None:
+    """JSON numbers must fit the declared datatype exactly: no silent wrap, clip or rounding."""
+    if values.dtype.kind == "f" and not np.isfinite(values).all():
+        raise ProtocolError(f"input {echo(name)}: numbers must be finite")
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        if values.dtype.kind == "f" and (values != np.floor(values)).any():
+            raise ProtocolError(f"input {echo(name)}: {V2_NAMES[dtype]} data must be whole numbers")
+        low, high = float(info.min), float(info.max)
+    elif dtype.kind == "f":
+        low, high = -float(np.finfo(dtype).max), float(np.finfo(dtype).max)
+    else:  # bool
+        low, high = 0.0, 1.0
+    if values.size and (values.min() < low or values.max() > high):
+        raise ProtocolError(f"input {echo(name)}: values outside the range of {V2_NAMES[dtype]}")
+
+
+def _numeric(name: str, datatype: str, shape: list[int], count: int, data: Any, raw: bytes | None) -> np.ndarray:
+    dtype = DTYPES[datatype]
     if raw is not None:
         if len(raw) != count * dtype.itemsize:
             raise ProtocolError(
-                f"binary data is {len(raw)} bytes; shape {shape} of {datatype} needs {count * dtype.itemsize}"
+                f"input {echo(name)}: binary data is {len(raw)} bytes; shape {shape} of {datatype} needs "
+                f"{count * dtype.itemsize}"
             )
         return np.frombuffer(raw, dtype=dtype).reshape(shape)
-    array = np.asarray(data, dtype=dtype)
-    if array.size != count:
-        raise ProtocolError(f"{array.size} values for shape {shape}")
-    return array.reshape(shape)
+    if not isinstance(data, list):
+        raise ProtocolError(f"input {echo(name)}: data must be a list")
+    try:
+        values = np.asarray(data)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise ProtocolError(f"input {echo(name)}: data must be a flat or regularly nested list of numbers") from exc
+    if values.dtype.kind not in "biuf":
+        raise ProtocolError(f"input {echo(name)}: data must be numbers")
+    if values.size != count:
+        raise ProtocolError(f"input {echo(name)}: {values.size} values for shape {shape}")
+    _in_range(values, dtype, name)
+    return values.astype(dtype).reshape(shape)
 
 
-def parse_infer_request(body: bytes, header_length: int | None) -> InferRequest:
+def _input(spec: Any, binary: bytes, offset: int, limits: TensorLimits) -> tuple[InputTensor, int]:
+    """One input tensor, and the offset of the next one's binary data."""
+    spec = _object(spec, "each input")
+    name = _text(spec.get("name"), "an input's name")
+    datatype = spec.get("datatype")
+    if not isinstance(datatype, str) or (datatype != "BYTES" and datatype not in DTYPES):
+        raise ProtocolError(f"input {echo(name)}: unsupported datatype {echo(datatype)}")
+    if "shape" not in spec:
+        raise ProtocolError(f"input {echo(name)}: needs a shape")
+    shape = _shape(spec["shape"], name)
+    if datatype == "BYTES":
+        count = _element_count(shape, limits.max_byte_elements, name, ErrorKind.TOO_MANY_IMAGES)
+    else:
+        count = _element_count(shape, limits.max_elements, name, ErrorKind.PAYLOAD_TOO_LARGE)
+    size = _object(spec.get("parameters"), f"input {echo(name)}: parameters").get("binary_data_size")
+    raw = None
+    if size is not None:
+        size = _integer(size, f"input {echo(name)}: binary_data_size", 0, len(binary) - offset)
+        raw = binary[offset : offset + size]
+        offset += size
+    elif "data" not in spec:
+        raise ProtocolError(f"input {echo(name)} has neither data nor binary_data_size")
+    if datatype == "BYTES":
+        elements = (
+            _split_bytes_elements(raw, count, name)
+            if raw is not None
+            else _json_bytes_elements(spec["data"], count, name)
+        )
+        return InputTensor(name, datatype, shape, elements=elements), offset
+    return InputTensor(
+        name, datatype, shape, array=_numeric(name, datatype, shape, count, spec.get("data"), raw)
+    ), offset
+
+
+def _output(spec: Any, default_binary: bool, limits: TensorLimits) -> RequestedOutput:
+    spec = _object(spec, "each output")
+    name = _text(spec.get("name"), "an output's name")
+    parameters = _object(spec.get("parameters"), f"output {echo(name)}: parameters")
+    return RequestedOutput(
+        name=name,
+        binary=_flag(parameters.get("binary_data", default_binary), f"output {echo(name)}: binary_data"),
+        classification=_integer(
+            parameters.get("classification", 0), f"output {echo(name)}: classification", 0, limits.max_classification
+        ),
+    )
+
+
+def _timeout_us(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ProtocolError("parameters.timeout must be a positive number of microseconds")
+    return float(value)
+
+
+def parse_infer_request(body: bytes, header_length: int | None, limits: TensorLimits) -> InferRequest:
+    """Validate every field, and the declared sizes against ``limits``, before converting
+    or splitting any tensor. CPU work: call it off the event loop."""
     json_part, binary = (body, b"") if header_length is None else (body[:header_length], body[header_length:])
-    if header_length is not None and header_length > len(body):
-        raise ProtocolError("Inference-Header-Content-Length is larger than the body")
     try:
         request = orjson.loads(json_part)
     except orjson.JSONDecodeError as exc:
-        raise ProtocolError(f"the inference header is not JSON: {exc}") from exc
-    if not isinstance(request, dict) or not isinstance(request.get("inputs"), list) or not request["inputs"]:
+        raise ProtocolError("the inference header is not valid JSON") from exc
+    request = _object(request, "an inference request")
+    request_id = request.get("id")
+    if request_id is not None and (not isinstance(request_id, str) or len(request_id) > MAX_NAME_CHARS):
+        raise ProtocolError(f"id must be a string of at most {MAX_NAME_CHARS} characters")
+    parameters = _object(request.get("parameters"), "parameters")
+    default_binary = _flag(parameters.get("binary_data_output", False), "parameters.binary_data_output")
+    timeout_us = _timeout_us(parameters.get("timeout"))
+    specs = _list(request.get("inputs"), "inputs", MAX_TENSORS) if "inputs" in request else []
+    if not specs:
         raise ProtocolError("an inference request needs a non-empty 'inputs' list")
-    parameters = request.get("parameters") or {}
-    offset = 0
-    inputs = []
-    for spec in request["inputs"]:
-        try:
-            name, datatype, shape = spec["name"], spec["datatype"], [int(d) for d in spec["shape"]]
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ProtocolError("each input needs name, datatype and shape") from exc
-        size = (spec.get("parameters") or {}).get("binary_data_size")
-        raw = None
-        if size is not None:
-            raw = binary[offset : offset + int(size)]
-            if len(raw) != int(size):
-                raise ProtocolError(f"input {name}: binary data is shorter than binary_data_size")
-            offset += int(size)
-        elif "data" not in spec:
-            raise ProtocolError(f"input {name} has neither data nor binary_data_size")
-        if datatype == "BYTES":
-            if raw is not None:
-                elements = _split_bytes_elements(raw)
-            else:
-                elements = [e.encode() if isinstance(e, str) else bytes(e) for e in np.ravel(spec["data"]).tolist()]
-            inputs.append(InputTensor(name, datatype, shape, elements=elements))
-        else:
-            inputs.append(InputTensor(name, datatype, shape, array=_numeric(datatype, shape, spec.get("data"), raw)))
+    outputs = [_output(o, default_binary, limits) for o in _list(request.get("outputs") or [], "outputs", MAX_TENSORS)]
+    inputs, offset = [], 0
+    for spec in specs:
+        tensor, offset = _input(spec, binary, offset, limits)
+        inputs.append(tensor)
     if offset != len(binary):
         raise ProtocolError("binary data left over after the last input")
-    default_binary = bool(parameters.get("binary_data_output", False))
-    outputs = [
-        RequestedOutput(
-            name=o["name"],
-            binary=bool((o.get("parameters") or {}).get("binary_data", default_binary)),
-            classification=int((o.get("parameters") or {}).get("classification", 0)),
+    return InferRequest(
+        request_id[:MAX_NAME_CHARS] if request_id else request_id, inputs, outputs, parameters, timeout_us
+    )
+
+
+def model_images(request: InferRequest, input_name: str, item_shape: tuple[int, ...]) -> np.ndarray | list[bytes]:
+    """The request's images for a model with one image input: a uint8 [n, *item_shape] array
+    of pixels (UINT8, or FP32 holding 0-255), or a list of encoded images (BYTES)."""
+    if len(request.inputs) != 1:
+        raise ProtocolError("this model takes exactly one input")
+    tensor = request.inputs[0]
+    if tensor.name != input_name:
+        raise ProtocolError(f"unknown input {echo(tensor.name)}; this model takes {input_name!r}")
+    if tensor.datatype == "BYTES":
+        return tensor.elements
+    array = tensor.array
+    if tensor.datatype not in ("UINT8", "FP32") or array is None or tuple(array.shape[1:]) != item_shape:
+        raise ProtocolError(
+            f"send images as UINT8 or FP32 [batch, {', '.join(map(str, item_shape))}], or BYTES of encoded images"
         )
-        for o in request.get("outputs") or []
-    ]
-    return InferRequest(request.get("id"), inputs, outputs, parameters)
+    if array.dtype == np.uint8:
+        return array
+    if array.size and not (np.isfinite(array).all() and array.min() >= 0 and array.max() <= 255):
+        raise ProtocolError("FP32 pixel values must be finite and from 0 to 255")
+    return to_uint8_pixels(array)
+
+
+def check_outputs(outputs: list[RequestedOutput], output_name: str) -> None:
+    """Before the model runs: every requested output must exist."""
+    for out in outputs:
+        if out.name != output_name:
+            raise ProtocolError(f"unknown output {echo(out.name)}; this model has {output_name!r}")
 
 
 def classification_elements(probabilities: np.ndarray, k: int, labels: list[str]) -> list[list[bytes]]:
@@ -167,12 +369,11 @@ def encode_infer_response(
     wanted = requested or [RequestedOutput(output_name, binary=False)]
     outputs, blobs = [], []
     for out in wanted:
-        if out.name != output_name:
-            raise ProtocolError(f"unknown output {out.name!r}; this model has {output_name!r}")
         entry: dict[str, Any]
         if out.classification:
-            elements = classification_elements(probabilities, out.classification, labels)
-            shape = [len(elements), out.classification]
+            k = min(out.classification, probabilities.shape[-1])
+            elements = classification_elements(probabilities, k, labels)
+            shape = [len(elements), k]
             entry = {"name": out.name, "datatype": "BYTES", "shape": shape}
             flat = [e for row in elements for e in row]
             if out.binary:

@@ -6,6 +6,17 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# Property tests: a bounded, reproducible budget in `make test`; `make fuzz` runs the same
+# tests with IMGSERVE_FUZZ_PROFILE=fuzz, many more examples and fresh randomness.
+settings.register_profile(
+    "ci", max_examples=150, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile(
+    "fuzz", max_examples=5000, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+)
+settings.load_profile(os.environ.get("IMGSERVE_FUZZ_PROFILE", "ci"))
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

@@ -8,13 +8,12 @@ from fastapi import APIRouter, Header, Query, Request
 from starlette.responses import Response
 
 from server.api import uploads
+from server.api.deps import registry_of, service_of, settings_of
 from server.api.disconnect import unless_disconnected
 from server.api.responses import OrjsonResponse
 from server.errors import ServiceError
-from server.registry import ModelRegistry
 from server.runtimes import choose_runtime
-from server.service import Classification, ClassificationService, ItemOutcome
-from server.settings import Settings
+from server.service import Classification, ItemOutcome
 
 router = APIRouter()
 
@@ -57,21 +56,6 @@ _IMAGES_BODY: dict[str, Any] = {
 }
 
 
-def _service(request: Request) -> ClassificationService:
-    service: ClassificationService = request.app.state.service
-    return service
-
-
-def _settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
-
-
-def _registry(request: Request) -> ModelRegistry:
-    registry: ModelRegistry = request.app.state.registry
-    return registry
-
-
 def classification_body(result: Classification) -> dict[str, Any]:
     best = result.predictions[0]
     return {
@@ -91,22 +75,22 @@ def _item_body(outcome: ItemOutcome) -> dict[str, Any]:
 
 async def _classify(request: Request, model: str, top_k: int, timeout_ms: float | None) -> Response:
     data = await uploads.single_image(request)
-    work = _service(request).classify(data, model_name=model, k=top_k, timeout_s=_seconds(timeout_ms))
+    work = service_of(request).classify(data, model_name=model, k=top_k, timeout_s=_seconds(timeout_ms))
     return OrjsonResponse(classification_body(await unless_disconnected(request, work)))
 
 
 @router.post("/v1/classify", openapi_extra=_IMAGE_BODY, tags=["classify"])
 async def classify(request: Request, top_k: int = TopK, timeout_ms: float | None = TimeoutMs) -> Response:
     """Classify one image with the default model."""
-    return await _classify(request, _settings(request).default_model, top_k, timeout_ms)
+    return await _classify(request, settings_of(request).default_model, top_k, timeout_ms)
 
 
 @router.post("/v1/classify/batch", openapi_extra=_IMAGES_BODY, tags=["classify"])
 async def classify_batch(request: Request, top_k: int = TopK, timeout_ms: float | None = TimeoutMs) -> Response:
     """Classify several images; each gets its own result or error, in order."""
-    settings = _settings(request)
+    settings = settings_of(request)
     images = await uploads.many_images(request, settings.limits.max_images_per_request)
-    work = _service(request).classify_many(
+    work = service_of(request).classify_many(
         images, model_name=settings.default_model, k=top_k, timeout_s=_seconds(timeout_ms)
     )
     outcomes = await unless_disconnected(request, work)
@@ -128,14 +112,14 @@ async def list_models(request: Request) -> Response:
             "name": m.name,
             "version": m.version,
             "ready": m.ready,
-            "runtime": choose_runtime(m.manifest, _settings(request).runtime),
+            "runtime": choose_runtime(m.manifest, settings_of(request).runtime),
             "input": m.manifest.input.model_dump(),
             "classes": len(m.manifest.labels),
             "max_batch_size": m.batching.max_batch_size,
         }
-        for m in _registry(request).models
+        for m in registry_of(request).models
     ]
-    return OrjsonResponse({"default": _settings(request).default_model, "models": models})
+    return OrjsonResponse({"default": settings_of(request).default_model, "models": models})
 
 
 @router.get("/health", tags=["health"])
@@ -146,12 +130,13 @@ async def health() -> Response:
 
 @router.get("/ready", tags=["health"])
 async def ready(request: Request) -> Response:
-    """Readiness: every model is loaded and warmed up."""
-    registry = _registry(request)
+    """Readiness: every model is loaded and warmed up. Which models failed to load is shown;
+    why is only in the log and the admin API (it names paths on this machine)."""
+    registry = registry_of(request)
     body = {
         "ready": registry.ready,
         "models": {m.name: m.ready for m in registry.models},
-        "error": registry.load_error,
+        "failed": sorted(registry.errors),
     }
     return OrjsonResponse(body, status_code=200 if registry.ready else 503)
 

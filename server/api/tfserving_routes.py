@@ -9,110 +9,59 @@ best ``top_k`` (default 5). Also version status and metadata. Errors are
 
 from __future__ import annotations
 
-import base64
-import binascii
 from typing import Any
 
 import numpy as np
-import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from server.api.deps import registry_of, service_of
 from server.api.disconnect import unless_disconnected
 from server.api.responses import OrjsonResponse
-from server.errors import ErrorKind, ServiceError
-from server.imaging import to_uint8_pixels
+from server.errors import ErrorKind, ServiceError, echo
 from server.model_instance import ModelInstance
-from server.registry import ModelRegistry
-from server.service import ClassificationService
+from server.service import top_k
+from server.tfserving_codec import ModelInput, TFServingRequest, parse_request
 
 router = APIRouter(prefix="/v1/models", tags=["tensorflow serving rest"])
 
 TF_DTYPES = {"uint8": "DT_UINT8", "float32": "DT_FLOAT"}
 
 
-def _bad(message: str) -> ServiceError:
-    return ServiceError(ErrorKind.BAD_REQUEST, message)
-
-
 def _model(request: Request, name: str, version: str | None, label: str | None = None) -> ModelInstance:
-    registry: ModelRegistry = request.app.state.registry
-    model = registry.get_text_version(name, version)
+    model = registry_of(request).get_text_version(name, version)
     if label is not None and label != "latest":
-        raise ServiceError(ErrorKind.MODEL_NOT_FOUND, f"model {name!r} has no version labelled {label!r}")
+        raise ServiceError(ErrorKind.MODEL_NOT_FOUND, f"model {echo(name)} has no version labelled {echo(label)}")
     return model
 
 
-def _image(value: Any, input_name: str) -> bytes | np.ndarray:
-    """One instance: {"b64": ...}, {input_name: {"b64": ...}}, or a nested pixel list."""
-    if isinstance(value, dict) and input_name in value:
-        value = value[input_name]
-    if isinstance(value, dict):
-        if "b64" not in value:
-            raise _bad('an image instance is {"b64": "..."} or a [height][width][3] list of pixels')
-        try:
-            return base64.b64decode(value["b64"], validate=True)
-        except (binascii.Error, TypeError) as exc:
-            raise _bad("b64 is not valid base64") from exc
-    try:
-        pixels = np.asarray(value, dtype=np.float32)
-    except (TypeError, ValueError) as exc:
-        raise _bad("a pixel instance must be a [height][width][3] list of numbers") from exc
-    return to_uint8_pixels(pixels)
-
-
-def _instances(body: dict[str, Any], input_name: str) -> tuple[list[bytes | np.ndarray], bool]:
-    """The images, and whether the request was columnar (which shapes the answer)."""
-    if "instances" in body:
-        rows, columnar = body["instances"], False
-    elif "inputs" in body:
-        rows, columnar = body["inputs"], True
-        if isinstance(rows, dict):
-            rows = rows.get(input_name, next(iter(rows.values()), []))
-    elif "examples" in body:
-        rows, columnar = body["examples"], False
-    else:
-        raise _bad("the request needs 'instances' (row form) or 'inputs' (columnar form)")
-    if not isinstance(rows, list) or not rows:
-        raise _bad("no instances")
-    return [_image(row, input_name) for row in rows], columnar
-
-
-async def _run(request: Request, model: ModelInstance, pinned: bool) -> tuple[np.ndarray, bool, dict[str, Any]]:
-    try:
-        body = orjson.loads(await request.body())
-    except orjson.JSONDecodeError as exc:
-        raise _bad(f"the body is not JSON: {exc}") from exc
-    if not isinstance(body, dict):
-        raise _bad("the body must be a JSON object")
-    images, columnar = _instances(body, model.manifest.input.name)
-    service: ClassificationService = request.app.state.service
-    encoded = [i for i in images if isinstance(i, bytes)]
-    if encoded and len(encoded) != len(images):
-        raise _bad("send either b64 images or pixel tensors in one request, not both")
-    version = model.version if pinned else None
-    if encoded:
-        work = service.infer(model_name=model.name, version=version, encoded=encoded)
-    else:
-        tensors = [i for i in images if isinstance(i, np.ndarray)]
-        work = service.infer(model_name=model.name, version=version, tensors=tensors)
+async def _run(request: Request, model: ModelInstance, pinned: bool) -> tuple[np.ndarray, TFServingRequest]:
+    service = service_of(request)
+    body = await request.body()
+    spec = ModelInput(model.manifest.input.name, model.manifest.item_shape, model.manifest.signature)
+    max_images, max_top_k = service.max_images(model), service.limits.max_top_k
+    parsed = await service.offload(lambda: parse_request(body, spec, max_images=max_images, max_top_k=max_top_k))
+    images = parsed.images
+    work = service.infer(
+        model_name=model.name,
+        version=model.version if pinned else None,
+        tensors=list(images) if isinstance(images, np.ndarray) else None,
+        encoded=images if isinstance(images, list) else None,
+    )
     _, probabilities = await unless_disconnected(request, work)
-    return probabilities, columnar, body
+    return probabilities, parsed
 
 
 async def _predict(request: Request, name: str, version: str | None, label: str | None) -> Response:
     model = _model(request, name, version, label)
-    probabilities, columnar, _ = await _run(request, model, pinned=version is not None)
-    key = "outputs" if columnar else "predictions"
-    return OrjsonResponse({key: probabilities})
+    probabilities, parsed = await _run(request, model, pinned=version is not None)
+    return OrjsonResponse({"outputs" if parsed.columnar else "predictions": probabilities})
 
 
 async def _classify(request: Request, name: str, version: str | None, label: str | None) -> Response:
     model = _model(request, name, version, label)
-    probabilities, _, body = await _run(request, model, pinned=version is not None)
-    k = int(body.get("top_k", 5))
-    labels = model.manifest.labels
-    results = [[[labels[i], float(row[i])] for i in np.argsort(-row, kind="stable")[:k]] for row in probabilities]
+    probabilities, parsed = await _run(request, model, pinned=version is not None)
+    results = [[[p.label, p.score] for p in top_k(row, parsed.top_k, model.manifest.labels)] for row in probabilities]
     return OrjsonResponse({"results": results})
 
 

@@ -8,20 +8,28 @@ normalisation), or BYTES holding encoded JPEG/PNG that the server decodes. Error
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from server.api.deps import registry_of, service_of
 from server.api.disconnect import unless_disconnected
 from server.api.responses import OrjsonResponse
 from server.errors import ServiceError
-from server.imaging import to_uint8_pixels
+from server.manifest import ModelManifest
 from server.model_instance import ModelInstance
-from server.registry import ModelRegistry
-from server.service import ClassificationService
-from server.v2_codec import InferRequest, ProtocolError, encode_infer_response, parse_infer_request
+from server.v2_codec import (
+    InferRequest,
+    TensorLimits,
+    check_outputs,
+    encode_infer_response,
+    model_images,
+    parse_header_length,
+    parse_infer_request,
+)
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol v2"])
 
@@ -29,13 +37,8 @@ EXTENSIONS = ["binary_tensor_data", "classification", "model_repository"]
 PLATFORMS = {"tensorflow": "tensorflow_savedmodel", "litert": "tensorflow_lite", "keras_jax": "keras_jax"}
 
 
-def _registry(request: Request) -> ModelRegistry:
-    registry: ModelRegistry = request.app.state.registry
-    return registry
-
-
 def _model(request: Request, name: str, version: str | None) -> ModelInstance:
-    return _registry(request).get_text_version(name, version)
+    return registry_of(request).get_text_version(name, version)
 
 
 @router.get("/health/live")
@@ -45,7 +48,7 @@ async def live() -> Response:
 
 @router.get("/health/ready")
 async def ready(request: Request) -> Response:
-    is_ready = _registry(request).ready
+    is_ready = registry_of(request).ready
     return OrjsonResponse({"ready": is_ready}, status_code=200 if is_ready else 503)
 
 
@@ -96,37 +99,34 @@ async def model_version_ready(request: Request, name: str, version: str) -> Resp
     return await _ready(request, name, version)
 
 
-def _images(request: InferRequest) -> tuple[list[np.ndarray] | None, list[bytes] | None]:
-    if len(request.inputs) != 1:
-        raise ProtocolError("this model takes exactly one input")
-    tensor = request.inputs[0]
-    if tensor.datatype == "BYTES":
-        return None, tensor.elements
-    if tensor.datatype not in ("UINT8", "FP32") or tensor.array is None or tensor.array.ndim != 4:
-        raise ProtocolError("send images as UINT8 or FP32 [batch, height, width, 3], or BYTES of encoded images")
-    array = tensor.array
-    if array.dtype != np.uint8:
-        array = to_uint8_pixels(array)
-    return list(array), None
+def _parse(
+    body: bytes, header_length: int | None, limits: TensorLimits, manifest: ModelManifest
+) -> tuple[InferRequest, np.ndarray | list[bytes]]:
+    """Everything about the request that can be checked before the model runs; off the loop."""
+    infer_request = parse_infer_request(body, header_length, limits)
+    check_outputs(infer_request.outputs, manifest.output.name)
+    return infer_request, model_images(infer_request, manifest.input.name, manifest.item_shape)
 
 
 async def _infer(request: Request, name: str, version: str | None) -> Response:
     model = _model(request, name, version)
-    header = request.headers.get("inference-header-content-length")
-    try:
-        header_length = None if header is None else int(header)
-    except ValueError as exc:
-        raise ProtocolError("Inference-Header-Content-Length is not a number") from exc
-    infer_request = parse_infer_request(await request.body(), header_length)
-    tensors, encoded = _images(infer_request)
-    timeout_us = infer_request.parameters.get("timeout")
-    service: ClassificationService = request.app.state.service
+    service = service_of(request)
+    body = await request.body()
+    header_length = parse_header_length(request.headers.get("inference-header-content-length"), len(body))
+    max_images = service.max_images(model)
+    limits = TensorLimits(
+        max_elements=max_images * math.prod(model.manifest.item_shape),
+        max_byte_elements=max_images,
+        max_classification=service.limits.max_top_k,
+    )
+    infer_request, images = await service.offload(lambda: _parse(body, header_length, limits, model.manifest))
+    timeout_us = infer_request.timeout_us
     work = service.infer(
         model_name=model.name,
         version=None if version is None else model.version,
-        tensors=tensors,
-        encoded=encoded,
-        timeout_s=None if timeout_us is None else float(timeout_us) / 1e6,
+        tensors=list(images) if isinstance(images, np.ndarray) else None,
+        encoded=images if isinstance(images, list) else None,
+        timeout_s=None if timeout_us is None else timeout_us / 1e6,
     )
     model, probabilities = await unless_disconnected(request, work)
     body, json_length = encode_infer_response(
@@ -158,7 +158,7 @@ async def infer_version(request: Request, name: str, version: str) -> Response:
 @router.post("/repository/index")
 async def repository_index(request: Request) -> Response:
     """Every served version with its state, and the models whose last load failed."""
-    registry = _registry(request)
+    registry = registry_of(request)
     entries: list[dict[str, Any]] = [
         {"name": m.name, "version": str(m.version), "state": "READY" if m.ready else "LOADING", "reason": ""}
         for m in registry.models
@@ -174,7 +174,7 @@ async def repository_index(request: Request) -> Response:
 @router.post("/repository/models/{name}/load")
 async def repository_load(request: Request, name: str) -> Response:
     """Rescan this model's folder now: load new versions, retire removed ones."""
-    registry = _registry(request)
+    registry = registry_of(request)
     await registry.reload(only=name)
     if name in registry.errors:
         return OrjsonResponse({"error": registry.errors[name]}, status_code=400)
@@ -183,5 +183,5 @@ async def repository_load(request: Request, name: str) -> Response:
 
 @router.post("/repository/models/{name}/unload")
 async def repository_unload(request: Request, name: str) -> Response:
-    await _registry(request).unload(name)
+    await registry_of(request).unload(name)
     return OrjsonResponse({})

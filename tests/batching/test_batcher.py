@@ -7,7 +7,15 @@ from typing import Any, Awaitable, Callable
 
 import pytest
 
-from batching import BatcherClosed, BatchingConfig, BatchResultMismatch, DeadlineExceeded, MicroBatcher, Overloaded
+from batching import (
+    BatcherClosed,
+    BatchingConfig,
+    BatchResultMismatch,
+    DeadlineExceeded,
+    MicroBatcher,
+    Overloaded,
+    RequestTooLarge,
+)
 from tests.fakes import FakeRunner, ManualClock, RecordingObserver, settle
 
 
@@ -291,6 +299,22 @@ def test_a_multi_item_request_is_admitted_whole_or_not_at_all() -> None:
         assert await running == 0
         assert await queued == [10, 20]
         assert [3] not in runner.calls and [3, 4] not in runner.calls
+        await batcher.close(drain_timeout=1)
+
+    run(scenario)
+
+
+def test_a_request_larger_than_the_whole_queue_is_too_large_not_overloaded() -> None:
+    """Overloaded invites a retry; a request no empty queue could hold must not get one."""
+
+    async def scenario() -> None:
+        runner = FakeRunner()
+        batcher, observer = make(runner, max_batch_size=2, max_queue_size=4)
+        with pytest.raises(RequestTooLarge) as refused:
+            await batcher.submit_many([1, 2, 3, 4, 5])
+        assert (refused.value.cost, refused.value.capacity) == (5, 4)
+        assert batcher.queued_cost == 0 and observer.rejected_cost == 5 and runner.calls == []
+        assert await batcher.submit_many([1, 2, 3, 4]) == [10, 20, 30, 40]  # a full queue's worth is fine
         await batcher.close(drain_timeout=1)
 
     run(scenario)

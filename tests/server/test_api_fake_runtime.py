@@ -55,7 +55,7 @@ async def serving(
     app = fake_app(tmp_path, runtime, **settings)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
             if wait_ready:
                 for _ in range(500):
                     if (await client.get("/ready")).status_code == 200:
@@ -225,7 +225,7 @@ def test_a_models_config_file_overrides_the_server_batching_defaults(tmp_path: P
         app = fake_app(tmp_path, runtime, model_config={"batching": {"max_batch_size": 2}})
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
                 await until(lambda: app.state.registry.ready)
                 (model,) = (await client.get("/v1/models")).json()["models"]
                 assert model["max_batch_size"] == 2

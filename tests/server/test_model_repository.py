@@ -36,6 +36,9 @@ def add_version(repository: Path, version: int, config: dict[str, Any] | None = 
     )
 
 
+ADMIN_TOKEN = "repository-admin-token"
+
+
 @asynccontextmanager
 async def serving(
     repository: Path,
@@ -53,11 +56,14 @@ async def serving(
         return created[-1]
 
     batching = BatchingSettings(max_batch_size=4)
-    config = Settings(model_repository=repository, default_model=MODEL, batching=batching, **settings)
+    config = Settings(
+        model_repository=repository, default_model=MODEL, batching=batching, admin_token=ADMIN_TOKEN, **settings
+    )
     app = create_app(config, runtime_factory=factory)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost", headers=admin) as client:
             for _ in range(500):
                 if (await client.post("/v2/repository/index")).json():
                     break
@@ -171,7 +177,11 @@ def test_a_model_beyond_the_memory_budget_is_not_loaded(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with serving(tmp_path, max_model_bytes=10) as client:
             ready = await client.get("/ready")
-            assert ready.status_code == 503 and "memory budget" in ready.json()["error"]
+            assert ready.status_code == 503 and ready.json()["failed"] == [MODEL]
+            # Why is for the operator (the admin API and the log), not for anyone who can reach /ready.
+            assert "memory budget" not in ready.text
+            (entry,) = (await client.post("/v2/repository/index")).json()
+            assert "memory budget" in entry["reason"]
 
     asyncio.run(scenario())
 

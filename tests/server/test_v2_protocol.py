@@ -98,7 +98,7 @@ def test_protocol_errors_come_back_as_v2_errors(
 ) -> None:
     wrong = triton.InferInput("images", [1, 8, 8, 3], "UINT8")
     wrong.set_data_from_numpy(np.zeros((1, 8, 8, 3), np.uint8))
-    with pytest.raises(InferenceServerException, match="shape"):
+    with pytest.raises(InferenceServerException, match=r"224, 224, 3\]"):
         client.infer(MODEL, [wrong])
     with pytest.raises(InferenceServerException, match="no_such_model"):
         client.infer("no_such_model", [wrong])

@@ -1,0 +1,152 @@
+"""Who may call what, decided from the headers before any work is done.
+
+- ``TrustedHosts``: the Host header must name this server (DNS rebinding: a web page must not
+  reach a server on 127.0.0.1 through a hostname the attacker controls).
+- ``AccessControl``: the repository API (load, unload, index) needs the admin token and is
+  closed when none is configured; with API keys configured, every other route but the
+  public ones needs a key; a rate limit per key, or per client address without keys.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Iterable
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from server.api.error_handlers import render
+from server.api_keys import ApiKeys
+from server.errors import ErrorKind, ServiceError
+from server.rate_limit import RateLimiter
+
+ADMIN_PREFIX = "/v2/repository"
+PROBE_PATHS = frozenset({"/health", "/ready", "/v2/health/live", "/v2/health/ready"})
+METRICS_PATHS = frozenset({"/metrics"})
+DOCS_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+
+
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return bytes(value)
+    return None
+
+
+def _host_name(host: str) -> str:
+    """The Host header without its port; an IPv6 literal keeps its brackets."""
+    if host.startswith("["):
+        end = host.find("]")
+        return host[: end + 1] if end != -1 else host
+    return host.split(":", 1)[0]
+
+
+def host_allowed(host: bytes | None, patterns: Iterable[str]) -> bool:
+    """Exact names and ``*.domain`` patterns; ``*`` allows any host."""
+    patterns = [p.lower() for p in patterns]
+    if "*" in patterns:
+        return True
+    if not host:
+        return False
+    name = _host_name(host.decode("latin-1").lower())
+    return any(name == p or (p.startswith("*.") and name.endswith(p[1:])) for p in patterns)
+
+
+class TrustedHosts:
+    def __init__(self, app: ASGIApp, hosts: list[str]) -> None:
+        self.app = app
+        self.hosts = hosts
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not host_allowed(_header(scope, b"host"), self.hosts):
+            error = ServiceError(ErrorKind.INVALID_HOST, "the Host header does not name this server")
+            await render(error, scope["path"])(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def presented_credential(scope: Scope) -> str | None:
+    """``Authorization: Bearer <x>`` or ``X-API-Key: <x>``."""
+    authorization = _header(scope, b"authorization")
+    if authorization is not None:
+        scheme, _, credential = authorization.decode("latin-1").partition(" ")
+        if scheme.lower() == "bearer" and credential.strip():
+            return credential.strip()
+    key = _header(scope, b"x-api-key")
+    return key.decode("latin-1").strip() or None if key is not None else None
+
+
+class AccessControl:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        admin_token: str | None,
+        api_keys: ApiKeys | None,
+        rate_limiter: RateLimiter | None,
+        public_paths: frozenset[str],
+    ) -> None:
+        self.app = app
+        self.admin_token = admin_token.encode() if admin_token else None
+        self.api_keys = api_keys
+        self.rate_limiter = rate_limiter
+        self.public_paths = public_paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in self.public_paths:
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"]
+        credential = presented_credential(scope)
+        client = scope.get("client")
+        address = f"address:{client[0] if client else 'unknown'}"
+        # Failed attempts count against the client's address, so guessing keys is rate limited too.
+        if path.startswith(ADMIN_PREFIX):
+            identity, check = address, self._check_admin
+        else:
+            name = self.api_keys.name_of(credential) if self.api_keys and credential else None
+            identity, check = (f"key:{name}" if name else address), self._check_key_known
+
+        extra_headers: dict[str, str] = {}
+        if self.rate_limiter is not None:
+            state = self.rate_limiter.hit(identity)
+            extra_headers = state.headers()
+            if not state.allowed:
+                error = ServiceError(
+                    ErrorKind.RATE_LIMITED,
+                    f"rate limit of {state.limit} requests per {state.window_s}s reached",
+                    retry_after=state.reset_s,
+                )
+                await render(error, path, extra_headers)(scope, receive, send)
+                return
+        try:
+            check(credential, identity)
+        except ServiceError as error:
+            await render(error, path, extra_headers)(scope, receive, send)
+            return
+        if not extra_headers:
+            await self.app(scope, receive, send)
+            return
+
+        encoded = [(k.lower().encode(), v.encode()) for k, v in extra_headers.items()]
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), *encoded]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+    def _check_admin(self, credential: str | None, identity: str) -> None:
+        if self.admin_token is None:
+            raise ServiceError(
+                ErrorKind.FORBIDDEN, "the repository API is disabled; set IMGSERVE_ADMIN_TOKEN to enable it"
+            )
+        if credential is None or not hmac.compare_digest(credential.encode(), self.admin_token):
+            raise ServiceError(ErrorKind.UNAUTHORIZED, "the repository API needs 'Authorization: Bearer <admin token>'")
+
+    def _check_key_known(self, credential: str | None, identity: str) -> None:
+        if self.api_keys is not None and not identity.startswith("key:"):
+            what = "an unknown API key" if credential else "no API key"
+            raise ServiceError(
+                ErrorKind.UNAUTHORIZED, f"{what}: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'"
+            )

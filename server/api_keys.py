@@ -1,0 +1,79 @@
+"""Client API keys, stored hashed: a file of ``<name> <sha256 hex of the key>`` lines.
+
+The server never holds a key itself, only its SHA-256; ``imgserve hash-key`` makes a key and
+its line. The file is re-read when it changes (checked at most once a second), so keys can
+be added and revoked without a restart. A file that cannot be read or parsed keeps the keys
+read last, or refuses every key if there were none: it fails closed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import secrets
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+_LINE = re.compile(r"^(?P<name>[A-Za-z0-9_.@-]{1,64})\s+(?:sha256:)?(?P<digest>[0-9a-f]{64})$")
+RECHECK_S = 1.0
+
+
+def digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def new_key_line(name: str) -> tuple[str, str]:
+    """A fresh random key and the line that admits it."""
+    key = secrets.token_urlsafe(32)
+    return key, f"{name} {digest(key)}"
+
+
+def parse_key_file(text: str) -> dict[str, str]:
+    """Digest to name. Raises ValueError naming the first bad line."""
+    names: dict[str, str] = {}
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        match = _LINE.match(line)
+        if match is None:
+            raise ValueError(f"line {number} is not '<name> <sha256 hex>'")
+        names[match["digest"]] = match["name"]
+    return names
+
+
+class ApiKeys:
+    def __init__(self, path: Path, clock: Callable[[], float] = time.monotonic) -> None:
+        self._path = path
+        self._clock = clock
+        self._names: dict[str, str] = {}
+        self._stamp: tuple[int, int] | None = None
+        self._checked_at = -RECHECK_S
+        self._refresh()
+
+    def name_of(self, key: str) -> str | None:
+        """The key's name, or None for an unknown key."""
+        if self._clock() - self._checked_at >= RECHECK_S:
+            self._refresh()
+        return self._names.get(digest(key))
+
+    def _refresh(self) -> None:
+        self._checked_at = self._clock()
+        try:
+            stat = self._path.stat()
+            stamp = (stat.st_mtime_ns, stat.st_size)
+            if stamp == self._stamp:
+                return
+            names = parse_key_file(self._path.read_text())
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            log.error(
+                "API keys file %s not loaded (%s); keeping the %d keys read before", self._path, exc, len(self._names)
+            )
+            return
+        self._stamp = stamp
+        self._names = names
+        log.info("loaded %d API keys from %s", len(names), self._path)

@@ -1,0 +1,57 @@
+"""Requests per client, counted by the ``limits`` library, with the numbers a client needs to
+pace itself (the IETF RateLimit header fields and Retry-After).
+
+Sliding-window counters kept in memory: O(1) per client, approximate at window edges, and
+expired by the library so a stream of new client addresses does not grow without bound.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import limits
+from limits.storage import MemoryStorage
+from limits.strategies import SlidingWindowCounterRateLimiter
+
+
+@dataclass(frozen=True)
+class RateLimitState:
+    allowed: bool
+    limit: int
+    remaining: int
+    reset_s: int
+    window_s: int
+
+    def headers(self) -> dict[str, str]:
+        return {
+            "RateLimit-Policy": f"{self.limit};w={self.window_s}",
+            "RateLimit-Limit": str(self.limit),
+            "RateLimit-Remaining": str(self.remaining),
+            "RateLimit-Reset": str(self.reset_s),
+        }
+
+
+class RateLimiter:
+    def __init__(self, spec: str) -> None:
+        self._items = limits.parse_many(spec)
+        self._limiter = SlidingWindowCounterRateLimiter(MemoryStorage())
+
+    def hit(self, identity: str) -> RateLimitState:
+        """Count one request of ``identity``; the state of the first limit it breaks, else
+        of the limit closest to breaking."""
+        states = []
+        for item in self._items:
+            allowed = self._limiter.hit(item, identity)
+            state = self._state(item, identity, allowed)
+            if not allowed:
+                return state
+            states.append(state)
+        return min(states, key=lambda s: s.remaining)
+
+    def _state(self, item: limits.RateLimitItem, identity: str, allowed: bool) -> RateLimitState:
+        stats = self._limiter.get_window_stats(item, identity)
+        # The library reports the reset as wall-clock epoch seconds.
+        reset_s = max(1, math.ceil(stats.reset_time - time.time()))
+        return RateLimitState(allowed, item.amount, stats.remaining, reset_s, item.get_expiry())

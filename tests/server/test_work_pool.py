@@ -1,0 +1,95 @@
+"""The work pool: a failed or cancelled request leaves no work behind, and its call returns
+only once every thread still working for it has let go (so its admission covers them)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+
+import pytest
+
+from server.work_pool import WorkPool
+from tests.fakes import settle
+
+
+class Jobs:
+    """Calls that record that they started, and block until the test lets them finish."""
+
+    def __init__(self) -> None:
+        self.started: list[int] = []
+        self.finished: list[int] = []
+        self.gate = threading.Event()
+
+    def blocking(self, i: int) -> Callable[[], int]:
+        def call() -> int:
+            self.started.append(i)
+            if not self.gate.wait(timeout=10):
+                raise TimeoutError("the test never opened the gate")
+            self.finished.append(i)
+            return i * 10
+
+        return call
+
+    def failing(self, i: int) -> Callable[[], int]:
+        def call() -> int:
+            self.started.append(i)
+            raise ValueError(f"job {i} is bad")
+
+        return call
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    for _ in range(1000):
+        if condition():
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError("condition never became true")
+
+
+def test_results_come_back_in_order() -> None:
+    async def scenario() -> None:
+        pool, jobs = WorkPool(threads=3), Jobs()
+        jobs.gate.set()
+        assert await pool.run_all([jobs.blocking(i) for i in range(8)]) == [i * 10 for i in range(8)]
+        assert await pool.run(jobs.blocking(9)) == 90
+        pool.shutdown()
+
+    asyncio.run(scenario())
+
+
+def test_a_failure_withdraws_queued_siblings_and_waits_for_running_ones() -> None:
+    async def scenario() -> None:
+        pool, jobs = WorkPool(threads=2), Jobs()
+        # Thread 1 runs job 0 (blocked); thread 2 runs job 1, which fails; jobs 2-9 are queued.
+        calls = [jobs.blocking(0), jobs.failing(1), *(jobs.blocking(i) for i in range(2, 10))]
+        work = asyncio.ensure_future(pool.run_all(calls))
+        await until(lambda: 1 in jobs.started)
+        await settle()
+        assert not work.done(), "returned while job 0 still ran for this request"
+        jobs.gate.set()
+        with pytest.raises(ValueError, match="job 1 is bad"):
+            await work
+        assert 0 in jobs.finished
+        # At most the one job thread 2 picked up before the failure reached the loop ran.
+        assert len([i for i in jobs.started if i >= 2]) <= 1
+        pool.shutdown()
+
+    asyncio.run(scenario())
+
+
+def test_cancellation_withdraws_queued_work_and_waits_for_running_work() -> None:
+    async def scenario() -> None:
+        pool, jobs = WorkPool(threads=1), Jobs()
+        work = asyncio.ensure_future(pool.run_all([jobs.blocking(i) for i in range(5)]))
+        await until(lambda: jobs.started == [0])
+        work.cancel()
+        await settle()
+        assert not work.done(), "cancelled while its thread still ran"
+        jobs.gate.set()
+        with pytest.raises(asyncio.CancelledError):
+            await work
+        assert jobs.started == [0] and jobs.finished == [0]
+        pool.shutdown()
+
+    asyncio.run(scenario())
