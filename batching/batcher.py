@@ -111,9 +111,10 @@ class MicroBatcher(Generic[T, R]):
         """Queue ``item`` and wait for its result.
 
         Raises ``Overloaded`` at once when the queue is full or the item could not run before
-        its deadline, ``RequestTooLarge`` when it costs more than the whole queue holds, ``DeadlineExceeded`` when the deadline (on the batcher's clock) passes
-        before it is sent, ``BatcherClosed`` during shutdown, and whatever the batch function
-        raised for this item.
+        its deadline, ``RequestTooLarge`` when it costs more than the whole queue holds,
+        ``DeadlineExceeded`` when the deadline (on the batcher's clock) passes before it is
+        sent, ``BatcherClosed`` during shutdown, and whatever the batch function raised for
+        this item.
         """
         (future,) = self._admit([item], deadline)
         return await future
