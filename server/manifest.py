@@ -2,12 +2,37 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Literal
 
 from pydantic import BaseModel, Field
 
 MANIFEST_FILE = "manifest.json"
+MAX_FILE_BYTES = 16 * 1024 * 1024
+"""Largest manifest or model config read; a real one is a few tens of kilobytes."""
+
+
+def read_small_file(path: Path, limit: int = MAX_FILE_BYTES) -> bytes:
+    """The file's bytes; refuses (without reading it all) a file larger than ``limit``."""
+    with path.open("rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise ValueError(f"{path.name} is larger than {limit} bytes")
+    return data
+
+
+def inside_folder(folder: Path, relative: str) -> Path:
+    """``folder / relative`` resolved (symlinks followed); refuses a path that leads outside ``folder``."""
+    if PurePath(relative).is_absolute():
+        raise ValueError(f"artifact {relative!r} is absolute; give it relative to the version folder")
+    try:
+        root = folder.resolve()
+        path = (root / relative).resolve()
+    except (OSError, RuntimeError, ValueError) as exc:  # a symlink loop (RuntimeError before 3.13), a NUL
+        raise ValueError(f"artifact {relative!r} cannot be resolved: {exc}") from exc
+    if not path.is_relative_to(root):
+        raise ValueError(f"artifact {relative!r} leads outside its version folder")
+    return path
 
 
 class TensorSpec(BaseModel):
@@ -45,10 +70,20 @@ class ModelManifest(BaseModel):
 
     @classmethod
     def read(cls, version_dir: Path) -> ModelManifest:
-        return cls.model_validate_json((version_dir / MANIFEST_FILE).read_text())
+        return cls.model_validate_json(read_small_file(version_dir / MANIFEST_FILE))
 
     def artifact_for(self, runtime: str) -> str:
+        """The runtime's artifact path as the manifest gives it; unchecked: serve through ``artifact_path``."""
         return self.artifacts.get(runtime, self.artifact if runtime == self.runtime else "")
+
+    def artifact_path(self, version_dir: Path, runtime: str) -> Path:
+        """The runtime's artifact, resolved and confined to ``version_dir`` (ValueError otherwise)."""
+        return inside_folder(version_dir, self.artifact_for(runtime))
+
+    def check_artifacts(self, version_dir: Path) -> None:
+        """Every artifact path stays inside ``version_dir``, so a manifest cannot point a runtime elsewhere."""
+        for relative in (self.artifact, *self.artifacts.values()):
+            inside_folder(version_dir, relative)
 
     @property
     def item_shape(self) -> tuple[int, ...]:

@@ -1,49 +1,28 @@
 """Find models in a repository laid out as ``<repo>/<model>/<version>/manifest.json``.
 
-A model may also have ``<repo>/<model>/config.json``: serving settings for all its versions.
-Its ``batching`` section overrides the server's defaults field by field, and its
-``version_policy`` says which versions to serve, as in TF Serving and Triton:
-``{"latest": N}`` (the default, N = 1), ``{"all": {}}``, or ``{"specific": [1, 3]}``.
+A model may also have ``<repo>/<model>/config.json`` (see ``server.model_config``): serving
+settings for all its versions. A version folder is named with ASCII digits (``1``, ``2``, ...);
+other folders are ignored. One broken model or version never stops the others: a scan reports
+what is wrong, per model, and skips only that.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import ValidationError
 
 from server.manifest import MANIFEST_FILE, ModelManifest
+from server.model_config import MODEL_CONFIG_FILE, ModelConfig
 
-MODEL_CONFIG_FILE = "config.json"
+__all__ = ["ModelConfig", "ModelVersion", "RepositoryScan", "latest_versions", "scan_repository", "served_versions"]
 
-
-class ModelConfig(BaseModel):
-    batching: dict[str, Any] = Field(default_factory=dict, description="Overrides of the server's batching settings.")
-    version_policy: dict[str, Any] = Field(default_factory=lambda: {"latest": 1})
-    cache: dict[str, int] | None = Field(
-        default=None,
-        description='Result cache per version, e.g. {"max_entries": 10000, "max_bytes": 100000000}; off if absent.',
-    )
-
-    def select(self, versions: list[int]) -> list[int]:
-        """The versions to serve, newest first."""
-        newest_first = sorted(versions, reverse=True)
-        policy = self.version_policy
-        if "all" in policy:
-            return newest_first
-        if "specific" in policy:
-            wanted = {int(v) for v in policy["specific"]}
-            return [v for v in newest_first if v in wanted]
-        if "latest" in policy:
-            return newest_first[: max(1, int(policy["latest"]))]
-        raise ValueError(f"unknown version_policy {policy}; use latest, all or specific")
-
-    @classmethod
-    def read(cls, model_dir: Path) -> ModelConfig:
-        path = model_dir / MODEL_CONFIG_FILE
-        return cls.model_validate_json(path.read_text()) if path.is_file() else cls()
+# ASCII only, no sign, no leading zero (so "7" and "007" cannot both be version 7), and short
+# enough for int(): str.isdigit() would accept "²", which int() refuses.
+_VERSION_NAME = re.compile(r"[1-9][0-9]{0,17}")
+_ERRORS_SHOWN = 3
 
 
 @dataclass(frozen=True)
@@ -53,20 +32,84 @@ class ModelVersion:
     config: ModelConfig
 
 
-def served_versions(repository: Path) -> dict[str, list[ModelVersion]]:
-    """Per model, the versions its policy serves, newest first."""
+@dataclass(frozen=True)
+class RepositoryScan:
+    versions: dict[str, list[ModelVersion]] = field(default_factory=dict)
+    """Per model with a valid config, the versions its policy serves, newest first."""
+    errors: dict[str, list[str]] = field(default_factory=dict)
+    """Per model, what is wrong: its config (then it is absent from ``versions``) or some versions."""
+
+
+def describe(exc: Exception) -> str:
+    """One short line: pydantic's report is many lines and echoes the input."""
+    if not isinstance(exc, ValidationError):
+        return str(exc) or type(exc).__name__
+    errors = exc.errors()
+    parts = [": ".join(filter(None, (".".join(map(str, e["loc"])), e["msg"]))) for e in errors[:_ERRORS_SHOWN]]
+    more = f" (and {len(errors) - _ERRORS_SHOWN} more)" if len(errors) > _ERRORS_SHOWN else ""
+    return "; ".join(parts) + more
+
+
+def _version_folders(model_dir: Path) -> dict[int, Path]:
+    return {
+        int(p.name): p for p in model_dir.iterdir() if _VERSION_NAME.fullmatch(p.name) and (p / MANIFEST_FILE).is_file()
+    }
+
+
+def _read_version(folder: Path, number: int) -> ModelManifest:
+    try:
+        manifest = ModelManifest.read(folder)
+    except (OSError, ValueError) as exc:  # ValidationError is a ValueError
+        raise ValueError(f"{MANIFEST_FILE}: {describe(exc)}") from exc
+    if manifest.version != number:
+        raise ValueError(f"{MANIFEST_FILE} says version {manifest.version}, its folder {number}")
+    manifest.check_artifacts(folder)
+    return manifest
+
+
+def _read_config(model_dir: Path) -> ModelConfig:
+    try:
+        return ModelConfig.read(model_dir)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{MODEL_CONFIG_FILE}: {describe(exc)}") from exc
+
+
+def _scan_model(model_dir: Path, scan: RepositoryScan) -> None:
+    try:
+        folders = _version_folders(model_dir)
+        if not folders:
+            return  # not a model (yet)
+        config = _read_config(model_dir)
+    except (OSError, ValueError) as exc:
+        scan.errors[model_dir.name] = [describe(exc)]
+        return
+    valid: dict[int, ModelManifest] = {}
+    for number, folder in sorted(folders.items()):
+        try:
+            valid[number] = _read_version(folder, number)
+        except (OSError, ValueError) as exc:
+            scan.errors.setdefault(model_dir.name, []).append(f"v{number}: {describe(exc)}")
+    # The policy picks among the valid versions only: a broken new version leaves the newest
+    # valid one serving (as a failed rollout should), and "specific" skips the broken ones.
+    scan.versions[model_dir.name] = [ModelVersion(valid[v], folders[v], config) for v in config.select(list(valid))]
+
+
+def scan_repository(repository: Path) -> RepositoryScan:
+    """Every model's served versions, and what is wrong with the models or versions skipped.
+
+    Raises only when the repository itself cannot be listed.
+    """
     if not repository.is_dir():
         raise FileNotFoundError(f"model repository {repository} does not exist")
-    found: dict[str, list[ModelVersion]] = {}
+    scan = RepositoryScan()
     for model_dir in sorted(p for p in repository.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        paths = {int(p.name): p for p in model_dir.iterdir() if p.name.isdigit() and (p / MANIFEST_FILE).is_file()}
-        if not paths:
-            continue
-        config = ModelConfig.read(model_dir)
-        found[model_dir.name] = [
-            ModelVersion(ModelManifest.read(paths[v]), paths[v], config) for v in config.select(list(paths))
-        ]
-    return found
+        _scan_model(model_dir, scan)
+    return scan
+
+
+def served_versions(repository: Path) -> dict[str, list[ModelVersion]]:
+    """Per model, the versions its policy serves, newest first; broken models and versions left out."""
+    return scan_repository(repository).versions
 
 
 def latest_versions(repository: Path) -> list[ModelVersion]:

@@ -3,7 +3,8 @@
 Loading runs in the background, so liveness answers at once. ``reload`` rescans the
 repository. It loads and warms new versions before they take traffic, then swaps the routing
 in one step. Versions that left are drained (their queued work finishes) and released. A
-version that fails to load leaves the serving ones untouched, and its error is reported.
+version that fails to load leaves the serving ones untouched, and its error is reported. So
+does a broken model or version in the repository: only it is skipped, and ``errors`` says why.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 from server.errors import ErrorKind, ServiceError
 from server.metrics import Metrics
 from server.model_instance import ModelInstance
-from server.model_repository import ModelVersion, served_versions
+from server.model_repository import ModelVersion, RepositoryScan, scan_repository
 from server.result_cache import ResultCache
 from server.runtimes import RuntimeOptions
 from server.runtimes.base import RuntimeFactory
@@ -43,7 +44,8 @@ class ModelRegistry:
         self._drain_timeout_s = drain_timeout_s
         self._max_model_bytes = max_model_bytes
         self._serving: dict[str, dict[int, ModelInstance]] = {}
-        self._errors: dict[str, str] = {}
+        self._errors: dict[str, str] = {}  # per model
+        self._repository_error: str | None = None
         self._lock = asyncio.Lock()
         self._loaded_once = False
 
@@ -57,11 +59,22 @@ class ModelRegistry:
 
     @property
     def errors(self) -> dict[str, str]:
-        return dict(self._errors)
+        """Per model, why it or some of its versions do not serve; "repository" when it cannot be read."""
+        repository = {"repository": self._repository_error} if self._repository_error else {}
+        return {**self._errors, **repository}
+
+    @property
+    def failed_models(self) -> list[str]:
+        """The models with an error, without the reasons (which may be long, or sensitive)."""
+        return sorted(self._errors)
+
+    @property
+    def repository_error(self) -> str | None:
+        return self._repository_error
 
     @property
     def load_error(self) -> str | None:
-        return "; ".join(f"{name}: {error}" for name, error in self._errors.items()) or None
+        return "; ".join(f"{name}: {error}" for name, error in self.errors.items()) or None
 
     async def load_all(self) -> None:
         await self.reload()
@@ -70,23 +83,30 @@ class ModelRegistry:
     def _resident_bytes(self) -> int:
         return sum(_artifact_bytes(m.path) for m in self.models)
 
-    async def _load(self, version: ModelVersion) -> ModelInstance:
-        size = _artifact_bytes(version.path)
-        if self._max_model_bytes and self._resident_bytes() + size > self._max_model_bytes:
+    async def _check_budget(self, version: ModelVersion) -> None:
+        if not self._max_model_bytes:
+            return
+        # Walking artifact folders is file I/O: off the event loop.
+        size = await asyncio.to_thread(_artifact_bytes, version.path)
+        if await asyncio.to_thread(self._resident_bytes) + size > self._max_model_bytes:
             raise MemoryError(
                 f"loading {version.manifest.name} v{version.manifest.version} ({size} bytes) would exceed the "
                 f"model memory budget of {self._max_model_bytes} bytes"
             )
+
+    async def _load(self, version: ModelVersion) -> ModelInstance:
+        await self._check_budget(version)
         # Loading a model blocks for seconds: keep the event loop answering.
         runtime = await asyncio.to_thread(self._runtime_factory, version.manifest, version.path, self._runtime_options)
-        batching = BatchingSettings.model_validate({**self._batching.model_dump(), **version.config.batching})
+        batching = version.config.batching_for(self._batching)
+        cache = version.config.cache
         instance = ModelInstance(
             version.manifest,
             version.path,
             runtime,
             batching.to_config(),
             metrics=self._metrics.batch_observer(version.manifest.name),
-            cache=ResultCache(**version.config.cache) if version.config.cache else None,
+            cache=ResultCache(cache.max_entries, cache.max_bytes) if cache else None,
         )
         await instance.warm_up()
         return instance
@@ -95,19 +115,43 @@ class ModelRegistry:
         """Bring the served versions in line with the repository (or one model of it)."""
         async with self._lock:
             try:
-                wanted = served_versions(self._repository)
+                # Listing folders and parsing manifests is file I/O: keep the event loop answering.
+                scan = await asyncio.to_thread(scan_repository, self._repository)
             except Exception as exc:
-                self._errors["repository"] = f"{type(exc).__name__}: {exc}"
+                self._repository_error = f"{type(exc).__name__}: {exc}"
                 log.exception("cannot read the model repository")
                 return
-            self._errors.pop("repository", None)
-            names = [only] if only else sorted(set(wanted) | set(self._serving))
-            if only and only not in wanted:
+            self._repository_error = None
+            if only and only not in scan.versions and only not in scan.errors:
                 raise ServiceError(ErrorKind.MODEL_NOT_FOUND, f"no model named {only!r} in the repository")
-            for name in names:
-                await self._reconcile(name, wanted.get(name, []))
+            everything = set(scan.versions) | set(scan.errors) | set(self._serving) | set(self._errors)
+            for name in [only] if only else sorted(everything):
+                await self._update(name, scan)
 
-    async def _reconcile(self, name: str, wanted: list[ModelVersion]) -> None:
+    async def _update(self, name: str, scan: RepositoryScan) -> None:
+        problems = scan.errors.get(name, [])
+        if name in scan.versions:
+            problems = problems + await self._reconcile(name, scan.versions[name], keep_current=bool(problems))
+        elif not problems:
+            await self._reconcile(name, [], keep_current=False)  # gone from the repository
+        # Else its config.json is broken, so its version policy is unknown: what it serves stays.
+        self._report(name, problems)
+
+    def _report(self, name: str, problems: list[str]) -> None:
+        error = "; ".join(problems)
+        if error and error != self._errors.get(name):
+            log.warning("model %s: %s", name, error)  # once per change, not on every poll
+        if error:
+            self._errors[name] = error
+        else:
+            self._errors.pop(name, None)
+
+    async def _reconcile(self, name: str, wanted: list[ModelVersion], keep_current: bool) -> list[str]:
+        """Serve ``wanted``; return why versions failed to load.
+
+        With nothing new loaded, ``keep_current`` (the repository reports a problem) or a failed
+        load keeps what the model serves: a broken update must not take a model down.
+        """
         current = self._serving.get(name, {})
         updated = {v: m for v, m in current.items() if v in {w.manifest.version for w in wanted}}
         failed = []
@@ -121,12 +165,8 @@ class ModelRegistry:
             except Exception as exc:
                 failed.append(f"v{number}: {type(exc).__name__}: {exc}")
                 log.exception("model %s v%d failed to load", name, number)
-        if failed:
-            self._errors[name] = "; ".join(failed)
-        else:
-            self._errors.pop(name, None)
-        if not updated and current and failed:
-            return  # nothing new could load: keep serving what we had
+        if not updated and current and (failed or keep_current):
+            return failed  # nothing new could load: keep serving what we had
         # One assignment: every request from here on sees the new set of versions.
         if updated:
             self._serving[name] = updated
@@ -134,6 +174,7 @@ class ModelRegistry:
             self._serving.pop(name, None)
         retired = [m for v, m in current.items() if updated.get(v) is not m]
         await asyncio.gather(*(m.close(self._drain_timeout_s) for m in retired))
+        return failed
 
     async def unload(self, name: str) -> None:
         async with self._lock:

@@ -37,7 +37,7 @@ class KerasJaxRuntime:
 
         self._jax = jax
         self._device = jax.devices(options.device)[0] if options.device else jax.devices()[0]
-        model = keras.saving.load_model(version_dir / manifest.artifact_for("keras_jax"), compile=False)
+        model = keras.saving.load_model(manifest.artifact_path(version_dir, "keras_jax"), compile=False)
         compute = jnp.dtype(options.compute_dtype)
 
         def on_device(variables: list[Any]) -> list[Any]:

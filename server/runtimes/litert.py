@@ -22,7 +22,7 @@ class LiteRTRuntime:
         from ai_edge_litert.interpreter import Interpreter
 
         self._interpreter_class = Interpreter
-        self._path = str(version_dir / manifest.artifact_for("litert"))
+        self._path = str(manifest.artifact_path(version_dir, "litert"))
         self._threads = options.intra_op_threads or os.cpu_count() or 1
         self._by_size: dict[int, Any] = {}
 

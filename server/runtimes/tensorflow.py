@@ -31,7 +31,7 @@ class TensorFlowRuntime:
 
         _configure_threads(tf, options)
         self._tf = tf
-        self._loaded = tf.saved_model.load(str(version_dir / manifest.artifact))
+        self._loaded = tf.saved_model.load(str(manifest.artifact_path(version_dir, "tensorflow")))
         self._signature = self._loaded.signatures[manifest.signature]
         self._input_name = manifest.input.name
         self._output_name = manifest.output.name

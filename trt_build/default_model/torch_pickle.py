@@ -11,10 +11,16 @@ Tensors are strided views into their storage (a conv kernel saved from a channel
 model has strides like ``(1, 32, 288, 96)``), so each is rebuilt with its own offset and
 strides. Only the handful of globals a state dict needs are allowed; anything else in the
 pickle is refused, because unpickling arbitrary classes runs arbitrary code.
+
+Sizes in the file are not trusted either: every tensor must address only elements of its
+storage (a zero stride could otherwise expand 4 bytes into gigabytes), and the file is read
+into memory first, so no declared length makes a read allocate more than the file holds.
 """
 
 from __future__ import annotations
 
+import io
+import math
 import pickle
 import struct
 from collections import OrderedDict
@@ -26,6 +32,11 @@ import numpy as np
 
 LEGACY_MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL_VERSION = 1001
+MAX_DIMS = 16
+"""Most dimensions of one tensor; weights have at most five."""
+MAX_ELEMENTS = 1 << 30
+"""Most elements of all tensors together (4 GiB of float32); EfficientNet-Lite0 has 4.7 million."""
+_MAX_INT64 = (1 << 63) - 1
 
 # torch storage class name -> numpy dtype (little-endian, as the file's sys_info requires).
 STORAGE_DTYPES: dict[str, np.dtype[Any]] = {
@@ -66,16 +77,37 @@ class _TensorRef:
     strides: tuple[int, ...]
 
 
+def _index(value: object, what: str) -> int:
+    """A non-negative int64, as torch stores sizes, strides and offsets."""
+    if type(value) is not int or not 0 <= value <= _MAX_INT64:
+        raise ValueError(f"{what} must be a non-negative int64")
+    return value
+
+
+def _dims(values: object, what: str) -> tuple[int, ...]:
+    if not isinstance(values, (tuple, list)) or len(values) > MAX_DIMS:
+        raise ValueError(f"tensor {what} must be a tuple of at most {MAX_DIMS} ints")
+    return tuple(_index(v, f"tensor {what}") for v in values)
+
+
 def _rebuild_tensor_v2(
-    storage: _StorageRef,
-    storage_offset: int,
-    size: tuple[int, ...],
-    stride: tuple[int, ...],
+    storage: object,
+    storage_offset: object,
+    size: object,
+    stride: object,
     requires_grad: bool = False,
     backward_hooks: object = None,
     metadata: object = None,
 ) -> _TensorRef:
-    return _TensorRef(storage, int(storage_offset), tuple(size), tuple(stride))
+    if not isinstance(storage, _StorageRef):
+        raise ValueError("a tensor's storage is not a storage")
+    shape, strides = _dims(size, "size"), _dims(stride, "stride")
+    if len(shape) != len(strides):
+        raise ValueError(f"tensor size {shape} and stride {strides} differ in length")
+    # Empty dimensions count as 1, so that an empty tensor cannot declare an absurd shape either.
+    if math.prod(max(n, 1) for n in shape) > MAX_ELEMENTS:
+        raise ValueError(f"tensor of size {shape} is larger than {MAX_ELEMENTS} elements")
+    return _TensorRef(storage, _index(storage_offset, "tensor storage offset"), shape, strides)
 
 
 class _StateDictUnpickler(pickle.Unpickler):
@@ -93,13 +125,18 @@ class _StateDictUnpickler(pickle.Unpickler):
     def persistent_load(self, pid: Any) -> _StorageRef:
         if not (isinstance(pid, tuple) and pid and pid[0] == "storage"):
             raise UnsafePickleError(f"unexpected persistent id {pid!r}")
+        if len(pid) != 6:
+            raise ValueError("a storage reference must have 6 fields")
         _, storage_type, key, _location, numel, view_metadata = pid
         if not isinstance(storage_type, _StorageType):
             raise UnsafePickleError(f"unexpected storage type {storage_type!r}")
         view_offset = 0
         if view_metadata is not None:
+            if not (isinstance(view_metadata, tuple) and len(view_metadata) == 3):
+                raise ValueError("a storage view must be (key, offset, size)")
             _view_key, view_offset, numel = view_metadata
-        return _StorageRef(str(key), storage_type.dtype, int(numel), int(view_offset))
+        numel, view_offset = _index(numel, "storage size"), _index(view_offset, "storage view offset")
+        return _StorageRef(str(key), storage_type.dtype, numel, view_offset)
 
 
 class _DataOnlyUnpickler(pickle.Unpickler):
@@ -117,7 +154,7 @@ def _read_header(f: IO[bytes]) -> None:
     if protocol != LEGACY_PROTOCOL_VERSION:
         raise ValueError(f"unsupported legacy protocol version {protocol}")
     sys_info = _DataOnlyUnpickler(f).load()
-    if not sys_info.get("little_endian", False):
+    if not isinstance(sys_info, dict) or not sys_info.get("little_endian", False):
         raise ValueError("big-endian weight files are not supported")
 
 
@@ -128,6 +165,8 @@ def _read_storages(f: IO[bytes], keys: list[str], dtypes: dict[str, np.dtype[Any
         dtype = dtypes.get(key)
         if dtype is None:
             raise ValueError(f"storage {key} is stored but no tensor uses it")
+        if numel < 0:
+            raise ValueError(f"storage {key} has a negative size")
         raw = f.read(numel * dtype.itemsize)
         if len(raw) != numel * dtype.itemsize:
             raise ValueError(f"storage {key} is truncated")
@@ -135,17 +174,39 @@ def _read_storages(f: IO[bytes], keys: list[str], dtypes: dict[str, np.dtype[Any
     return storages
 
 
+def _storage_view(ref: _StorageRef, storage: np.ndarray) -> np.ndarray:
+    """The part of the stored storage that ``ref`` names (pre-1.0 files could save views)."""
+    end = ref.view_offset + ref.numel
+    if end > storage.size:
+        raise ValueError(f"storage {ref.key} holds {storage.size} elements, not the {end} its tensors need")
+    return storage[ref.view_offset : end]
+
+
+def check_within_storage(shape: tuple[int, ...], strides: tuple[int, ...], offset: int, storage_numel: int) -> None:
+    """A view may address only its storage's elements: as many at most, none past the end.
+
+    Counting elements matters on its own: a zero stride repeats one element without
+    reaching any further, so a 4-byte storage could be expanded to any size.
+    """
+    numel = math.prod(shape)
+    if numel == 0:
+        return  # addresses nothing
+    last = offset + sum((n - 1) * s for n, s in zip(shape, strides, strict=True))
+    if numel > storage_numel or last >= storage_numel:
+        raise ValueError(
+            f"tensor of size {shape}, stride {strides} at offset {offset} addresses more than its storage's "
+            f"{storage_numel} elements"
+        )
+
+
 def _materialize(ref: _TensorRef, storage: np.ndarray) -> np.ndarray:
-    start = ref.storage.view_offset + ref.offset
-    # The furthest element the view touches must lie inside the storage.
-    last = start + sum((n - 1) * s for n, s in zip(ref.shape, ref.strides, strict=True) if n > 0)
-    if any(n == 0 for n in ref.shape):
+    base = _storage_view(ref.storage, storage)
+    check_within_storage(ref.shape, ref.strides, ref.offset, base.size)
+    if math.prod(ref.shape) == 0:
         return np.zeros(ref.shape, dtype=storage.dtype)
-    if start < 0 or last >= storage.size or any(s < 0 for s in ref.strides):
-        raise ValueError(f"tensor view {ref.shape}/{ref.strides} at {start} exceeds its storage")
     itemsize = storage.dtype.itemsize
     view = np.lib.stride_tricks.as_strided(
-        storage[start:],
+        base[ref.offset :],
         shape=ref.shape,
         strides=tuple(s * itemsize for s in ref.strides),
         writeable=False,
@@ -155,18 +216,25 @@ def _materialize(ref: _TensorRef, storage: np.ndarray) -> np.ndarray:
 
 def load_legacy_state_dict(path: str | Path) -> dict[str, np.ndarray]:
     """Return the file's tensors as contiguous numpy arrays, keyed by parameter name."""
-    with open(path, "rb") as f:
-        _read_header(f)
-        state = _StateDictUnpickler(f).load()
-        if not isinstance(state, dict):
-            raise ValueError("the file does not hold a state dict")
-        keys = [str(k) for k in _DataOnlyUnpickler(f).load()]
-        refs = {name: ref for name, ref in state.items() if isinstance(ref, _TensorRef)}
-        if len(refs) != len(state):
-            raise ValueError("the state dict holds values that are not tensors")
-        dtypes = {ref.storage.key: ref.storage.dtype for ref in refs.values()}
-        missing = set(dtypes) - set(keys)
-        if missing:
-            raise ValueError(f"storages referenced but not stored: {sorted(missing)[:3]}")
-        storages = _read_storages(f, keys, dtypes)
+    # In memory, a read past the end returns what is there instead of allocating what a
+    # (corrupt or hostile) length field asks for.
+    f = io.BytesIO(Path(path).read_bytes())
+    _read_header(f)
+    state = _StateDictUnpickler(f).load()
+    if not isinstance(state, dict):
+        raise ValueError("the file does not hold a state dict")
+    keys = _DataOnlyUnpickler(f).load()
+    if not isinstance(keys, list):
+        raise ValueError("the storage key list is not a list")
+    refs = {name: ref for name, ref in state.items() if isinstance(ref, _TensorRef)}
+    if len(refs) != len(state):
+        raise ValueError("the state dict holds values that are not tensors")
+    # Each tensor is bounded by its storage, but many tensors can share one storage.
+    if sum(math.prod(ref.shape) for ref in refs.values()) > MAX_ELEMENTS:
+        raise ValueError(f"the tensors hold more than {MAX_ELEMENTS} elements together")
+    dtypes = {ref.storage.key: ref.storage.dtype for ref in refs.values()}
+    missing = set(dtypes) - {str(k) for k in keys}
+    if missing:
+        raise ValueError(f"storages referenced but not stored: {sorted(missing)[:3]}")
+    storages = _read_storages(f, [str(k) for k in keys], dtypes)
     return {name: _materialize(ref, storages[ref.storage.key]) for name, ref in refs.items()}
