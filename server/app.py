@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager, suppress
 
 from fastapi import FastAPI
 
+from server.api.body_deadline import BodyDeadline
 from server.api.error_handlers import install_error_handlers
 from server.api.middleware import BodySizeLimit, RequestMetrics
 from server.api.responses import OrjsonResponse
@@ -89,5 +90,6 @@ def create_app(settings: Settings, runtime_factory: RuntimeFactory = load_runtim
     app.include_router(tfserving_router)
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.limits.max_body_bytes)
+    app.add_middleware(BodyDeadline, timeout_s=settings.http.body_timeout_s)
     app.add_middleware(RequestMetrics, metrics=metrics)  # outermost: counts the 413s too
     return app
