@@ -14,6 +14,7 @@ from starlette.middleware.cors import CORSMiddleware
 from server.admission import Admission
 from server.api.access import DOCS_PATHS, METRICS_PATHS, PROBE_PATHS, AccessControl, TrustedHosts
 from server.api.admit import AdmitRequests
+from server.api.body_deadline import BodyDeadline
 from server.api.error_handlers import install_error_handlers
 from server.api.middleware import RequestMetrics
 from server.api.responses import OrjsonResponse
@@ -112,7 +113,8 @@ def _public_paths(settings: Settings) -> frozenset[str]:
 
 def _add_middleware(app: FastAPI, settings: Settings, admission: Admission, metrics: Metrics) -> None:
     """Cheapest refusal first. Each added layer wraps the ones before it, so this runs
-    bottom-up: metrics, trusted host, CORS, access control, then admission."""
+    bottom-up: metrics, trusted host, CORS, access control, admission, then the body deadline."""
+    app.add_middleware(BodyDeadline, timeout_s=settings.http.body_timeout_s)
     app.add_middleware(AdmitRequests, admission=admission)
     app.add_middleware(
         AccessControl,

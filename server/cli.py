@@ -11,9 +11,12 @@ from typing import Any
 
 
 def _serve(args: argparse.Namespace) -> int:
+    import math
+
     import uvicorn
 
     from server.app import create_app
+    from server.http_protocol import bounded_http_protocol
     from server.settings import Settings
 
     overrides: dict[str, Any] = {
@@ -27,6 +30,15 @@ def _serve(args: argparse.Namespace) -> int:
         port=settings.port,
         log_level=settings.log_level,
         access_log=args.access_log,
+        # Slow and oversized clients: header limits, header and idle timeouts (server/http_protocol.py).
+        http=bounded_http_protocol(settings.http),
+        timeout_keep_alive=math.ceil(settings.http.keep_alive_timeout_s),  # the protocol arms the exact value
+        ws="none",  # no WebSocket routes: an upgrade would hand the connection to a protocol without those limits
+        # uvicorn answers 503 once connections >= limit, counting the asking one: +1 serves max_connections.
+        limit_concurrency=settings.http.max_connections + 1,
+        # Shutdown waits this long for requests in progress, half-sent bodies included, then cancels them.
+        timeout_graceful_shutdown=math.ceil(settings.drain_timeout_s),
+        server_header=False,
     )
     return 0
 

@@ -89,16 +89,19 @@ class HttpSettings(BaseModel):
     )
     max_headers: int = Field(100, ge=1, description="Most header fields in one request (431 beyond).")
     header_timeout_s: float = Field(
-        10.0, gt=0, description="Time to send the request line and headers, from the first byte; then 408."
+        10.0,
+        gt=0,
+        description="Time to send the request line and headers: a connection's first request from the "
+        "connection's opening, later ones from their first byte; then 408 and the connection is closed.",
     )
     body_timeout_s: float = Field(
-        30.0, gt=0, description="Time to send the whole body, from the end of the headers; then 408."
+        30.0, gt=0, description="Time to send the whole body, from the end of the headers; then 408, and close."
     )
     keep_alive_timeout_s: float = Field(
-        5.0, gt=0, description="Idle time allowed on a connection between requests (or before the first)."
+        5.0, gt=0, description="Idle time allowed on a connection between requests (or before the first); then close."
     )
     max_connections: int = Field(
-        1000, ge=1, description="Open connections at once; requests on connections beyond it get 503."
+        1000, ge=1, description="Open connections served at once; requests on connections beyond it get 503."
     )
 
 
@@ -118,7 +121,12 @@ class Settings(BaseSettings):
         "float32", description="Compute precision, for runtimes that support lower ones (keras_jax)."
     )
     device: str | None = Field(None, description="Device platform for keras_jax (gpu, cpu); default: JAX's first.")
-    drain_timeout_s: float = Field(10.0, ge=0, description="How long shutdown or a reload waits for queued work.")
+    drain_timeout_s: float = Field(
+        10.0,
+        ge=0,
+        description="How long shutdown waits for requests in progress (rounded up to whole seconds; then they are "
+        "cancelled), and shutdown or a reload for queued work.",
+    )
     repository_poll_s: float = Field(
         0.0,
         ge=0,
