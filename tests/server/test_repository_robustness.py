@@ -304,11 +304,14 @@ def test_the_app_serves_the_good_model_and_names_the_broken_ones(tmp_path: Path)
 
     async def scenario() -> None:
         batching = BatchingSettings(max_batch_size=2)
-        settings = Settings(model_repository=tmp_path, default_model="good", batching=batching)
+        settings = Settings(
+            model_repository=tmp_path, default_model="good", batching=batching, admin_token="repository-admin"
+        )
         app = create_app(settings, runtime_factory=fake_runtime)
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            admin = {"Authorization": "Bearer repository-admin"}
+            async with httpx.AsyncClient(transport=transport, base_url="http://localhost", headers=admin) as client:
                 for _ in range(500):  # bounded wait for the background load
                     if (await client.get("/v1/models")).json()["models"]:
                         break
@@ -317,6 +320,8 @@ def test_the_app_serves_the_good_model_and_names_the_broken_ones(tmp_path: Path)
                 assert [(m["name"], m["version"]) for m in listed] == [("good", 1)]
                 answer = await client.post("/v1/classify", content=png(), headers={"Content-Type": "image/png"})
                 assert answer.status_code == 200 and answer.json()["model"] == "good"
+                ready = (await client.get("/ready")).json()
+                assert ready["failed"] == ["escape", "typo"] and "absolute" not in str(ready)
                 index = (await client.post("/v2/repository/index")).json()
                 reasons = {e["name"]: e["reason"] for e in index if e["reason"]}
                 assert set(reasons) == {"typo", "escape"}
