@@ -58,9 +58,10 @@ class Admission:
         self.images = Budget("images in progress", limits.max_images_in_progress)
 
     def max_images(self, queue_capacity: int) -> int:
-        """Most images one request may carry: more than one request may, than all requests
-        together may hold, or than the model's queue holds could never be admitted."""
-        return min(self.limits.max_images_per_request, self.images.capacity, queue_capacity)
+        """Most images one request may carry: more than the limit per request, or than the
+        model's queue holds, could never be admitted (the in-progress budget holds at least
+        one request's worth, see LimitSettings)."""
+        return min(self.limits.max_images_per_request, queue_capacity)
 
     @contextmanager
     def images_held(self, count: int, queue_capacity: int) -> Iterator[None]:

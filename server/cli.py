@@ -60,6 +60,20 @@ def _health(args: argparse.Namespace) -> int:
         return 1
 
 
+def _hash_key(args: argparse.Namespace) -> int:
+    """A new API key: the key goes to its client (stdout, first line), the line to the keys file."""
+    from server.api_keys import new_key_line
+
+    key, line = new_key_line(args.name)
+    print(key)
+    print(line)
+    print(
+        "give the key on the first line to the client; append the second line to IMGSERVE_API_KEYS_FILE",
+        file=sys.stderr,
+    )
+    return 0
+
+
 def _build_default(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from trt_build.default_model.build import build_default_model
@@ -154,6 +168,12 @@ def build_parser() -> argparse.ArgumentParser:
     health = commands.add_parser("health", help="exit 0 if the server on IMGSERVE_HOST:IMGSERVE_PORT is ready")
     health.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for /ready")
     health.set_defaults(run=_health)
+
+    hash_key = commands.add_parser("hash-key", help="make an API key and its line for IMGSERVE_API_KEYS_FILE")
+    hash_key.add_argument(
+        "name", help="the client's name (letters, digits, _ . @ -): its rate-limit bucket and log name"
+    )
+    hash_key.set_defaults(run=_hash_key)
 
     build = commands.add_parser("build-default", help="build EfficientNet-Lite0 into the model repository")
     build.add_argument("--repository", default="models", help="model repository (default ./models)")

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import limits
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from batching import BatchingConfig
@@ -79,6 +79,15 @@ class LimitSettings(BaseModel):
         description="Deadline for a request's images to reach the model; past it the answer is 504. "
         "A client may shorten it with the X-Request-Timeout-Ms header.",
     )
+
+    @model_validator(mode="after")
+    def _budgets_hold_one_request(self) -> LimitSettings:
+        # A budget smaller than one allowed request would answer 429 to a request no retry can admit.
+        if self.max_body_bytes_in_flight < self.max_body_bytes:
+            raise ValueError("max_body_bytes_in_flight must be at least max_body_bytes")
+        if self.max_images_in_progress < self.max_images_per_request:
+            raise ValueError("max_images_in_progress must be at least max_images_per_request")
+        return self
 
 
 class HttpSettings(BaseModel):

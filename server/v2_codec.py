@@ -55,6 +55,8 @@ class ProtocolError(ServiceError):
 class TensorLimits:
     """What one request may declare, checked before anything is converted or split."""
 
+    max_batch: int
+    """Images (the first dimension) in one input tensor."""
     max_elements: int
     """Numeric elements in one input tensor."""
     max_byte_elements: int
@@ -243,6 +245,11 @@ def _input(spec: Any, binary: bytes, offset: int, limits: TensorLimits) -> tuple
     if "shape" not in spec:
         raise ProtocolError(f"input {echo(name)}: needs a shape")
     shape = _shape(spec["shape"], name)
+    if shape and shape[0] > limits.max_batch:
+        raise ProtocolError(
+            f"input {echo(name)}: {shape[0]} images in one request; at most {limits.max_batch} are accepted",
+            ErrorKind.TOO_MANY_IMAGES,
+        )
     if datatype == "BYTES":
         count = _element_count(shape, limits.max_byte_elements, name, ErrorKind.TOO_MANY_IMAGES)
     else:

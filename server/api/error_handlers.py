@@ -18,7 +18,6 @@ from starlette.responses import Response
 from batching import BatchingError
 from server.api.responses import OrjsonResponse
 from server.errors import HTTP_STATUS, ErrorKind, ServiceError, echo, from_batching_error
-from server.v2_codec import ProtocolError
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +56,6 @@ async def _batching_error(request: Request, exc: Exception) -> Response:
     return render(from_batching_error(exc), request.url.path)
 
 
-async def _protocol_error(request: Request, exc: Exception) -> Response:
-    return render(ServiceError(ErrorKind.BAD_REQUEST, str(exc)), request.url.path)
-
-
 async def _validation_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     errors = exc.errors()
@@ -86,7 +81,6 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(BatchingError, _batching_error)
-    app.add_exception_handler(ProtocolError, _protocol_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected)

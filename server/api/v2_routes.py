@@ -115,6 +115,7 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
     header_length = parse_header_length(request.headers.get("inference-header-content-length"), len(body))
     max_images = service.max_images(model)
     limits = TensorLimits(
+        max_batch=max_images,
         max_elements=max_images * math.prod(model.manifest.item_shape),
         max_byte_elements=max_images,
         max_classification=service.limits.max_top_k,

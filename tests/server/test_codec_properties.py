@@ -20,7 +20,10 @@ from server.v2_codec import TensorLimits, model_images, parse_header_length, par
 ITEM_SHAPE = (8, 8, 3)
 MAX_IMAGES = 4
 LIMITS = TensorLimits(
-    max_elements=MAX_IMAGES * math.prod(ITEM_SHAPE), max_byte_elements=MAX_IMAGES, max_classification=10
+    max_batch=MAX_IMAGES,
+    max_elements=MAX_IMAGES * math.prod(ITEM_SHAPE),
+    max_byte_elements=MAX_IMAGES,
+    max_classification=10,
 )
 TF_MODEL = ModelInput("images", ITEM_SHAPE, "serving_default")
 
@@ -151,7 +154,9 @@ def test_v2_binary_bytes_elements_split_exactly_or_fail_as_client_errors(element
 
 def test_v2_a_huge_declared_shape_is_refused_before_any_arithmetic_on_it() -> None:
     """A shape of eight 2**31-1 dims was once a 250-digit product computed on the event loop."""
-    body = orjson.dumps({"inputs": [{"name": "images", "datatype": "UINT8", "shape": [2**31 - 1] * 8, "data": []}]})
+    body = orjson.dumps(
+        {"inputs": [{"name": "images", "datatype": "UINT8", "shape": [1] + [2**31 - 1] * 7, "data": []}]}
+    )
     try:
         parse_infer_request(body, None, LIMITS)
     except ServiceError as exc:
