@@ -17,6 +17,7 @@ from starlette.responses import Response
 
 from server.api.deps import registry_of, service_of
 from server.api.disconnect import unless_disconnected
+from server.api.openapi_bodies import TF_SERVING
 from server.api.responses import OrjsonResponse
 from server.errors import ErrorKind, ServiceError, echo
 from server.model_instance import ModelInstance
@@ -94,27 +95,27 @@ def _metadata(model: ModelInstance) -> Response:
     )
 
 
-@router.post("/{name}:predict")
+@router.post("/{name}:predict", openapi_extra=TF_SERVING)
 async def predict(request: Request, name: str) -> Response:
     return await _predict(request, name, None, None)
 
 
-@router.post("/{name}/versions/{version}:predict")
+@router.post("/{name}/versions/{version}:predict", openapi_extra=TF_SERVING)
 async def predict_version(request: Request, name: str, version: str) -> Response:
     return await _predict(request, name, version, None)
 
 
-@router.post("/{name}/labels/{label}:predict")
+@router.post("/{name}/labels/{label}:predict", openapi_extra=TF_SERVING)
 async def predict_label(request: Request, name: str, label: str) -> Response:
     return await _predict(request, name, None, label)
 
 
-@router.post("/{name}:classify")
+@router.post("/{name}:classify", openapi_extra=TF_SERVING)
 async def classify(request: Request, name: str) -> Response:
     return await _classify(request, name, None, None)
 
 
-@router.post("/{name}/versions/{version}:classify")
+@router.post("/{name}/versions/{version}:classify", openapi_extra=TF_SERVING)
 async def classify_version(request: Request, name: str, version: str) -> Response:
     return await _classify(request, name, version, None)
 

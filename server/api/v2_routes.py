@@ -17,6 +17,7 @@ from starlette.responses import Response
 
 from server.api.deps import registry_of, service_of
 from server.api.disconnect import unless_disconnected
+from server.api.openapi_bodies import V2_INFER
 from server.api.responses import OrjsonResponse
 from server.errors import ServiceError
 from server.manifest import ModelManifest
@@ -146,12 +147,12 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
     )
 
 
-@router.post("/models/{name}/infer")
+@router.post("/models/{name}/infer", openapi_extra=V2_INFER)
 async def infer(request: Request, name: str) -> Response:
     return await _infer(request, name, None)
 
 
-@router.post("/models/{name}/versions/{version}/infer")
+@router.post("/models/{name}/versions/{version}/infer", openapi_extra=V2_INFER)
 async def infer_version(request: Request, name: str, version: str) -> Response:
     return await _infer(request, name, version)
 
