@@ -1,4 +1,6 @@
-"""Client API keys, stored hashed: a file of ``<name> <sha256 hex of the key>`` lines.
+"""Client API keys, stored hashed: a file of ``<name> <sha256 hex of the key> [<rate limit>]``
+lines. The optional rate limit (``500/second``, ``50/second;1000/minute``) replaces the
+server's ``IMGSERVE_RATE_LIMIT`` for that key: a tier per client.
 
 The server never holds a key itself, only its SHA-256; ``imgserve hash-key`` makes a key and
 its line. The file is re-read when it changes (checked at most once a second), so keys can
@@ -14,11 +16,14 @@ import re
 import secrets
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+
+import limits
 
 log = logging.getLogger(__name__)
 
-_LINE = re.compile(r"^(?P<name>[A-Za-z0-9_.@-]{1,64})\s+(?:sha256:)?(?P<digest>[0-9a-f]{64})$")
+_LINE = re.compile(r"^(?P<name>[A-Za-z0-9_.@-]{1,64})\s+(?:sha256:)?(?P<digest>[0-9a-f]{64})(?:\s+(?P<rate>\S+))?$")
 RECHECK_S = 1.0
 
 
@@ -32,34 +37,46 @@ def new_key_line(name: str) -> tuple[str, str]:
     return key, f"{name} {digest(key)}"
 
 
-def parse_key_file(text: str) -> dict[str, str]:
-    """Digest to name. Raises ValueError naming the first bad line."""
-    names: dict[str, str] = {}
+@dataclass(frozen=True)
+class Client:
+    name: str
+    rate_limit: str | None = None
+    """This key's own rate limit; None: the server's."""
+
+
+def parse_key_file(text: str) -> dict[str, Client]:
+    """Digest to client. Raises ValueError naming the first bad line."""
+    clients: dict[str, Client] = {}
     for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
         match = _LINE.match(line)
         if match is None:
-            raise ValueError(f"line {number} is not '<name> <sha256 hex>'")
-        names[match["digest"]] = match["name"]
-    return names
+            raise ValueError(f"line {number} is not '<name> <sha256 hex> [<rate limit>]'")
+        if match["rate"]:
+            try:
+                limits.parse_many(match["rate"])
+            except ValueError as exc:
+                raise ValueError(f"line {number}: rate limit {match['rate']!r} is not like '50/second'") from exc
+        clients[match["digest"]] = Client(match["name"], match["rate"])
+    return clients
 
 
 class ApiKeys:
     def __init__(self, path: Path, clock: Callable[[], float] = time.monotonic) -> None:
         self._path = path
         self._clock = clock
-        self._names: dict[str, str] = {}
+        self._clients: dict[str, Client] = {}
         self._stamp: tuple[int, int] | None = None
         self._checked_at = -RECHECK_S
         self._refresh()
 
-    def name_of(self, key: str) -> str | None:
-        """The key's name, or None for an unknown key."""
+    def client_of(self, key: str) -> Client | None:
+        """The key's client, or None for an unknown key."""
         if self._clock() - self._checked_at >= RECHECK_S:
             self._refresh()
-        return self._names.get(digest(key))
+        return self._clients.get(digest(key))
 
     def _refresh(self) -> None:
         self._checked_at = self._clock()
@@ -68,12 +85,11 @@ class ApiKeys:
             stamp = (stat.st_mtime_ns, stat.st_size)
             if stamp == self._stamp:
                 return
-            names = parse_key_file(self._path.read_text())
+            clients = parse_key_file(self._path.read_text())
         except (OSError, UnicodeDecodeError, ValueError) as exc:
-            log.error(
-                "API keys file %s not loaded (%s); keeping the %d keys read before", self._path, exc, len(self._names)
-            )
+            kept = len(self._clients)
+            log.error("API keys file %s not loaded (%s); keeping the %d keys read before", self._path, exc, kept)
             return
         self._stamp = stamp
-        self._names = names
-        log.info("loaded %d API keys from %s", len(names), self._path)
+        self._clients = clients
+        log.info("loaded %d API keys from %s", len(clients), self._path)

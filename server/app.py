@@ -120,7 +120,7 @@ def _add_middleware(app: FastAPI, settings: Settings, admission: Admission, metr
         AccessControl,
         admin_token=settings.admin_token.get_secret_value() if settings.admin_token else None,
         api_keys=ApiKeys(settings.api_keys_file) if settings.api_keys_file else None,
-        rate_limiter=RateLimiter(settings.rate_limit) if settings.rate_limit else None,
+        rate_limiter=RateLimiter(settings.rate_limit),
         public_paths=_public_paths(settings),
     )
     if settings.cors_origins:

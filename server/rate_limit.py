@@ -34,15 +34,25 @@ class RateLimitState:
 
 
 class RateLimiter:
-    def __init__(self, spec: str) -> None:
-        self._items = limits.parse_many(spec)
+    def __init__(self, spec: str | None) -> None:
+        """``spec``: the limit for clients without one of their own (None: unlimited)."""
+        self._default = spec
+        self._parsed: dict[str, list[limits.RateLimitItem]] = {}
         self._limiter = SlidingWindowCounterRateLimiter(MemoryStorage())
 
-    def hit(self, identity: str) -> RateLimitState:
-        """Count one request of ``identity``; the state of the first limit it breaks, else
-        of the limit closest to breaking."""
+    def _items(self, spec: str) -> list[limits.RateLimitItem]:
+        if spec not in self._parsed:
+            self._parsed[spec] = limits.parse_many(spec)
+        return self._parsed[spec]
+
+    def hit(self, identity: str, spec: str | None = None) -> RateLimitState | None:
+        """Count one request of ``identity`` under its own ``spec`` or the default; the state
+        of the first limit it breaks, else of the limit closest to breaking; None: unlimited."""
+        spec = spec or self._default
+        if spec is None:
+            return None
         states = []
-        for item in self._items:
+        for item in self._items(spec):
             allowed = self._limiter.hit(item, identity)
             state = self._state(item, identity, allowed)
             if not allowed:

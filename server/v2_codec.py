@@ -212,6 +212,21 @@ def _in_range(values: np.ndarray, dtype: np.dtype[Any], name: str) -> None:
         raise ProtocolError(f"input {echo(name)}: values outside the range of {V2_NAMES[dtype]}")
 
 
+# numpy holds the GIL for a whole conversion, and the event loop shares the process: a 20 MB
+# list of numbers converted at once stalls it for most of a second. Slices keep each hold short.
+SLICE = 65536
+
+
+def _json_array(data: list[Any]) -> np.ndarray:
+    """A flat or nested JSON list of numbers as an array, converted a row (or slice) at a time."""
+    if data and isinstance(data[0], list):
+        rows = [np.asarray(row) for row in data]
+        if any(row.shape != rows[0].shape for row in rows):
+            raise ValueError("ragged rows")
+        return np.stack(rows)
+    return np.concatenate([np.asarray(data[i : i + SLICE]) for i in range(0, len(data), SLICE)] or [np.asarray([])])
+
+
 def _numeric(name: str, datatype: str, shape: list[int], count: int, data: Any, raw: bytes | None) -> np.ndarray:
     dtype = DTYPES[datatype]
     if raw is not None:
@@ -224,7 +239,7 @@ def _numeric(name: str, datatype: str, shape: list[int], count: int, data: Any, 
     if not isinstance(data, list):
         raise ProtocolError(f"input {echo(name)}: data must be a list")
     try:
-        values = np.asarray(data)
+        values = _json_array(data)
     except (ValueError, TypeError, OverflowError) as exc:
         raise ProtocolError(f"input {echo(name)}: data must be a flat or regularly nested list of numbers") from exc
     if values.dtype.kind not in "biuf":

@@ -82,7 +82,7 @@ class AccessControl:
         *,
         admin_token: str | None,
         api_keys: ApiKeys | None,
-        rate_limiter: RateLimiter | None,
+        rate_limiter: RateLimiter,
         public_paths: frozenset[str],
     ) -> None:
         self.app = app
@@ -97,18 +97,19 @@ class AccessControl:
             return
         path = scope["path"]
         credential = presented_credential(scope)
-        client = scope.get("client")
-        address = f"address:{client[0] if client else 'unknown'}"
+        peer = scope.get("client")
+        address = f"address:{peer[0] if peer else 'unknown'}"
         # Failed attempts count against the client's address, so guessing keys is rate limited too.
+        client = self.api_keys.client_of(credential) if self.api_keys and credential else None
         if path.startswith(ADMIN_PREFIX):
-            identity, check = address, self._check_admin
+            identity, check, own_limit = address, self._check_admin, None
         else:
-            name = self.api_keys.name_of(credential) if self.api_keys and credential else None
-            identity, check = (f"key:{name}" if name else address), self._check_key_known
+            identity = f"key:{client.name}" if client else address
+            check, own_limit = self._check_key_known, client.rate_limit if client else None
 
         extra_headers: dict[str, str] = {}
-        if self.rate_limiter is not None:
-            state = self.rate_limiter.hit(identity)
+        state = self.rate_limiter.hit(identity, own_limit)
+        if state is not None:
             extra_headers = state.headers()
             if not state.allowed:
                 error = ServiceError(

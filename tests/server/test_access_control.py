@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from server.api.access import host_allowed
-from server.api_keys import ApiKeys, digest, parse_key_file
+from server.api_keys import ApiKeys, Client, digest, parse_key_file
 from server.cli import main
 from tests.fakes import GatedRuntime
 from tests.server.test_api_fake_runtime import MODEL, fake_app, png
@@ -119,17 +119,19 @@ def test_keys_are_reloaded_when_the_file_changes_and_a_broken_file_keeps_the_old
     now = [0.0]
     path = keys_file(tmp_path)
     keys = ApiKeys(path, clock=lambda: now[0])
-    assert keys.name_of(ALICE) == "alice" and keys.name_of("carol-key") is None
-    path.write_text(f"carol {digest('carol-key')}\n")  # alice and bob revoked, carol added
-    assert keys.name_of("carol-key") is None  # not re-read within the recheck interval
+    assert keys.client_of(ALICE) == Client("alice") and keys.client_of("carol-key") is None
+    path.write_text(f"carol {digest('carol-key')} 5/second\n")  # alice and bob revoked, carol added
+    assert keys.client_of("carol-key") is None  # not re-read within the recheck interval
     now[0] += 1.0
-    assert keys.name_of("carol-key") == "carol" and keys.name_of(ALICE) is None
+    assert keys.client_of("carol-key") == Client("carol", "5/second") and keys.client_of(ALICE) is None
     path.write_text("carol not-a-digest\n")
     now[0] += 1.0
-    assert keys.name_of("carol-key") == "carol"  # fails closed: the last good keys stay
+    assert keys.client_of("carol-key") == Client("carol", "5/second")  # fails closed: the last good keys stay
 
 
-@pytest.mark.parametrize("line", ["alice", "alice 1234", "al ice " + "0" * 64, "x" * 65 + " " + "0" * 64])
+@pytest.mark.parametrize(
+    "line", ["alice", "alice 1234", "al ice " + "0" * 64, "x" * 65 + " " + "0" * 64, "a " + "0" * 64 + " fast"]
+)
 def test_a_malformed_keys_line_is_refused_with_its_number(line: str) -> None:
     with pytest.raises(ValueError, match="line 2"):
         parse_key_file(f"bob {digest(BOB)}\n{line}\n")
@@ -139,7 +141,7 @@ def test_hash_key_makes_a_key_and_the_line_that_admits_it(capsys: pytest.Capture
     assert main(["hash-key", "carol"]) == 0
     key, line = capsys.readouterr().out.split("\n")[:2]
     assert key not in line  # only the hash goes into the file
-    assert parse_key_file(line) == {digest(key): "carol"}
+    assert parse_key_file(line) == {digest(key): Client("carol")}
 
 
 def test_a_rate_limit_per_key_answers_429_with_its_numbers(tmp_path: Path) -> None:
@@ -159,6 +161,22 @@ def test_a_rate_limit_per_key_answers_429_with_its_numbers(tmp_path: Path) -> No
             assert limited.headers["RateLimit-Remaining"] == "0"
             assert (await classify(client, {"X-API-Key": BOB})).status_code == 200  # bob has his own budget
             assert (await client.get("/health")).status_code == 200  # public routes are not counted
+
+    asyncio.run(scenario())
+
+
+def test_a_key_can_have_its_own_rate_limit(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        path = tmp_path / "keys.txt"
+        path.write_text(f"alice {digest(ALICE)} 1/minute\nbob {digest(BOB)}\n")  # bob: the server's
+        async with client_for(tmp_path, api_keys_file=path, rate_limit="3/minute") as client:
+            alice, bob = {"X-API-Key": ALICE}, {"X-API-Key": BOB}
+            assert [(await classify(client, alice)).status_code for _ in range(2)] == [200, 429]
+            assert [(await classify(client, bob)).status_code for _ in range(4)] == [200, 200, 200, 429]
+        # A tier applies even when the server sets no limit of its own.
+        async with client_for(tmp_path / "unlimited", api_keys_file=path) as client:
+            assert [(await classify(client, alice)).status_code for _ in range(2)] == [200, 429]
+            assert [(await classify(client, bob)).status_code for _ in range(5)] == [200] * 5
 
     asyncio.run(scenario())
 
