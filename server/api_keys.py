@@ -1,6 +1,7 @@
-"""Client API keys, stored hashed: a file of ``<name> <sha256 hex of the key> [<rate limit>]``
-lines. The optional rate limit (``500/second``, ``50/second;1000/minute``) replaces the
-server's ``IMGSERVE_RATE_LIMIT`` for that key: a tier per client.
+"""Client API keys, stored hashed: a file of lines
+``<name> <sha256 hex of the key> [rate=<limit>] [cpu=<share>]``. The options are a tier per
+client: ``rate=500/second`` (or ``50/second;1000/minute``) replaces the server's
+``IMGSERVE_RATE_LIMIT`` for that key, ``cpu=0.5`` its ``IMGSERVE_CPU_LIMIT``.
 
 The server never holds a key itself, only its SHA-256; ``imgserve hash-key`` makes a key and
 its line. The file is re-read when it changes (checked at most once a second), so keys can
@@ -23,7 +24,7 @@ import limits
 
 log = logging.getLogger(__name__)
 
-_LINE = re.compile(r"^(?P<name>[A-Za-z0-9_.@-]{1,64})\s+(?:sha256:)?(?P<digest>[0-9a-f]{64})(?:\s+(?P<rate>\S+))?$")
+_LINE = re.compile(r"^(?P<name>[A-Za-z0-9_.@-]{1,64})\s+(?:sha256:)?(?P<digest>[0-9a-f]{64})(?P<options>(?:\s+\S+)*)$")
 RECHECK_S = 1.0
 
 
@@ -42,6 +43,22 @@ class Client:
     name: str
     rate_limit: str | None = None
     """This key's own rate limit; None: the server's."""
+    cpu_limit: float | None = None
+    """This key's own CPU share (CPU-seconds per second); None: the server's."""
+
+
+def _client(name: str, options: list[str]) -> Client:
+    values = dict(option.partition("=")[::2] for option in options)
+    unknown = sorted(set(values) - {"rate", "cpu"})
+    if unknown:
+        raise ValueError(f"unknown option {unknown[0]!r}; use rate=<limit> and cpu=<share>")
+    rate, cpu = values.get("rate"), values.get("cpu")
+    if rate is not None:
+        limits.parse_many(rate)  # raises ValueError for a malformed limit
+    share = float(cpu) if cpu is not None else None
+    if share is not None and not 0 < share < float("inf"):
+        raise ValueError("cpu must be a positive number of CPU-seconds per second")
+    return Client(name, rate, share)
 
 
 def parse_key_file(text: str) -> dict[str, Client]:
@@ -53,13 +70,11 @@ def parse_key_file(text: str) -> dict[str, Client]:
             continue
         match = _LINE.match(line)
         if match is None:
-            raise ValueError(f"line {number} is not '<name> <sha256 hex> [<rate limit>]'")
-        if match["rate"]:
-            try:
-                limits.parse_many(match["rate"])
-            except ValueError as exc:
-                raise ValueError(f"line {number}: rate limit {match['rate']!r} is not like '50/second'") from exc
-        clients[match["digest"]] = Client(match["name"], match["rate"])
+            raise ValueError(f"line {number} is not '<name> <sha256 hex> [rate=<limit>] [cpu=<share>]'")
+        try:
+            clients[match["digest"]] = _client(match["name"], match["options"].split())
+        except ValueError as exc:
+            raise ValueError(f"line {number}: {exc}") from exc
     return clients
 
 

@@ -22,6 +22,7 @@ from server.api.routes import router
 from server.api.tfserving_routes import router as tfserving_router
 from server.api.v2_routes import router as v2_router
 from server.api_keys import ApiKeys
+from server.cpu_budget import CpuBudgets
 from server.metrics import Metrics
 from server.rate_limit import RateLimiter
 from server.registry import ModelRegistry
@@ -121,6 +122,8 @@ def _add_middleware(app: FastAPI, settings: Settings, admission: Admission, metr
         admin_token=settings.admin_token.get_secret_value() if settings.admin_token else None,
         api_keys=ApiKeys(settings.api_keys_file) if settings.api_keys_file else None,
         rate_limiter=RateLimiter(settings.rate_limit),
+        cpu_budgets=CpuBudgets(),
+        cpu_limit=settings.cpu_limit,
         public_paths=_public_paths(settings),
     )
     if settings.cors_origins:

@@ -164,6 +164,12 @@ class Settings(BaseSettings):
         description='Requests per client, e.g. "50/second" or "50/second;1000/minute": per API key when keys are '
         "configured, else per client address. Unset: no rate limit.",
     )
+    cpu_limit: float | None = Field(
+        None,
+        gt=0,
+        description="CPU-seconds per second one client's requests may spend parsing and decoding (per API key, "
+        "else per address), measured and paid after the fact; a client in debt gets 429. Unset: no limit.",
+    )
     allowed_hosts: Annotated[list[str] | None, NoDecode] = Field(
         None,
         description="Host header values accepted, comma-separated ('*.example.com' allowed). Unset: the loopback "

@@ -14,6 +14,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any, TypeVar
 
+from server.cpu_budget import charged, current_account
+
 T = TypeVar("T")
 
 
@@ -26,7 +28,11 @@ class WorkPool:
         return result
 
     async def run_all(self, calls: Sequence[Callable[[], T]]) -> list[T]:
-        """Every call's result in order, or the first failure once none of them still runs."""
+        """Every call's result in order, or the first failure once none of them still runs.
+        The CPU each call takes is charged to the request's client, when it has a budget."""
+        account = current_account.get()
+        if account is not None:
+            calls = [charged(call, account) for call in calls]
         futures = [self._executor.submit(call) for call in calls]
         waiters = [asyncio.wrap_future(f) for f in futures]
         for waiter in waiters:

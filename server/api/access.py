@@ -4,7 +4,8 @@
   reach a server on 127.0.0.1 through a hostname the attacker controls).
 - ``AccessControl``: the repository API (load, unload, index) needs the admin token and is
   closed when none is configured; with API keys configured, every other route but the
-  public ones needs a key; a rate limit per key, or per client address without keys.
+  public ones needs a key; a rate limit and a CPU budget per key, or per client address
+  without keys (server/rate_limit.py, server/cpu_budget.py).
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from collections.abc import Iterable
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server.api.error_handlers import render
-from server.api_keys import ApiKeys
+from server.api_keys import ApiKeys, Client
+from server.cpu_budget import CpuAccount, CpuBudgets, current_account
 from server.errors import ErrorKind, ServiceError
 from server.rate_limit import RateLimiter
 
@@ -83,12 +85,16 @@ class AccessControl:
         admin_token: str | None,
         api_keys: ApiKeys | None,
         rate_limiter: RateLimiter,
+        cpu_budgets: CpuBudgets,
+        cpu_limit: float | None,
         public_paths: frozenset[str],
     ) -> None:
         self.app = app
         self.admin_token = admin_token.encode() if admin_token else None
         self.api_keys = api_keys
         self.rate_limiter = rate_limiter
+        self.cpu_budgets = cpu_budgets
+        self.cpu_limit = cpu_limit
         self.public_paths = public_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -99,45 +105,52 @@ class AccessControl:
         credential = presented_credential(scope)
         peer = scope.get("client")
         address = f"address:{peer[0] if peer else 'unknown'}"
-        # Failed attempts count against the client's address, so guessing keys is rate limited too.
         client = self.api_keys.client_of(credential) if self.api_keys and credential else None
-        if path.startswith(ADMIN_PREFIX):
-            identity, check, own_limit = address, self._check_admin, None
-        else:
-            identity = f"key:{client.name}" if client else address
-            check, own_limit = self._check_key_known, client.rate_limit if client else None
+        # Unknown keys and admin attempts count against the address: guessing is limited too.
+        identity = f"key:{client.name}" if client and not path.startswith(ADMIN_PREFIX) else address
+        tier = client if identity != address else None
 
-        extra_headers: dict[str, str] = {}
-        state = self.rate_limiter.hit(identity, own_limit)
-        if state is not None:
-            extra_headers = state.headers()
-            if not state.allowed:
-                error = ServiceError(
-                    ErrorKind.RATE_LIMITED,
-                    f"rate limit of {state.limit} requests per {state.window_s}s reached",
-                    retry_after=state.reset_s,
-                )
-                await render(error, path, extra_headers)(scope, receive, send)
-                return
+        headers: dict[str, str] = {}
         try:
-            check(credential, identity)
+            state = self.rate_limiter.hit(identity, tier.rate_limit if tier else None)
+            if state is not None:
+                headers = state.headers()
+                if not state.allowed:
+                    message = f"rate limit of {state.limit} requests per {state.window_s}s reached"
+                    raise ServiceError(ErrorKind.RATE_LIMITED, message, retry_after=state.reset_s)
+            if path.startswith(ADMIN_PREFIX):
+                self._check_admin(credential)
+            elif self.api_keys is not None and tier is None:
+                what = "an unknown API key" if credential else "no API key"
+                raise ServiceError(
+                    ErrorKind.UNAUTHORIZED, f"{what}: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'"
+                )
+            account = self._cpu_account(identity, tier)
         except ServiceError as error:
-            await render(error, path, extra_headers)(scope, receive, send)
-            return
-        if not extra_headers:
-            await self.app(scope, receive, send)
+            await render(error, path, headers)(scope, receive, send)
             return
 
-        encoded = [(k.lower().encode(), v.encode()) for k, v in extra_headers.items()]
+        token = current_account.set(account)
+        try:
+            await self.app(scope, receive, _with_headers(send, headers) if headers else send)
+        finally:
+            current_account.reset(token)
 
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message = {**message, "headers": [*message.get("headers", []), *encoded]}
-            await send(message)
+    def _cpu_account(self, identity: str, tier: Client | None) -> CpuAccount | None:
+        """The budget this request's work is charged to; 429 while the client is in debt."""
+        share = tier.cpu_limit if tier and tier.cpu_limit else self.cpu_limit
+        if share is None:
+            return None
+        retry_after = self.cpu_budgets.retry_after(identity, share)
+        if retry_after is not None:
+            raise ServiceError(
+                ErrorKind.RATE_LIMITED,
+                f"CPU budget of {share:g} CPU-seconds per second spent; wait for it to refill",
+                retry_after=retry_after,
+            )
+        return CpuAccount(self.cpu_budgets, identity, share)
 
-        await self.app(scope, receive, send_with_headers)
-
-    def _check_admin(self, credential: str | None, identity: str) -> None:
+    def _check_admin(self, credential: str | None) -> None:
         if self.admin_token is None:
             raise ServiceError(
                 ErrorKind.FORBIDDEN, "the repository API is disabled; set IMGSERVE_ADMIN_TOKEN to enable it"
@@ -145,9 +158,13 @@ class AccessControl:
         if credential is None or not hmac.compare_digest(credential.encode(), self.admin_token):
             raise ServiceError(ErrorKind.UNAUTHORIZED, "the repository API needs 'Authorization: Bearer <admin token>'")
 
-    def _check_key_known(self, credential: str | None, identity: str) -> None:
-        if self.api_keys is not None and not identity.startswith("key:"):
-            what = "an unknown API key" if credential else "no API key"
-            raise ServiceError(
-                ErrorKind.UNAUTHORIZED, f"{what}: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'"
-            )
+
+def _with_headers(send: Send, headers: dict[str, str]) -> Send:
+    encoded = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+
+    async def send_with_headers(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", []), *encoded]}
+        await send(message)
+
+    return send_with_headers

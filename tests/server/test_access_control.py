@@ -16,7 +16,9 @@ import pytest
 from server.api.access import host_allowed
 from server.api_keys import ApiKeys, Client, digest, parse_key_file
 from server.cli import main
+from server.cpu_budget import CpuBudgets
 from tests.fakes import GatedRuntime
+from tests.server.test_admission import heavy_png
 from tests.server.test_api_fake_runtime import MODEL, fake_app, png
 
 ADMIN = "s3cret-admin-token"
@@ -120,17 +122,27 @@ def test_keys_are_reloaded_when_the_file_changes_and_a_broken_file_keeps_the_old
     path = keys_file(tmp_path)
     keys = ApiKeys(path, clock=lambda: now[0])
     assert keys.client_of(ALICE) == Client("alice") and keys.client_of("carol-key") is None
-    path.write_text(f"carol {digest('carol-key')} 5/second\n")  # alice and bob revoked, carol added
+    path.write_text(f"carol {digest('carol-key')} rate=5/second cpu=0.5\n")  # alice and bob revoked, carol added
     assert keys.client_of("carol-key") is None  # not re-read within the recheck interval
     now[0] += 1.0
-    assert keys.client_of("carol-key") == Client("carol", "5/second") and keys.client_of(ALICE) is None
+    assert keys.client_of("carol-key") == Client("carol", "5/second", 0.5) and keys.client_of(ALICE) is None
     path.write_text("carol not-a-digest\n")
     now[0] += 1.0
-    assert keys.client_of("carol-key") == Client("carol", "5/second")  # fails closed: the last good keys stay
+    assert keys.client_of("carol-key") == Client("carol", "5/second", 0.5)  # fails closed: the last good keys stay
 
 
 @pytest.mark.parametrize(
-    "line", ["alice", "alice 1234", "al ice " + "0" * 64, "x" * 65 + " " + "0" * 64, "a " + "0" * 64 + " fast"]
+    "line",
+    [
+        "alice",
+        "alice 1234",
+        "al ice " + "0" * 64,
+        "x" * 65 + " " + "0" * 64,
+        "a " + "0" * 64 + " rate=fast",
+        "a " + "0" * 64 + " cpu=-1",
+        "a " + "0" * 64 + " cpu=nan",
+        "a " + "0" * 64 + " burst=3",
+    ],
 )
 def test_a_malformed_keys_line_is_refused_with_its_number(line: str) -> None:
     with pytest.raises(ValueError, match="line 2"):
@@ -168,7 +180,7 @@ def test_a_rate_limit_per_key_answers_429_with_its_numbers(tmp_path: Path) -> No
 def test_a_key_can_have_its_own_rate_limit(tmp_path: Path) -> None:
     async def scenario() -> None:
         path = tmp_path / "keys.txt"
-        path.write_text(f"alice {digest(ALICE)} 1/minute\nbob {digest(BOB)}\n")  # bob: the server's
+        path.write_text(f"alice {digest(ALICE)} rate=1/minute\nbob {digest(BOB)}\n")  # bob: the server's
         async with client_for(tmp_path, api_keys_file=path, rate_limit="3/minute") as client:
             alice, bob = {"X-API-Key": ALICE}, {"X-API-Key": BOB}
             assert [(await classify(client, alice)).status_code for _ in range(2)] == [200, 429]
@@ -248,5 +260,37 @@ def test_docs_can_be_turned_off(tmp_path: Path) -> None:
         async with client_for(tmp_path, docs=False) as client:
             for path in ("/docs", "/redoc", "/openapi.json"):
                 assert (await client.get(path)).status_code == 404, path
+
+    asyncio.run(scenario())
+
+
+def test_a_cpu_budget_is_paid_after_the_fact_and_refills_at_its_share() -> None:
+    now = [0.0]
+    budgets = CpuBudgets(burst_s=1.0, clock=lambda: now[0])
+    assert budgets.retry_after("a", share=0.25) is None
+    budgets.charge("a", share=0.25, seconds=0.6)  # one expensive request: 0.35 s into debt
+    assert budgets.retry_after("a", share=0.25) == pytest.approx(1.4)
+    assert budgets.retry_after("b", share=0.25) is None  # others are not affected
+    now[0] += 1.0
+    assert budgets.retry_after("a", share=0.25) == pytest.approx(0.4)
+    now[0] += 0.5
+    assert budgets.retry_after("a", share=0.25) is None
+    now[0] += 10.0
+    budgets.retry_after("a", share=0.25)
+    assert len(budgets) == 0  # paid up: nothing held for this client any more
+
+
+def test_a_client_that_spends_its_cpu_budget_waits_while_others_are_served(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        path = tmp_path / "keys.txt"
+        path.write_text(f"alice {digest(ALICE)} cpu=0.001\nbob {digest(BOB)}\n")  # bob: no limit
+        async with client_for(tmp_path, api_keys_file=path) as client:
+            heavy = {**IMAGE, "X-API-Key": ALICE}
+            first = await client.post("/v1/classify", content=heavy_png(0), headers=heavy)
+            assert first.status_code == 200  # paid after the fact: the first one always runs
+            refused = await client.post("/v1/classify", content=png(1), headers=heavy)
+            assert refused.status_code == 429 and "CPU budget" in refused.json()["error"]["message"]
+            assert int(refused.headers["Retry-After"]) >= 1
+            assert (await classify(client, {"X-API-Key": BOB})).status_code == 200
 
     asyncio.run(scenario())
