@@ -15,7 +15,7 @@ from collections.abc import Iterable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from server.api.error_handlers import render
+from server.api.error_handlers import refuse
 from server.api_keys import ApiKeys, Client
 from server.cpu_budget import CpuAccount, CpuBudgets, current_account
 from server.errors import ErrorKind, ServiceError
@@ -61,7 +61,7 @@ class TrustedHosts:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and not host_allowed(_header(scope, b"host"), self.hosts):
             error = ServiceError(ErrorKind.INVALID_HOST, "the Host header does not name this server")
-            await render(error, scope["path"])(scope, receive, send)
+            await refuse(error, scope, receive, send)
             return
         await self.app(scope, receive, send)
 
@@ -127,7 +127,7 @@ class AccessControl:
                 )
             account = self._cpu_account(identity, tier)
         except ServiceError as error:
-            await render(error, path, headers)(scope, receive, send)
+            await refuse(error, scope, receive, send, headers)
             return
 
         token = current_account.set(account)

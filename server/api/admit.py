@@ -13,7 +13,7 @@ from __future__ import annotations
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server.admission import Admission
-from server.api.error_handlers import render
+from server.api.error_handlers import refuse
 from server.errors import ErrorKind, ServiceError
 
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -50,7 +50,7 @@ class AdmitRequests:
                 raise self._too_large()
             budget.requests.take(1)
         except ServiceError as error:
-            await render(error, scope["path"])(scope, receive, send)
+            await refuse(error, scope, receive, send)
             return
         try:
             if declared:
@@ -58,7 +58,7 @@ class AdmitRequests:
                 reserved = declared
         except ServiceError as error:
             budget.requests.give(1)
-            await render(error, scope["path"])(scope, receive, send)
+            await refuse(error, scope, receive, send)
             return
 
         received = 0

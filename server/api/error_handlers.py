@@ -14,6 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from batching import BatchingError
 from server.api.responses import OrjsonResponse
@@ -42,6 +43,22 @@ def render(error: ServiceError, path: str, headers: dict[str, str] | None = None
     if error.kind in _CLOSE_AFTER:
         all_headers["Connection"] = "close"
     return OrjsonResponse(body, status_code=error.status, headers=all_headers)
+
+
+def _has_body(scope: Scope) -> bool:
+    for name, value in scope["headers"]:
+        if (name == b"content-length" and value not in (b"0", b"")) or name == b"transfer-encoding":
+            return True
+    return False
+
+
+async def refuse(
+    error: ServiceError, scope: Scope, receive: Receive, send: Send, headers: dict[str, str] | None = None
+) -> None:
+    """Answer a request refused before its body was read. The connection is closed after a
+    body that is still on its way: draining it would cost what the refusal was meant to save."""
+    extra = {**(headers or {}), **({"Connection": "close"} if _has_body(scope) else {})}
+    await render(error, scope["path"], extra)(scope, receive, send)
 
 
 async def _service_error(request: Request, exc: Exception) -> Response:

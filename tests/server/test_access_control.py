@@ -90,6 +90,7 @@ def test_with_api_keys_inference_needs_a_known_key_and_probes_stay_open(tmp_path
             # Other protocols: the same rule, in their own error shape.
             v2 = await client.get(f"/v2/models/{MODEL}")
             assert v2.status_code == 401 and isinstance(v2.json()["error"], str)
+            assert "connection" not in v2.headers  # no body to drain: the connection stays open
             assert (await client.get(f"/v2/models/{MODEL}", headers={"X-API-Key": ALICE})).status_code == 200
             assert (await client.post(f"/v1/models/{MODEL}:predict", json={"instances": []})).status_code == 401
             for open_path in ("/health", "/ready", "/metrics", "/v2/health/live", "/v2/health/ready", "/openapi.json"):
@@ -171,6 +172,8 @@ def test_a_rate_limit_per_key_answers_429_with_its_numbers(tmp_path: Path) -> No
             assert limited.status_code == 429 and limited.json()["error"]["code"] == "rate_limited"
             assert 1 <= int(limited.headers["Retry-After"]) <= 60
             assert limited.headers["RateLimit-Remaining"] == "0"
+            # Refused before its body was read: the connection closes rather than drain it.
+            assert limited.headers["Connection"] == "close"
             assert (await classify(client, {"X-API-Key": BOB})).status_code == 200  # bob has his own budget
             assert (await client.get("/health")).status_code == 200  # public routes are not counted
 
