@@ -4,18 +4,17 @@
 
 Starts ``imgserve serve`` (the default model unless ``--repository``/``--model`` say
 otherwise) with two API keys: ``legit``, unlimited, and ``hostile``, held to a tier of its
-own in the keys file: a rate limit and a CPU share. Legitimate clients (closed loop, real JPEG photos) are
-measured twice, in one run: quiet, then while the hostile client, in a process of its own,
-sends the hostile mix (loadtests/hostile.py) at twice its rate limit, so it is always at
-the limit, and holds half-sent bodies open. The server's resident memory is sampled
-throughout. Target: legitimate throughput at least 0.8 of quiet, p99 at most 2x quiet, RSS
-bounded.
+own in the keys file: a rate limit and a CPU share. Legitimate clients (closed loop, real
+JPEG photos; wrk when installed, else the Python generator) are measured twice in one run:
+quiet, then while the hostile client, in a process of its own, sends the hostile mix
+(loadtests/hostile.py) at twice its rate limit, so it is always at the limit, and holds
+half-sent bodies open. The server's resident memory is sampled throughout. Target:
+legitimate throughput at least 0.8 of quiet, p99 at most 2x quiet, RSS bounded.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import multiprocessing
 import os
@@ -26,8 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from loadtests.closed_loop import run_closed_loop
 from loadtests.hostile import hostile_process
+from loadtests.measure import closed_loop
 from loadtests.payloads import jpeg_payloads
 from loadtests.server_process import free_port, server_process
 from server.api_keys import new_key_line
@@ -65,10 +64,6 @@ class RssSampler:
         self._thread.join(timeout=5)
 
 
-def _legit(url: str, bodies: list[tuple[bytes, dict[str, str]]], clients: int, duration: float) -> dict[str, Any]:
-    return asyncio.run(run_closed_loop(url, bodies, clients=clients, duration=duration)).summary()
-
-
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     legit_key, legit_line = new_key_line("legit")
     hostile_key, hostile_line = new_key_line("hostile")
@@ -84,10 +79,10 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         env = {"IMGSERVE_API_KEYS_FILE": str(keys), "IMGSERVE_DEFAULT_MODEL": args.model, **dict(args.env)}
         with server_process(command, port, env) as (base_url, process), RssSampler(process.pid) as rss:
             url = f"{base_url}/v1/classify"
-            _legit(url, bodies, args.clients, min(3.0, args.duration))  # warm
+            closed_loop(url, bodies, args.clients, min(3.0, args.duration))  # warm
             idle_mb = round(rss.rss_bytes() / 2**20, 1)
             started = time.monotonic()
-            quiet = _legit(url, bodies, args.clients, args.duration)
+            quiet = closed_loop(url, bodies, args.clients, args.duration)
             quiet_end = time.monotonic()
 
             results: multiprocessing.Queue[dict[str, int]] = multiprocessing.Queue()
@@ -99,7 +94,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             hostile.start()
             time.sleep(1.0)  # let the hostile client reach its pace
             abused_start = time.monotonic()
-            abused = _legit(url, bodies, args.clients, args.duration)
+            abused = closed_loop(url, bodies, args.clients, args.duration)
             abused_end = time.monotonic()
             hostile_counts = results.get(timeout=120)
             hostile.join(timeout=30)

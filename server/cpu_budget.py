@@ -17,6 +17,8 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TypeVar
 
+from server.errors import ErrorKind, ServiceError
+
 T = TypeVar("T")
 
 
@@ -65,6 +67,17 @@ class CpuAccount:
     def charge(self, seconds: float) -> None:
         self.budgets.charge(self.identity, self.share, seconds)
 
+    def check(self) -> None:
+        """429 while in debt. Checked at the door and again before each piece of work starts,
+        so work admitted together cannot all start on credit that the first one spends."""
+        retry_after = self.budgets.retry_after(self.identity, self.share)
+        if retry_after is not None:
+            raise ServiceError(
+                ErrorKind.RATE_LIMITED,
+                f"CPU budget of {self.share:g} CPU-seconds per second spent; wait for it to refill",
+                retry_after=retry_after,
+            )
+
 
 # Set by access control for the request being handled; tasks and calls made while handling
 # it see it, so the work pool charges the right client without being told.
@@ -75,6 +88,7 @@ def charged(call: Callable[[], T], account: CpuAccount) -> Callable[[], T]:
     """``call``, charging the CPU time of the thread that runs it to ``account``."""
 
     def timed() -> T:
+        account.check()
         started = time.thread_time()
         try:
             return call()

@@ -141,14 +141,9 @@ class AccessControl:
         share = tier.cpu_limit if tier and tier.cpu_limit else self.cpu_limit
         if share is None:
             return None
-        retry_after = self.cpu_budgets.retry_after(identity, share)
-        if retry_after is not None:
-            raise ServiceError(
-                ErrorKind.RATE_LIMITED,
-                f"CPU budget of {share:g} CPU-seconds per second spent; wait for it to refill",
-                retry_after=retry_after,
-            )
-        return CpuAccount(self.cpu_budgets, identity, share)
+        account = CpuAccount(self.cpu_budgets, identity, share)
+        account.check()
+        return account
 
     def _check_admin(self, credential: str | None) -> None:
         if self.admin_token is None:

@@ -18,7 +18,7 @@ from server.api_keys import ApiKeys, Client, digest, parse_key_file
 from server.cli import main
 from server.cpu_budget import CpuBudgets
 from tests.fakes import GatedRuntime
-from tests.server.test_admission import heavy_png
+from tests.server.test_admission import heavy_png, v2_bytes
 from tests.server.test_api_fake_runtime import MODEL, fake_app, png
 
 ADMIN = "s3cret-admin-token"
@@ -295,5 +295,20 @@ def test_a_client_that_spends_its_cpu_budget_waits_while_others_are_served(tmp_p
             assert refused.status_code == 429 and "CPU budget" in refused.json()["error"]["message"]
             assert int(refused.headers["Retry-After"]) >= 1
             assert (await classify(client, {"X-API-Key": BOB})).status_code == 200
+
+    asyncio.run(scenario())
+
+
+def test_work_admitted_together_does_not_all_start_on_credit_the_first_piece_spends(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        path = tmp_path / "keys.txt"
+        path.write_text(f"alice {digest(ALICE)} cpu=0.001\n")
+        async with client_for(tmp_path, api_keys_file=path, decode_threads=1) as client:
+            body, headers = v2_bytes([heavy_png(i) for i in range(4)])
+            answer = await client.post(
+                f"/v2/models/{MODEL}/infer", content=body, headers={**headers, "X-API-Key": ALICE}
+            )
+            # The first decode ran on credit; the next could not start once it was spent.
+            assert answer.status_code == 429 and "CPU budget" in answer.json()["error"]
 
     asyncio.run(scenario())
