@@ -8,7 +8,7 @@ EXTRAS ?= cpu,jax,dev
 INSTALLED := $(VENV)/.installed
 DEFAULT_MODEL := $(MODELS)/efficientnet_lite0/1/manifest.json
 
-.PHONY: install model serve test lint bench clean
+.PHONY: install model serve test lint fuzz abuse bench clean
 # wrk (Debian package) is the low-overhead load generator; without it the harness falls
 # back to its Python generator, which needs more of the machine's CPU.
 BENCH_ARGS ?= --clients 1,8,32 --rates 60 --duration 8
@@ -31,6 +31,18 @@ serve: model
 
 test: model
 	$(BIN)/python -m pytest
+
+# The property, mutation and schema fuzzers of `make test`, with a much larger budget and
+# fresh randomness (about 20 minutes on 2 cores). FUZZ_MUTANTS: mutants per seed image.
+FUZZ_MUTANTS ?= 2000
+fuzz: model
+	IMGSERVE_FUZZ_PROFILE=fuzz IMGSERVE_FUZZ_MUTANTS=$(FUZZ_MUTANTS) IMGSERVE_FUZZ_SEED=$$RANDOM \
+		$(BIN)/python -m pytest -p no:cacheprovider tests/server/test_decode_fuzz.py \
+		tests/server/test_codec_properties.py tests/server/test_openapi_fuzz.py
+
+# Noisy neighbour: legitimate clients quiet, then beside a hostile client (loadtests/abuse.py).
+abuse: model
+	$(BIN)/python -m loadtests.abuse --out loadtests/results/abuse.json
 
 lint: install
 	$(BIN)/ruff check .
