@@ -19,7 +19,7 @@ import numpy as np
 
 from batching import BatcherClosed, BatchingError
 from server.errors import ErrorKind, ServiceError, from_batching_error
-from server.imaging import image_to_tensor
+from server.imaging import DecodeLimits, image_to_tensor
 from server.model_instance import ModelInstance
 from server.registry import ModelRegistry
 from server.settings import LimitSettings
@@ -79,7 +79,7 @@ class ClassificationService:
     async def _decode(self, model: ModelInstance, data: bytes) -> np.ndarray:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(
-            self._decode_pool, image_to_tensor, data, model.preprocess, self._limits.max_image_pixels
+            self._decode_pool, image_to_tensor, data, model.preprocess, DecodeLimits.from_limits(self._limits)
         )
 
     @contextmanager
