@@ -216,11 +216,15 @@ def shrink(image: Image.Image, min_shorter_side: int) -> Image.Image:
     return out
 
 
-def to_uint8_pixels(values: np.ndarray) -> np.ndarray:
-    """Pixel values in any numeric type, rounded and clipped to 0..255 (NaN becomes 0)."""
-    if np.issubdtype(values.dtype, np.floating):
-        values = np.nan_to_num(values, nan=0.0, posinf=255.0, neginf=0.0)
-    pixels: np.ndarray = np.clip(np.rint(values), 0, 255).astype(np.uint8)
+def to_uint8_pixels(values: np.ndarray, divisor: float = 1.0) -> np.ndarray:
+    """Pixel values in any numeric type, divided, rounded and clipped to 0..255 (NaN becomes 0)."""
+    # Client floats can be anything, signalling NaNs included: no floating-point warnings here.
+    with np.errstate(invalid="ignore", over="ignore"):
+        if np.issubdtype(values.dtype, np.floating):
+            values = np.nan_to_num(values, nan=0.0)  # and infinities to the largest floats
+        if divisor != 1.0:
+            values = values / divisor
+        pixels: np.ndarray = np.clip(np.rint(values), 0, 255).astype(np.uint8)
     return pixels
 
 
@@ -238,8 +242,8 @@ def _over_white(rgba: Image.Image) -> Image.Image:
     return Image.alpha_composite(background, rgba).convert("RGB")
 
 
-def _grey_to_rgb(pixels: np.ndarray) -> Image.Image:
-    return Image.fromarray(to_uint8_pixels(pixels)).convert("RGB")
+def _grey_to_rgb(pixels: np.ndarray, divisor: float) -> Image.Image:
+    return Image.fromarray(to_uint8_pixels(pixels, divisor)).convert("RGB")
 
 
 def to_rgb(image: Image.Image, min_shorter_side: int) -> Image.Image:
@@ -249,7 +253,7 @@ def to_rgb(image: Image.Image, min_shorter_side: int) -> Image.Image:
         return image
     if image.mode in _HIGH_BIT_DEPTH_MODES:
         divisor = _high_bit_depth_divisor(image)
-        return _grey_to_rgb(np.asarray(shrink(image, min_shorter_side), dtype=np.float32) / divisor)
+        return _grey_to_rgb(np.asarray(shrink(image, min_shorter_side), dtype=np.float32), divisor)
     if _needs_shrinking(image):
         return _over_white(shrink(image, min_shorter_side))
     return image.convert("RGB")

@@ -214,8 +214,12 @@ def test_large_shrunk_images_keep_their_exif_orientation() -> None:
     assert np.abs(np.asarray(upright, np.int16) - np.asarray(reference, np.int16)).mean() < 3
 
 
-def test_float_images_with_nan_decode() -> None:
-    values = np.full((300, 300), np.nan, np.float32)
-    values[:, 150:] = 200.0
-    tensor = image_to_tensor(encode(Image.fromarray(values), "TIFF"), SPEC, LIMITS)
-    assert tensor[:, :100].max() == 0 and tensor[:, -100:].min() == 200
+@pytest.mark.parametrize("size", [(300, 300), (2400, 1700)])
+def test_float_images_with_nan_and_infinity_decode(size: tuple[int, int]) -> None:
+    # Found by the fuzzer: a float TIFF holding a signalling NaN (random bits often are one)
+    # raised "invalid value encountered in divide" and became a 500 wherever warnings are errors.
+    bits = np.full(size[::-1], 0x7F800001, np.uint32)  # signalling NaN
+    bits[:, : size[0] // 8] = 0x7FC00000  # quiet NaN
+    bits[:, -size[0] // 3 :] = 0x7F800000  # +infinity
+    tensor = image_to_tensor(encode(Image.fromarray(bits.view(np.float32)), "TIFF"), SPEC, LIMITS)
+    assert tensor[:, :50].max() == 0 and tensor[:, -50:].min() == 255
