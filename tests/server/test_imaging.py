@@ -223,3 +223,13 @@ def test_float_images_with_nan_and_infinity_decode(size: tuple[int, int]) -> Non
     bits[:, -size[0] // 3 :] = 0x7F800000  # +infinity
     tensor = image_to_tensor(encode(Image.fromarray(bits.view(np.float32)), "TIFF"), SPEC, LIMITS)
     assert tensor[:, :50].max() == 0 and tensor[:, -50:].min() == 255
+
+
+@pytest.mark.parametrize("size", [(55, 80), (144, 98), (95, 95)])
+def test_a_crop_as_large_as_the_resize_fits_every_image_size(size: tuple[int, int]) -> None:
+    # Found by the fuzzer: with crop_size == resize_shorter_side the crop box came out a rounding
+    # error past the image's edge for some shorter sides (55, 95, 98...) and Pillow's ValueError
+    # became a 500.
+    for spec in (PreprocessSpec(224, 224), PreprocessSpec(16, 16)):
+        tensor = image_to_tensor(encode(photo().resize(size), "PNG"), spec, LIMITS)
+        assert tensor.shape == (spec.crop_size, spec.crop_size, 3)
