@@ -111,7 +111,7 @@ def jpeg_segments(data: bytes) -> list[tuple[int, int]]:
 
 def tiff_value_fields(data: bytes) -> list[tuple[int, str]]:
     """(offset, struct format) of the value field of each entry in the first IFD."""
-    if data[:4] not in (b"II*\x00", b"MM\x00*"):
+    if data[:4] not in (b"II*\x00", b"MM\x00*") or len(data) < 8:
         return []
     order = "<" if data[:2] == b"II" else ">"
     (ifd,) = struct.unpack_from(order + "I", data, 4)
