@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from loadtests.payloads import jpeg_payloads
-from server.imaging import PreprocessSpec, image_to_tensor
+from server.imaging import DecodeLimits, PreprocessSpec, image_to_tensor
 from server.manifest import ModelManifest
 from server.runtimes import RuntimeOptions, load_runtime
 
@@ -38,12 +38,12 @@ def measure(version_dir: Path, repeats: int) -> dict[str, object]:
     p = manifest.preprocessing
     spec = PreprocessSpec(p.resize_shorter_side, p.crop_size, p.interpolation)
     payloads = jpeg_payloads()
-    max_pixels = 50_000_000
+    limits = DecodeLimits(max_pixels=50_000_000, max_decoded_bytes=1 << 30)
 
-    decode_s = _median_seconds(lambda: [image_to_tensor(b, spec, max_pixels) for b in payloads], repeats * 4) / len(
+    decode_s = _median_seconds(lambda: [image_to_tensor(b, spec, limits) for b in payloads], repeats * 4) / len(
         payloads
     )
-    tensors = [image_to_tensor(b, spec, max_pixels) for b in payloads]
+    tensors = [image_to_tensor(b, spec, limits) for b in payloads]
     model: dict[int, float] = {}
     for n in BATCH_SIZES:
         batch = np.stack([tensors[i % len(tensors)] for i in range(n)])
@@ -56,7 +56,7 @@ def measure(version_dir: Path, repeats: int) -> dict[str, object]:
     batch_payloads = [payloads[i % len(payloads)] for i in range(best)]
 
     def pipeline() -> None:
-        runtime.predict(np.stack(list(pool.map(lambda b: image_to_tensor(b, spec, max_pixels), batch_payloads))))
+        runtime.predict(np.stack(list(pool.map(lambda b: image_to_tensor(b, spec, limits), batch_payloads))))
 
     pipeline_s = _median_seconds(pipeline, repeats)
     pool.shutdown()

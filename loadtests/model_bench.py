@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from loadtests.payloads import jpeg_payloads
-from server.imaging import PreprocessSpec, image_to_tensor
+from server.imaging import DecodeLimits, PreprocessSpec, image_to_tensor
 from server.manifest import ModelManifest
 from server.runtimes import RuntimeOptions, load_runtime
 
@@ -36,7 +36,7 @@ def measure(model: Path, runtime_name: str, dtype: str, batch_sizes: list[int], 
     runtime: Any = load_runtime(manifest, model, RuntimeOptions(preferred_runtime=runtime_name, compute_dtype=dtype))
     p = manifest.preprocessing
     spec = PreprocessSpec(p.resize_shorter_side, p.crop_size, p.interpolation)
-    tensors = [image_to_tensor(b, spec, 50_000_000) for b in jpeg_payloads()]
+    tensors = [image_to_tensor(b, spec, DecodeLimits(50_000_000, 1 << 30)) for b in jpeg_payloads()]
     rows = []
     for n in batch_sizes:
         batch = np.stack([tensors[i % len(tensors)] for i in range(n)])

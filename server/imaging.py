@@ -2,24 +2,58 @@
 
 Runs in the decode thread pool (Pillow releases the GIL while decoding and resizing), so it
 must stay free of shared mutable state.
+
+Memory: what an image will cost once decoded is checked from its header, before any pixel is
+decoded (``DecodeLimits``). Images that need more than an 8-bit conversion (alpha, 16- and
+32-bit samples) are first cut to the central square the model sees and reduced by an integer
+factor, a band at a time, so their conversions run on a small image: the decoded image is
+then the only full-size buffer.
+
+Errors: whatever Pillow raises while parsing and decoding the client's bytes is the client's
+fault (4xx). The steps after that work on decoded pixels of a known mode, so an exception
+there is our bug and stays a 500.
 """
 
 from __future__ import annotations
 
 import io
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageMode, UnidentifiedImageError
 
-from server.errors import ErrorKind, ServiceError
+from server.errors import ErrorKind, ServiceError, echo
 from trt_build.preprocess import RESAMPLING
 from trt_build.preprocess import center_crop_resize as crop_resize
 
+if TYPE_CHECKING:
+    from server.settings import LimitSettings
+
 SUPPORTED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF"})
+# Modes that convert to RGB exactly as they always have: the served model's accuracy rests on it.
+_EIGHT_BIT_MODES = frozenset({"1", "L", "P", "RGB", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"})
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
 _HIGH_BIT_DEPTH_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
+_SUPPORTED_MODES = _EIGHT_BIT_MODES | _ALPHA_MODES | _HIGH_BIT_DEPTH_MODES
+# Source pixels converted at a time while shrinking: a few MB, whatever the image's size.
+_BAND_PIXELS = 1 << 20
+# center_crop_resize's reducing_gap: shrinking by the factor it would reduce by itself keeps the
+# result within rounding of resizing the whole image (and leaves 3x the resize target or more).
+_REDUCING_GAP = 3
+# As ImageOps.exif_transpose; applied here to the (possibly shrunk) image rather than the source.
+_EXIF_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 
 
 @dataclass(frozen=True)
@@ -35,21 +69,59 @@ class PreprocessSpec:
             raise ValueError("crop_size must not exceed resize_shorter_side")
 
 
-def open_image(data: bytes, max_pixels: int) -> Image.Image:
-    """Identify the image from its header and check its size before decoding any pixels."""
-    if not data:
-        raise ServiceError(ErrorKind.EMPTY_BODY, "the image is empty")
+@dataclass(frozen=True)
+class DecodeLimits:
+    """What one image may cost: its pixels (width x height), and its bytes once decoded."""
+
+    max_pixels: int
+    max_decoded_bytes: int
+
+    @classmethod
+    def from_limits(cls, limits: LimitSettings) -> DecodeLimits:
+        return cls(limits.max_image_pixels, limits.max_decoded_image_bytes)
+
+
+@contextmanager
+def _client_data() -> Iterator[None]:
+    """Pillow parsing or decoding the client's bytes: anything it raises is the image's fault."""
     try:
-        image = Image.open(io.BytesIO(data))
+        yield
+    except ServiceError:
+        raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ServiceError(ErrorKind.IMAGE_TOO_LARGE, f"image too large: {exc}") from exc
+    except MemoryError as exc:
+        # An allocation that the image's own data asked for and the header checks could not
+        # see (a TIFF strip, an embedded profile) failed: the image is too large for this
+        # server. The failed allocation was never made, so serving goes on.
+        raise ServiceError(ErrorKind.IMAGE_TOO_LARGE, "the image needs more memory to decode than allowed") from exc
     except UnidentifiedImageError as exc:
         raise ServiceError(ErrorKind.INVALID_IMAGE, "the data is not an image Pillow can identify") from exc
+    except Exception as exc:
+        # On corrupt input Pillow's parsers raise OSError, SyntaxError, ValueError, EOFError,
+        # struct.error, IndexError, KeyError, TypeError, ZeroDivisionError... a set that changes
+        # from release to release (Pillow is fuzzed under OSS-Fuzz), so no list would stay complete.
+        reason = f"{type(exc).__name__}: {echo(str(exc))}"
+        raise ServiceError(ErrorKind.INVALID_IMAGE, f"the image could not be decoded ({reason})") from exc
+
+
+def decoded_bytes(image: Image.Image) -> int:
+    """Pixels x bands x bytes per sample of the image's mode: what decoding it produces."""
+    mode = ImageMode.getmode(image.mode)
+    return image.width * image.height * len(mode.bands) * np.dtype(mode.typestr).itemsize
+
+
+def _check_format(image: Image.Image) -> None:
     if image.format not in SUPPORTED_FORMATS:
         raise ServiceError(
             ErrorKind.UNSUPPORTED_IMAGE_FORMAT,
             f"image format {image.format} is not supported; use one of {', '.join(sorted(SUPPORTED_FORMATS))}",
         )
+    if image.mode not in _SUPPORTED_MODES:
+        raise ServiceError(ErrorKind.UNSUPPORTED_IMAGE_FORMAT, f"image mode {echo(image.mode)} is not supported")
+
+
+def _check_pixels(image: Image.Image, max_pixels: int) -> None:
     width, height = image.size
     if width < 1 or height < 1:
         raise ServiceError(ErrorKind.INVALID_IMAGE, "the image has no pixels")
@@ -57,54 +129,155 @@ def open_image(data: bytes, max_pixels: int) -> Image.Image:
         raise ServiceError(
             ErrorKind.IMAGE_TOO_LARGE, f"image is {width}x{height}; at most {max_pixels} pixels are accepted"
         )
-    return image
 
 
-def to_uint8_pixels(values: np.ndarray) -> np.ndarray:
-    """Pixel values in any numeric type, rounded and clipped to 0..255."""
-    pixels: np.ndarray = np.clip(np.rint(values), 0, 255).astype(np.uint8)
-    return pixels
+def _check_decoded_bytes(image: Image.Image, max_bytes: int) -> None:
+    size = decoded_bytes(image)
+    if size > max_bytes:
+        raise ServiceError(
+            ErrorKind.IMAGE_TOO_LARGE,
+            f"image is {image.width}x{image.height} in mode {image.mode}: {size} bytes decoded, "
+            f"at most {max_bytes} are accepted",
+        )
 
 
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Any supported mode to 8-bit RGB: alpha over white, 16-bit scaled, CMYK/palette converted."""
-    if image.mode == "RGB":
-        return image
-    if image.mode in _HIGH_BIT_DEPTH_MODES:
-        pixels = np.asarray(image, dtype=np.float32)
-        if image.mode.startswith("I;16") or pixels.max(initial=0) > 255:
-            pixels = pixels / 257.0  # 16-bit range onto 8-bit
-        return Image.fromarray(to_uint8_pixels(pixels), mode="L").convert("RGB")
-    if image.mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")
-    if image.mode in _ALPHA_MODES:
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return image.convert("RGB")
-
-
-def decode(data: bytes, max_pixels: int, min_shorter_side: int) -> Image.Image:
-    """Decode to upright RGB. JPEGs decode at a reduced DCT scale when that still leaves
-    the shorter side at ``min_shorter_side`` or more: a 12-megapixel photo decodes 8x faster."""
-    image = open_image(data, max_pixels)
+def _draft(image: Image.Image, min_shorter_side: int) -> None:
+    """JPEGs decode at a reduced DCT scale when that still leaves the shorter side at
+    ``min_shorter_side`` or more: a 12-megapixel photo decodes 8x faster."""
     if image.format == "JPEG":
         width, height = image.size
         scale = min_shorter_side / min(width, height)
         if scale < 1:
             image.draft("RGB", (math.ceil(width * scale), math.ceil(height * scale)))
-    try:
+
+
+def open_image(data: bytes, limits: DecodeLimits, min_shorter_side: int) -> Image.Image:
+    """Identify the image from its header and check what decoding it will cost, before any
+    pixel is decoded (after a JPEG's draft, which decides what will be)."""
+    if not data:
+        raise ServiceError(ErrorKind.EMPTY_BODY, "the image is empty")
+    with _client_data():
+        image = Image.open(io.BytesIO(data))
+        _check_format(image)
+        _check_pixels(image, limits.max_pixels)
+        _draft(image, min_shorter_side)
+        _check_decoded_bytes(image, limits.max_decoded_bytes)
+    return image
+
+
+def _orientation(image: Image.Image) -> Image.Transpose | None:
+    """The turn the image's EXIF asks for, if any."""
+    orientation = image.getexif().get(ExifTags.Base.Orientation)
+    return _EXIF_TRANSPOSE.get(orientation) if isinstance(orientation, int) else None
+
+
+def _needs_shrinking(image: Image.Image) -> bool:
+    """Alpha and high bit depths: their conversions would copy the full image several times."""
+    has_palette_alpha = image.mode == "P" and "transparency" in image.info
+    return image.mode in _ALPHA_MODES or image.mode in _HIGH_BIT_DEPTH_MODES or has_palette_alpha
+
+
+def _to_working_mode(band: Image.Image) -> Image.Image:
+    """A mode ``Image.reduce`` averages correctly: 32-bit for 16-bit samples, RGBA for alpha."""
+    if band.mode.startswith("I;16"):
+        return band.convert("I")
+    if band.mode in ("I", "F"):
+        return band
+    if band.mode == "La":  # Pillow converts La to RGBA only by way of LA
+        band = band.convert("LA")
+    return band.convert("RGBA")
+
+
+def _central_box(size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """The central square, all the model's crop can see; one pixel wider (or taller) when that
+    keeps its centre on the image's own, so the crop lands where it would on the whole image."""
+    width, height = size
+    side = min(width, height)
+    keep_width, keep_height = side + (width - side) % 2, side + (height - side) % 2
+    left, top = (width - keep_width) // 2, (height - keep_height) // 2
+    return left, top, left + keep_width, top + keep_height
+
+
+def shrink(image: Image.Image, min_shorter_side: int) -> Image.Image:
+    """The central square, reduced by the integer factor the final resize would reduce it by,
+    converted and reduced a band at a time so that no full-size copy is made. Alpha images come
+    back RGBA; 16-bit ones 32-bit ("I")."""
+    left, top, right, bottom = _central_box(image.size)
+    factor = max(1, min(right - left, bottom - top) // (_REDUCING_GAP * min_shorter_side))
+    rows = factor * max(1, _BAND_PIXELS // ((right - left) * factor))  # whole reduction blocks per band
+    out: Image.Image | None = None
+    for y in range(top, bottom, rows):
+        band = _to_working_mode(image.crop((left, y, right, min(y + rows, bottom))))
+        reduced = band.reduce(factor) if factor > 1 else band
+        if out is None:
+            out = Image.new(reduced.mode, (math.ceil((right - left) / factor), math.ceil((bottom - top) / factor)))
+        out.paste(reduced, (0, (y - top) // factor))
+    assert out is not None  # the image has pixels, so the loop ran
+    return out
+
+
+def to_uint8_pixels(values: np.ndarray, divisor: float = 1.0) -> np.ndarray:
+    """Pixel values in any numeric type, divided, rounded and clipped to 0..255 (NaN becomes 0)."""
+    # Client floats can be anything, signalling NaNs included: no floating-point warnings here.
+    with np.errstate(invalid="ignore", over="ignore"):
+        if np.issubdtype(values.dtype, np.floating):
+            values = np.nan_to_num(values, nan=0.0)  # and infinities to the largest floats
+        if divisor != 1.0:
+            values = values / divisor
+        pixels: np.ndarray = np.clip(np.rint(values), 0, 255).astype(np.uint8)
+    return pixels
+
+
+def _high_bit_depth_divisor(image: Image.Image) -> float:
+    """16-bit samples (or 32-bit ones past 255) are scaled onto 8 bits, not clipped; decided on
+    the whole decoded image, before shrinking averages its extremes away."""
+    if image.mode.startswith("I;16"):
+        return 257.0
+    high = image.getextrema()[1]
+    return 257.0 if isinstance(high, (int, float)) and high > 255 else 1.0
+
+
+def _over_white(rgba: Image.Image) -> Image.Image:
+    background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(background, rgba).convert("RGB")
+
+
+def _grey_to_rgb(pixels: np.ndarray, divisor: float) -> Image.Image:
+    return Image.fromarray(to_uint8_pixels(pixels, divisor)).convert("RGB")
+
+
+def to_rgb(image: Image.Image, min_shorter_side: int) -> Image.Image:
+    """Any supported mode to 8-bit RGB: alpha over white, 16-bit scaled, CMYK/palette converted.
+    Alpha and high-bit-depth images come back shrunk (``shrink``)."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in _HIGH_BIT_DEPTH_MODES:
+        divisor = _high_bit_depth_divisor(image)
+        return _grey_to_rgb(np.asarray(shrink(image, min_shorter_side), dtype=np.float32), divisor)
+    if _needs_shrinking(image):
+        return _over_white(shrink(image, min_shorter_side))
+    return image.convert("RGB")
+
+
+def decode(data: bytes, limits: DecodeLimits, min_shorter_side: int) -> Image.Image:
+    """Decode to upright RGB with at least ``min_shorter_side`` pixels on the shorter side
+    where the source has them; 8-bit images keep their full decoded size."""
+    image = open_image(data, limits, min_shorter_side)
+    with _client_data():
         image.load()
-        image = ImageOps.exif_transpose(image)
-    except (OSError, SyntaxError, ValueError) as exc:  # truncated or corrupt data
-        raise ServiceError(ErrorKind.INVALID_IMAGE, f"the image could not be decoded: {exc}") from exc
-    return to_rgb(image)
+        turn = _orientation(image)
+    if _needs_shrinking(image):
+        image = to_rgb(image, min_shorter_side)  # small from here on, so turn it afterwards
+        return image.transpose(turn) if turn is not None else image
+    if turn is not None:
+        image = image.transpose(turn)
+    return to_rgb(image, min_shorter_side)
 
 
 def center_crop_resize(image: Image.Image, spec: PreprocessSpec) -> np.ndarray:
     return crop_resize(image, spec.resize_shorter_side, spec.crop_size, spec.interpolation)
 
 
-def image_to_tensor(data: bytes, spec: PreprocessSpec, max_pixels: int) -> np.ndarray:
+def image_to_tensor(data: bytes, spec: PreprocessSpec, limits: DecodeLimits) -> np.ndarray:
     """The whole host-side pipeline for one image: (crop, crop, 3) uint8."""
-    return center_crop_resize(decode(data, max_pixels, spec.resize_shorter_side), spec)
+    return center_crop_resize(decode(data, limits, spec.resize_shorter_side), spec)

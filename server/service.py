@@ -20,7 +20,7 @@ import numpy as np
 from batching import BatcherClosed, BatchingError
 from server.admission import Admission
 from server.errors import ErrorKind, ServiceError, from_batching_error
-from server.imaging import image_to_tensor
+from server.imaging import DecodeLimits, image_to_tensor
 from server.metrics import Metrics
 from server.model_instance import ModelInstance
 from server.registry import ModelRegistry
@@ -69,6 +69,7 @@ class ClassificationService:
         self._decoded = metrics.images_decoded
         self._admission = admission
         self._limits = admission.limits
+        self._decode_limits = DecodeLimits.from_limits(admission.limits)
         self._pool = pool
         # The batcher's clock: deadlines computed here are compared there.
         self._clock = clock
@@ -92,7 +93,7 @@ class ClassificationService:
     def _decode(self, model: ModelInstance, data: bytes) -> np.ndarray:
         """On a pool thread: one image to the model's input tensor."""
         try:
-            tensor = image_to_tensor(data, model.preprocess, self._limits.max_image_pixels)
+            tensor = image_to_tensor(data, model.preprocess, self._decode_limits)
         except ServiceError:
             self._decoded.labels(model.name, "refused").inc()
             raise

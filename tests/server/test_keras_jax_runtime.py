@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from loadtests.server_process import free_port, server_process
-from server.imaging import PreprocessSpec, image_to_tensor
+from server.imaging import DecodeLimits, PreprocessSpec, image_to_tensor
 from server.manifest import ModelManifest
 from server.model_repository import latest_versions
 from server.runtimes import RuntimeOptions, load_runtime
@@ -63,7 +63,7 @@ def tensorflow_probabilities(model_repository: Path, photo_bytes: dict[str, byte
     runtime = load_runtime(manifest, version.path, RuntimeOptions())
     p = manifest.preprocessing
     spec = PreprocessSpec(p.resize_shorter_side, p.crop_size, p.interpolation)
-    batch = np.stack([image_to_tensor(photo_bytes[name], spec, 50_000_000) for name in PHOTOS])
+    batch = np.stack([image_to_tensor(photo_bytes[name], spec, DecodeLimits(50_000_000, 1 << 30)) for name in PHOTOS])
     return dict(zip(PHOTOS, runtime.predict(batch), strict=True))
 
 

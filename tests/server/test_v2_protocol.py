@@ -14,7 +14,7 @@ from PIL import Image
 from tritonclient.utils import InferenceServerException
 
 from server.app import create_app
-from server.imaging import PreprocessSpec, image_to_tensor
+from server.imaging import DecodeLimits, PreprocessSpec, image_to_tensor
 from server.settings import BatchingSettings, Settings
 from tests.conftest import PHOTOS
 from tests.live_server import live_server
@@ -40,7 +40,9 @@ def client(base_url: str) -> Iterator[triton.InferenceServerClient]:
 @pytest.fixture(scope="module")
 def coffee_and_cat(photo_bytes: dict[str, bytes]) -> np.ndarray:
     spec = PreprocessSpec(256, 224)
-    return np.stack([image_to_tensor(photo_bytes[name], spec, 50_000_000) for name in ("coffee", "chelsea")])
+    return np.stack(
+        [image_to_tensor(photo_bytes[name], spec, DecodeLimits(50_000_000, 1 << 30)) for name in ("coffee", "chelsea")]
+    )
 
 
 def test_health_server_and_model_metadata(client: triton.InferenceServerClient) -> None:

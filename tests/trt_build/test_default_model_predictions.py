@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from server.imaging import PreprocessSpec, image_to_tensor
+from server.imaging import DecodeLimits, PreprocessSpec, image_to_tensor
 from server.manifest import ModelManifest
 from server.model_repository import latest_versions
 from server.runtimes import RuntimeOptions, load_runtime
@@ -24,7 +24,7 @@ def _probabilities(served: tuple[ModelManifest, object], files: list[Path]) -> n
     manifest, runtime = served
     p = manifest.preprocessing
     spec = PreprocessSpec(p.resize_shorter_side, p.crop_size, p.interpolation)
-    batch = np.stack([image_to_tensor(f.read_bytes(), spec, max_pixels=50_000_000) for f in files])
+    batch = np.stack([image_to_tensor(f.read_bytes(), spec, DecodeLimits(50_000_000, 1 << 30)) for f in files])
     return runtime.predict(batch)  # type: ignore[attr-defined,no-any-return]
 
 
