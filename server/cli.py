@@ -17,7 +17,6 @@ def _serve(args: argparse.Namespace) -> int:
 
     from server.app import create_app
     from server.http_protocol import bounded_http_protocol
-    from server.memory import return_freed_memory_to_the_os
     from server.settings import Settings
 
     overrides: dict[str, Any] = {
@@ -25,7 +24,6 @@ def _serve(args: argparse.Namespace) -> int:
     }
     settings = Settings(**overrides)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return_freed_memory_to_the_os()
     uvicorn.run(
         create_app(settings),
         host=settings.host,

@@ -27,6 +27,7 @@ import numpy as np
 from PIL import ExifTags, Image, ImageMode, UnidentifiedImageError
 
 from server.errors import ErrorKind, ServiceError, echo
+from server.memory import RELEASE_AFTER_BYTES, release_freed_memory
 from trt_build.preprocess import RESAMPLING
 from trt_build.preprocess import center_crop_resize as crop_resize
 
@@ -262,7 +263,17 @@ def to_rgb(image: Image.Image, min_shorter_side: int) -> Image.Image:
 def decode(data: bytes, limits: DecodeLimits, min_shorter_side: int) -> Image.Image:
     """Decode to upright RGB with at least ``min_shorter_side`` pixels on the shorter side
     where the source has them; 8-bit images keep their full decoded size."""
+    return _decoded(data, limits, min_shorter_side)[0]
+
+
+def _decoded(data: bytes, limits: DecodeLimits, min_shorter_side: int) -> tuple[Image.Image, int]:
+    """``decode``, and the bytes the source took once decoded."""
     image = open_image(data, limits, min_shorter_side)
+    size = decoded_bytes(image)
+    return _upright_rgb(image, min_shorter_side), size
+
+
+def _upright_rgb(image: Image.Image, min_shorter_side: int) -> Image.Image:
     with _client_data():
         image.load()
         turn = _orientation(image)
@@ -280,4 +291,9 @@ def center_crop_resize(image: Image.Image, spec: PreprocessSpec) -> np.ndarray:
 
 def image_to_tensor(data: bytes, spec: PreprocessSpec, limits: DecodeLimits) -> np.ndarray:
     """The whole host-side pipeline for one image: (crop, crop, 3) uint8."""
-    return center_crop_resize(decode(data, limits, spec.resize_shorter_side), spec)
+    rgb, source_bytes = _decoded(data, limits, spec.resize_shorter_side)
+    tensor = center_crop_resize(rgb, spec)
+    del rgb
+    if source_bytes >= RELEASE_AFTER_BYTES:
+        release_freed_memory()  # the large buffers just freed would otherwise stay in glibc's heaps
+    return tensor

@@ -12,7 +12,7 @@ import textwrap
 
 import pytest
 
-from server.memory import PILLOW_BLOCKS_CACHED, return_freed_memory_to_the_os
+from server.memory import release_freed_memory
 from tests.conftest import REPO_ROOT
 
 MB = 1024 * 1024
@@ -32,7 +32,6 @@ MEASURE = textwrap.dedent(
     import numpy as np
     from PIL import Image
     from server.imaging import DecodeLimits, PreprocessSpec, image_to_tensor
-    from server.memory import PILLOW_BLOCKS_CACHED, return_freed_memory_to_the_os
 
     def status(key):
         with open("/proc/self/status") as lines:
@@ -50,7 +49,6 @@ MEASURE = textwrap.dedent(
         return buffer.getvalue()
 
     case = json.loads(sys.argv[1])
-    tuned = return_freed_memory_to_the_os() if case["tune"] else False
     images = [png(mode, width, height) for mode, width, height in case["images"]]
     spec, limits = PreprocessSpec(256, 224), DecodeLimits(10**9, 10**12)
     with open("/proc/self/clear_refs", "w") as clear:
@@ -58,14 +56,14 @@ MEASURE = textwrap.dedent(
     before = status("VmRSS")
     with ThreadPoolExecutor(case["threads"]) as pool:
         list(pool.map(lambda data: image_to_tensor(data, spec, limits).shape, images * case["repeat"]))
-    peak, after, blocks = status("VmHWM"), status("VmRSS"), Image.core.get_blocks_max()
-    print(json.dumps({"tuned": tuned, "blocks": blocks, "before": before, "peak": peak, "after": after}))
+    peak, after = status("VmHWM"), status("VmRSS")
+    print(json.dumps({"before": before, "peak": peak, "after": after}))
     """
 )
 
 
-def measure(images: list[tuple[str, int, int]], threads: int = 1, repeat: int = 1, tune: bool = False) -> dict:
-    case = json.dumps({"images": images, "threads": threads, "repeat": repeat, "tune": tune})
+def measure(images: list[tuple[str, int, int]], threads: int = 1, repeat: int = 1) -> dict:
+    case = json.dumps({"images": images, "threads": threads, "repeat": repeat})
     done = subprocess.run(
         [sys.executable, "-c", MEASURE, case], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, check=True
     )
@@ -86,17 +84,8 @@ def test_decoding_a_large_image_costs_about_its_decoded_size(mode: str, bytes_pe
 @needs_linux_proc
 @needs_glibc
 def test_memory_goes_back_to_the_os_after_a_burst_of_large_decodes() -> None:
-    # Untuned, this burst left RSS about 150 MB up; tuned, 20-32 MB, of which Pillow's block
-    # cache may keep up to 64 MiB.
+    # Without the trim after large decodes, this burst left RSS about 150 MB up.
+    assert release_freed_memory()
     burst = [("RGBA", 3000, 2400), ("I;16", 2600, 3100), ("RGBA", 2200, 3300)]
-    result = measure(burst, threads=3, repeat=4, tune=True)
-    assert result["tuned"] and result["blocks"] == PILLOW_BLOCKS_CACHED
+    result = measure(burst, threads=3, repeat=4)
     assert result["after"] - result["before"] < 80 * MB
-
-
-def test_an_operators_malloc_settings_are_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "131072")
-    assert return_freed_memory_to_the_os() is False
-    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_")
-    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=2")
-    assert return_freed_memory_to_the_os() is False
