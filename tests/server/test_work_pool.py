@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 import pytest
 
+from server.cpu_budget import CpuAccount, CpuBudgets, current_account
 from server.work_pool import WorkPool
 from tests.fakes import settle
 
@@ -90,6 +91,31 @@ def test_cancellation_withdraws_queued_work_and_waits_for_running_work() -> None
         with pytest.raises(asyncio.CancelledError):
             await work
         assert jobs.started == [0] and jobs.finished == [0]
+        pool.shutdown()
+
+    asyncio.run(scenario())
+
+
+def test_work_of_budgeted_clients_never_queues_ahead_of_other_clients_work() -> None:
+    async def scenario() -> None:
+        pool, jobs = WorkPool(threads=2), Jobs()
+        budgets = CpuBudgets()
+
+        async def as_budgeted_client(calls: list[Callable[[], int]]) -> list[int]:
+            current_account.set(CpuAccount(budgets, "key:heavy", share=100.0))
+            return await pool.run_all(calls)
+
+        # Two slow pieces from a budgeted client: they get one thread between them (half the pool).
+        heavy = asyncio.ensure_future(as_budgeted_client([jobs.blocking(0), jobs.blocking(1)]))
+        await until(lambda: jobs.started == [0])
+        await settle()
+        assert jobs.started == [0]  # the second waits for the budgeted thread, not for a shared one
+        # Everybody else's work still runs at once, on the shared threads.
+        assert await pool.run(lambda: 42) == 42
+        assert await pool.run_all([lambda: 1, lambda: 2]) == [1, 2]
+        jobs.gate.set()
+        assert await heavy == [0, 10]
+        assert budgets.retry_after("key:heavy", share=100.0) is None  # charged, and well within its share
         pool.shutdown()
 
     asyncio.run(scenario())
