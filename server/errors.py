@@ -92,6 +92,10 @@ class ServiceError(Exception):
         self.message = message
         self.retry_after = retry_after
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Raised in parsing worker processes too: it must cross a process boundary whole.
+        return (type(self), (self.kind, self.message, self.retry_after))
+
     @property
     def status(self) -> int:
         return HTTP_STATUS[self.kind]

@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+# A megabyte of JSON takes about 25 ms to parse and convert, all of it holding the GIL.
+ISOLATE_FROM_BYTES = 1024 * 1024
+
 
 @dataclass(frozen=True)
 class Prediction:
@@ -82,8 +85,12 @@ class ClassificationService:
         """Most images one request to ``model`` may carry: more are refused (413), not queued."""
         return self._admission.max_images(model.batching.max_queue_size)
 
-    async def offload(self, call: Callable[[], T]) -> T:
-        """A request's CPU work (JSON parsing, tensor conversion), off the event loop."""
+    async def offload(self, call: Callable[[], T], size: int) -> T:
+        """A request's CPU work (JSON parsing, tensor conversion) on ``size`` bytes, off the event
+        loop: in a thread, or from ``ISOLATE_FROM_BYTES`` up in a worker process (``call`` must
+        then be picklable), where holding the GIL for long costs the server nothing."""
+        if size >= ISOLATE_FROM_BYTES:
+            return await self._pool.run_isolated(call)
         return await self._pool.run(call)
 
     def check_top_k(self, k: int) -> None:

@@ -50,6 +50,9 @@ class ProtocolError(ServiceError):
     def __init__(self, message: str, kind: ErrorKind = ErrorKind.BAD_REQUEST) -> None:
         super().__init__(kind, message)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.message, self.kind))
+
 
 @dataclass(frozen=True)
 class TensorLimits:

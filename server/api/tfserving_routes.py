@@ -9,6 +9,7 @@ best ``top_k`` (default 5). Also version status and metadata. Errors are
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -41,7 +42,8 @@ async def _run(request: Request, model: ModelInstance, pinned: bool) -> tuple[np
     body = await request.body()
     spec = ModelInput(model.manifest.input.name, model.manifest.item_shape, model.manifest.signature)
     max_images, max_top_k = service.max_images(model), service.limits.max_top_k
-    parsed = await service.offload(lambda: parse_request(body, spec, max_images=max_images, max_top_k=max_top_k))
+    parse = partial(parse_request, body, spec, max_images=max_images, max_top_k=max_top_k)
+    parsed = await service.offload(parse, size=len(body))
     images = parsed.images
     work = service.infer(
         model_name=model.name,

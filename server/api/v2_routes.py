@@ -9,6 +9,7 @@ normalisation), or BYTES holding encoded JPEG/PNG that the server decodes. Error
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -121,7 +122,8 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
         max_byte_elements=max_images,
         max_classification=service.limits.max_top_k,
     )
-    infer_request, images = await service.offload(lambda: _parse(body, header_length, limits, model.manifest))
+    parse = partial(_parse, body, header_length, limits, model.manifest)
+    infer_request, images = await service.offload(parse, size=len(body))
     timeout_us = infer_request.timeout_us
     work = service.infer(
         model_name=model.name,

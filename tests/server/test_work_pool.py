@@ -4,12 +4,17 @@ only once every thread still working for it has let go (so its admission covers 
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from collections.abc import Callable
+from functools import partial
 
+import orjson
 import pytest
 
 from server.cpu_budget import CpuAccount, CpuBudgets, current_account
+from server.errors import ErrorKind, ServiceError
+from server.v2_codec import ProtocolError, TensorLimits, parse_infer_request
 from server.work_pool import WorkPool
 from tests.fakes import settle
 
@@ -117,5 +122,33 @@ def test_work_of_budgeted_clients_never_queues_ahead_of_other_clients_work() -> 
         assert await heavy == [0, 10]
         assert budgets.retry_after("key:heavy", share=100.0) is None  # charged, and well within its share
         pool.shutdown()
+
+    asyncio.run(scenario())
+
+
+def big_v2_body(values: int) -> bytes:
+    spec = {"name": "images", "datatype": "UINT8", "shape": [values], "data": [200] * values}
+    return orjson.dumps({"inputs": [spec]})
+
+
+def test_isolated_work_runs_in_another_process_and_its_result_errors_and_cpu_come_back() -> None:
+    limits = TensorLimits(max_batch=10**6, max_elements=10**6, max_byte_elements=1, max_classification=1)
+
+    async def scenario() -> None:
+        pool, budgets = WorkPool(threads=2), CpuBudgets()
+        current_account.set(CpuAccount(budgets, "key:json", share=0.001))
+        assert await pool.run_isolated(os.getpid) != os.getpid()
+        parsed = await pool.run_isolated(partial(parse_infer_request, big_v2_body(500_000), None, limits))
+        assert parsed.inputs[0].array.shape == (500_000,) and int(parsed.inputs[0].array[-1]) == 200
+        # Parsing half a million numbers took the worker real CPU: the client now owes it.
+        assert budgets.retry_after("key:json", share=0.001) is not None
+        with pytest.raises(ServiceError) as refused:  # in debt: refused before it is sent
+            await pool.run_isolated(os.getpid)
+        assert refused.value.kind is ErrorKind.RATE_LIMITED
+        current_account.set(None)
+        with pytest.raises(ProtocolError) as malformed:  # a client error crosses the boundary intact
+            await pool.run_isolated(partial(parse_infer_request, b"{", None, limits))
+        assert malformed.value.status == 400 and "JSON" in malformed.value.message
+        await asyncio.to_thread(pool.shutdown)
 
     asyncio.run(scenario())
