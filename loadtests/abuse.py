@@ -29,12 +29,12 @@ from loadtests.hostile import hostile_process
 from loadtests.measure import closed_loop
 from loadtests.payloads import jpeg_payloads
 from loadtests.server_process import free_port, server_process
-from loadtests.system import process_cpu_seconds
+from loadtests.system import process_cpu_seconds, tree_cpu_seconds, tree_rss_bytes
 from server.api_keys import new_key_line
 
 
 class RssSampler:
-    """The server's resident set, sampled from /proc every ``interval`` seconds."""
+    """The server's resident set (its parsing workers included), sampled every ``interval`` s."""
 
     def __init__(self, pid: int, interval: float = 0.1) -> None:
         self.pid, self.interval = pid, interval
@@ -43,10 +43,7 @@ class RssSampler:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def rss_bytes(self) -> int:
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-        return 0
+        return tree_rss_bytes(self.pid)
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
@@ -83,10 +80,10 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             closed_loop(url, bodies, args.clients, min(3.0, args.duration))  # warm
             idle_mb = round(rss.rss_bytes() / 2**20, 1)
             started = time.monotonic()
-            server_cpu = process_cpu_seconds(process.pid)
+            server_cpu = tree_cpu_seconds(process.pid)
             quiet = closed_loop(url, bodies, args.clients, args.duration)
             quiet_end = time.monotonic()
-            quiet["server_cpu"] = round((process_cpu_seconds(process.pid) - server_cpu) / quiet["seconds"], 2)
+            quiet["server_cpu"] = round((tree_cpu_seconds(process.pid) - server_cpu) / quiet["seconds"], 2)
 
             results: multiprocessing.Queue[dict[str, int]] = multiprocessing.Queue()
             rate = 2 * args.hostile_limit
@@ -98,10 +95,10 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             assert hostile.pid is not None
             time.sleep(1.0)  # let the hostile client reach its pace
             abused_start = time.monotonic()
-            server_cpu, hostile_cpu = process_cpu_seconds(process.pid), process_cpu_seconds(hostile.pid)
+            server_cpu, hostile_cpu = tree_cpu_seconds(process.pid), process_cpu_seconds(hostile.pid)
             abused = closed_loop(url, bodies, args.clients, args.duration)
             abused_end = time.monotonic()
-            abused["server_cpu"] = round((process_cpu_seconds(process.pid) - server_cpu) / abused["seconds"], 2)
+            abused["server_cpu"] = round((tree_cpu_seconds(process.pid) - server_cpu) / abused["seconds"], 2)
             # The hostile client shares this machine's cores: what it burns is not the server's doing.
             hostile_cpu = round((process_cpu_seconds(hostile.pid) - hostile_cpu) / abused["seconds"], 2)
             hostile_counts = results.get(timeout=120)
@@ -134,7 +131,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 def markdown(report: dict[str, Any]) -> str:
     quiet, abused, rss = report["quiet"], report["abused"], report["rss_mb"]
     lines = [
-        "| legitimate clients | req/s | p50 ms | p99 ms | errors | server CPU | server peak RSS MB |",
+        "| legitimate clients | req/s | p50 ms | p99 ms | errors | server CPU (cores) | server peak RSS MB |",
         "|---|---|---|---|---|---|---|",
         f"| quiet | {quiet['req_per_s']} | {quiet['p50_ms']} | {quiet['p99_ms']} | {quiet['errors']} | "
         f"{quiet['server_cpu']} | {rss['peak_quiet']} |",

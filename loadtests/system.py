@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from pathlib import Path
@@ -29,6 +30,43 @@ def wait_until_quiet(max_busy: float = 0.10, timeout: float = 20.0) -> float:
     while busy > max_busy and time.monotonic() < deadline:
         busy = machine_busy_fraction()
     return busy
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (a server's parsing workers), from /proc."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # the process ended while we looked
+        parents.setdefault(ppid, []).append(int(stat.parent.name))
+    tree, frontier = [pid], [pid]
+    while frontier:
+        frontier = [child for parent in frontier for child in parents.get(parent, [])]
+        tree += frontier
+    return tree
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU time of a process and its living descendants."""
+    total = 0.0
+    for member in process_tree(pid):
+        with contextlib.suppress(OSError):
+            total += process_cpu_seconds(member)
+    return total
+
+
+def tree_rss_bytes(pid: int) -> int:
+    """Resident memory of a process and its living descendants."""
+    total = 0
+    for member in process_tree(pid):
+        try:
+            lines = Path(f"/proc/{member}/status").read_text().splitlines()
+        except OSError:
+            continue
+        total += next((int(line.split()[1]) * 1024 for line in lines if line.startswith("VmRSS:")), 0)
+    return total
 
 
 def process_cpu_seconds(pid: int) -> float:
