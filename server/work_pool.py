@@ -26,6 +26,7 @@ from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, 
 from typing import Any, TypeVar, cast
 
 from server.cpu_budget import charged, current_account
+from server.memory import release_freed_memory
 
 T = TypeVar("T")
 
@@ -78,12 +79,15 @@ class WorkPool:
 
 
 def _measured(call: Callable[[], T]) -> tuple[T | None, BaseException | None, float]:
-    """In the worker process: the result or the error, and the CPU time it took."""
+    """In the worker process: the result or the error, and the CPU time it took. What the
+    work allocated (a large body's parse: hundreds of MB) goes back to the OS at once."""
     started = time.process_time()
     try:
         return call(), None, time.process_time() - started
     except Exception as exc:
         return None, exc, time.process_time() - started
+    finally:
+        release_freed_memory()
 
 
 async def _gather(futures: list[Future[T]]) -> list[T]:
