@@ -10,6 +10,9 @@ Work of clients held to a CPU budget (server/cpu_budget.py) runs on threads of i
 as many: their budget bounds what they spend on average, and their own threads keep one
 client's 0.5 s decode from queueing ahead of everybody else's 3 ms ones.
 
+Both of these run at a lower scheduling priority (nice 10): under load, their CPU goes to the
+serving threads first, and they get what is left (and never nothing, as the kernel shares).
+
 Parsing a large JSON body runs in worker processes instead (``run_isolated``). orjson and
 numpy's list conversion hold the GIL for all of their work: in a thread, the 0.5 s that a
 19 MB body of JSON pixels takes would be 0.5 s in which the event loop and the model's thread
@@ -19,7 +22,10 @@ crawl (measured: legitimate p99 went from 0.15 to 1 s beside a client sending su
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing
+import os
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
@@ -34,7 +40,9 @@ T = TypeVar("T")
 class WorkPool:
     def __init__(self, threads: int) -> None:
         self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="work")
-        self._budgeted = ThreadPoolExecutor(max_workers=max(1, threads // 2), thread_name_prefix="budgeted-work")
+        self._budgeted = ThreadPoolExecutor(
+            max_workers=max(1, threads // 2), thread_name_prefix="budgeted-work", initializer=_yield_cpu
+        )
         self._process_count = max(1, threads // 2)
         self._processes: ProcessPoolExecutor | None = None  # started on first use
 
@@ -42,7 +50,9 @@ class WorkPool:
         if self._processes is None:
             # spawn, not fork: the server process holds threads and a loaded model.
             context = multiprocessing.get_context("spawn")
-            self._processes = ProcessPoolExecutor(max_workers=self._process_count, mp_context=context)
+            self._processes = ProcessPoolExecutor(
+                max_workers=self._process_count, mp_context=context, initializer=_yield_cpu
+            )
         return self._processes
 
     async def run(self, call: Callable[[], T]) -> T:
@@ -76,6 +86,16 @@ class WorkPool:
         for executor in (self._budgeted, self._executor, self._processes):
             if executor is not None:
                 executor.shutdown(wait=True, cancel_futures=True)
+
+
+YIELDING_NICENESS = 10
+
+
+def _yield_cpu() -> None:
+    """Lower this thread's scheduling priority (Linux schedules threads one by one); where the
+    platform cannot, the work simply runs at normal priority."""
+    with contextlib.suppress(AttributeError, OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), YIELDING_NICENESS)
 
 
 def _measured(call: Callable[[], T]) -> tuple[T | None, BaseException | None, float]:

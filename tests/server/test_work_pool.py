@@ -15,7 +15,7 @@ import pytest
 from server.cpu_budget import CpuAccount, CpuBudgets, current_account
 from server.errors import ErrorKind, ServiceError
 from server.v2_codec import ProtocolError, TensorLimits, parse_infer_request
-from server.work_pool import WorkPool
+from server.work_pool import YIELDING_NICENESS, WorkPool
 from tests.fakes import settle
 
 
@@ -115,15 +115,21 @@ def test_work_of_budgeted_clients_never_queues_ahead_of_other_clients_work() -> 
         await until(lambda: jobs.started == [0])
         await settle()
         assert jobs.started == [0]  # the second waits for the budgeted thread, not for a shared one
-        # Everybody else's work still runs at once, on the shared threads.
-        assert await pool.run(lambda: 42) == 42
+        # Everybody else's work still runs at once, on the shared threads, at normal priority.
+        assert await pool.run(thread_niceness) == os.getpriority(os.PRIO_PROCESS, 0)
         assert await pool.run_all([lambda: 1, lambda: 2]) == [1, 2]
         jobs.gate.set()
         assert await heavy == [0, 10]
+        # The budgeted client's work yields the CPU to the serving threads.
+        assert await as_budgeted_client([thread_niceness]) == [YIELDING_NICENESS]
         assert budgets.retry_after("key:heavy", share=100.0) is None  # charged, and well within its share
         pool.shutdown()
 
     asyncio.run(scenario())
+
+
+def thread_niceness() -> int:
+    return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
 
 
 def big_v2_body(values: int) -> bytes:
@@ -138,6 +144,7 @@ def test_isolated_work_runs_in_another_process_and_its_result_errors_and_cpu_com
         pool, budgets = WorkPool(threads=2), CpuBudgets()
         current_account.set(CpuAccount(budgets, "key:json", share=0.001))
         assert await pool.run_isolated(os.getpid) != os.getpid()
+        assert await pool.run_isolated(thread_niceness) == YIELDING_NICENESS
         parsed = await pool.run_isolated(partial(parse_infer_request, big_v2_body(500_000), None, limits))
         assert parsed.inputs[0].array.shape == (500_000,) and int(parsed.inputs[0].array[-1]) == 200
         # Parsing half a million numbers took the worker real CPU: the client now owes it.
