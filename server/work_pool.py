@@ -10,13 +10,12 @@ Work of clients held to a CPU budget (server/cpu_budget.py) runs on threads of i
 as many: their budget bounds what they spend on average, and their own threads keep one
 client's 0.5 s decode from queueing ahead of everybody else's 3 ms ones.
 
-Both of these run at a lower scheduling priority (nice 10): under load, their CPU goes to the
-serving threads first, and they get what is left (and never nothing, as the kernel shares).
-
 Parsing a large JSON body runs in worker processes instead (``run_isolated``). orjson and
 numpy's list conversion hold the GIL for all of their work: in a thread, the 0.5 s that a
 19 MB body of JSON pixels takes would be 0.5 s in which the event loop and the model's thread
 crawl (measured: legitimate p99 went from 0.15 to 1 s beside a client sending such bodies).
+The workers run at a lower scheduling priority (nice 10): under load their CPU goes to the
+serving threads first, and they get what is left, never nothing.
 """
 
 from __future__ import annotations
@@ -40,9 +39,9 @@ T = TypeVar("T")
 class WorkPool:
     def __init__(self, threads: int) -> None:
         self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="work")
-        self._budgeted = ThreadPoolExecutor(
-            max_workers=max(1, threads // 2), thread_name_prefix="budgeted-work", initializer=_yield_cpu
-        )
+        # Not niced: a low-priority thread preempted while holding the GIL would stall the
+        # serving threads behind it (measured: legitimate throughput fell 10 % more).
+        self._budgeted = ThreadPoolExecutor(max_workers=max(1, threads // 2), thread_name_prefix="budgeted-work")
         self._process_count = max(1, threads // 2)
         self._processes: ProcessPoolExecutor | None = None  # started on first use
 
@@ -92,8 +91,8 @@ YIELDING_NICENESS = 10
 
 
 def _yield_cpu() -> None:
-    """Lower this thread's scheduling priority (Linux schedules threads one by one); where the
-    platform cannot, the work simply runs at normal priority."""
+    """Lower this process's scheduling priority; where the platform cannot, the work simply
+    runs at normal priority."""
     with contextlib.suppress(AttributeError, OSError):
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), YIELDING_NICENESS)
 

@@ -115,13 +115,11 @@ def test_work_of_budgeted_clients_never_queues_ahead_of_other_clients_work() -> 
         await until(lambda: jobs.started == [0])
         await settle()
         assert jobs.started == [0]  # the second waits for the budgeted thread, not for a shared one
-        # Everybody else's work still runs at once, on the shared threads, at normal priority.
-        assert await pool.run(thread_niceness) == os.getpriority(os.PRIO_PROCESS, 0)
+        # Everybody else's work still runs at once, on the shared threads.
+        assert await pool.run(lambda: 42) == 42
         assert await pool.run_all([lambda: 1, lambda: 2]) == [1, 2]
         jobs.gate.set()
         assert await heavy == [0, 10]
-        # The budgeted client's work yields the CPU to the serving threads.
-        assert await as_budgeted_client([thread_niceness]) == [YIELDING_NICENESS]
         assert budgets.retry_after("key:heavy", share=100.0) is None  # charged, and well within its share
         pool.shutdown()
 
