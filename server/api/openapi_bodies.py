@@ -12,45 +12,43 @@ from server.v2_codec import DTYPES
 
 _PARAMETERS = {"type": "object", "additionalProperties": True}
 
-V2_INFER: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {
-                "schema": {
+
+def _json_body(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+V2_INFER = _json_body(
+    {
+        "type": "object",
+        "required": ["inputs"],
+        "properties": {
+            "id": {"type": "string"},
+            "parameters": _PARAMETERS,
+            "inputs": {
+                "type": "array",
+                "items": {
                     "type": "object",
-                    "required": ["inputs"],
+                    "required": ["name", "datatype", "shape"],
                     "properties": {
-                        "id": {"type": "string"},
+                        "name": {"type": "string"},
+                        "datatype": {"type": "string", "enum": [*DTYPES, "BYTES"]},
+                        "shape": {"type": "array", "items": {"type": "integer"}},
+                        "data": {"type": "array", "items": {}},
                         "parameters": _PARAMETERS,
-                        "inputs": {
-                            "type": "array",
-                            "items": {
-                                "type": "object",
-                                "required": ["name", "datatype", "shape"],
-                                "properties": {
-                                    "name": {"type": "string"},
-                                    "datatype": {"type": "string", "enum": [*DTYPES, "BYTES"]},
-                                    "shape": {"type": "array", "items": {"type": "integer"}},
-                                    "data": {"type": "array", "items": {}},
-                                    "parameters": _PARAMETERS,
-                                },
-                            },
-                        },
-                        "outputs": {
-                            "type": "array",
-                            "items": {
-                                "type": "object",
-                                "required": ["name"],
-                                "properties": {"name": {"type": "string"}, "parameters": _PARAMETERS},
-                            },
-                        },
                     },
-                }
-            }
+                },
+            },
+            "outputs": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["name"],
+                    "properties": {"name": {"type": "string"}, "parameters": _PARAMETERS},
+                },
+            },
         },
     }
-}
+)
 
 _TF_IMAGE = {
     "oneOf": [
@@ -59,22 +57,15 @@ _TF_IMAGE = {
     ]
 }
 
-TF_SERVING: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {
-                "schema": {
-                    "type": "object",
-                    "properties": {
-                        "signature_name": {"type": "string"},
-                        "instances": {"type": "array", "items": _TF_IMAGE},
-                        "inputs": {"type": "array", "items": _TF_IMAGE},
-                        "examples": {"type": "array", "items": _TF_IMAGE},
-                        "top_k": {"type": "integer"},
-                    },
-                }
-            }
+TF_SERVING = _json_body(
+    {
+        "type": "object",
+        "properties": {
+            "signature_name": {"type": "string"},
+            "instances": {"type": "array", "items": _TF_IMAGE},
+            "inputs": {"type": "array", "items": _TF_IMAGE},
+            "examples": {"type": "array", "items": _TF_IMAGE},
+            "top_k": {"type": "integer"},
         },
     }
-}
+)
