@@ -65,7 +65,9 @@ def create_app(settings: Settings, runtime_factory: RuntimeFactory = load_runtim
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        pool = WorkPool(threads=settings.decode_threads or os.cpu_count() or 1)
+        # A parse peaks at about 25x its JSON body's size (nested lists of Python objects).
+        worker_memory = max(1 << 30, 64 * settings.limits.max_body_bytes)
+        pool = WorkPool(threads=settings.decode_threads or os.cpu_count() or 1, worker_memory_bytes=worker_memory)
         app.state.service = ClassificationService(registry, admission, pool, metrics)
         # Load in the background: /health answers at once, /ready turns true after warm-up.
         background = [asyncio.create_task(registry.load_all(), name="load-models")]

@@ -47,6 +47,11 @@ class CpuBudgets:
             tokens = self._tokens_now(identity, share)
         return None if tokens > 0 else -tokens / share
 
+    def spent_most(self, identity: str, share: float) -> bool:
+        """Whether the client has used over half of its bucket: a heavy user right now."""
+        with self._lock:
+            return self._tokens_now(identity, share) < share * self._burst_s / 2
+
     def charge(self, identity: str, share: float, seconds: float) -> None:
         with self._lock:
             tokens = self._tokens_now(identity, share) - seconds
@@ -66,6 +71,9 @@ class CpuAccount:
 
     def charge(self, seconds: float) -> None:
         self.budgets.charge(self.identity, self.share, seconds)
+
+    def heavy(self) -> bool:
+        return self.budgets.spent_most(self.identity, self.share)
 
     def check(self) -> None:
         """429 while in debt. Checked at the door and again before each piece of work starts,

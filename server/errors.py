@@ -34,6 +34,7 @@ class ErrorKind(str, Enum):
     RATE_LIMITED = "rate_limited"
     OVERLOADED = "overloaded"
     NOT_READY = "not_ready"
+    UNAVAILABLE = "unavailable"
     SHUTTING_DOWN = "shutting_down"
     TIMEOUT = "timeout"
     CLIENT_CLOSED_REQUEST = "client_closed_request"
@@ -61,6 +62,7 @@ HTTP_STATUS: dict[ErrorKind, int] = {
     ErrorKind.RATE_LIMITED: 429,
     ErrorKind.OVERLOADED: 429,
     ErrorKind.NOT_READY: 503,
+    ErrorKind.UNAVAILABLE: 503,
     ErrorKind.SHUTTING_DOWN: 503,
     ErrorKind.TIMEOUT: 504,
     ErrorKind.CLIENT_CLOSED_REQUEST: 499,  # nobody reads it; it labels the metrics

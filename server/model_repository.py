@@ -21,7 +21,7 @@ __all__ = ["ModelConfig", "ModelVersion", "RepositoryScan", "latest_versions", "
 
 # ASCII only, no sign, no leading zero (so "7" and "007" cannot both be version 7), and short
 # enough for int(): str.isdigit() would accept "²", which int() refuses.
-_VERSION_NAME = re.compile(r"[1-9][0-9]{0,17}")
+VERSION_NAME = re.compile(r"[1-9][0-9]{0,17}")
 _ERRORS_SHOWN = 3
 
 
@@ -52,7 +52,7 @@ def describe(exc: Exception) -> str:
 
 def _version_folders(model_dir: Path) -> dict[int, Path]:
     return {
-        int(p.name): p for p in model_dir.iterdir() if _VERSION_NAME.fullmatch(p.name) and (p / MANIFEST_FILE).is_file()
+        int(p.name): p for p in model_dir.iterdir() if VERSION_NAME.fullmatch(p.name) and (p / MANIFEST_FILE).is_file()
     }
 
 

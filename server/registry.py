@@ -13,10 +13,10 @@ import asyncio
 import logging
 from pathlib import Path
 
-from server.errors import ErrorKind, ServiceError
+from server.errors import ErrorKind, ServiceError, echo
 from server.metrics import Metrics
 from server.model_instance import ModelInstance
-from server.model_repository import ModelVersion, RepositoryScan, scan_repository
+from server.model_repository import VERSION_NAME, ModelVersion, RepositoryScan, scan_repository
 from server.result_cache import ResultCache
 from server.runtimes import RuntimeOptions
 from server.runtimes.base import RuntimeFactory
@@ -69,12 +69,8 @@ class ModelRegistry:
         return sorted(self._errors)
 
     @property
-    def repository_error(self) -> str | None:
-        return self._repository_error
-
-    @property
-    def load_error(self) -> str | None:
-        return "; ".join(f"{name}: {error}" for name, error in self.errors.items()) or None
+    def repository_readable(self) -> bool:
+        return self._repository_error is None
 
     async def load_all(self) -> None:
         await self.reload()
@@ -184,9 +180,10 @@ class ModelRegistry:
             await asyncio.gather(*(m.close(self._drain_timeout_s) for m in versions.values()))
 
     def get_text_version(self, name: str, version: str | None) -> ModelInstance:
-        """``get`` with the version as a URL gives it."""
-        if version is not None and not version.isdigit():
-            raise ServiceError(ErrorKind.MODEL_NOT_FOUND, f"model {name!r} has no version {version!r}")
+        """``get`` with the version as a URL gives it: ASCII digits, as version folders are
+        named (``"²".isdigit()`` is true, and int() refuses 5,000 digits)."""
+        if version is not None and not VERSION_NAME.fullmatch(version):
+            raise ServiceError(ErrorKind.MODEL_NOT_FOUND, f"model {echo(name)} has no version {echo(version)}")
         return self.get(name, None if version is None else int(version))
 
     def get(self, name: str, version: int | None = None) -> ModelInstance:
@@ -194,15 +191,15 @@ class ModelRegistry:
         if not versions:
             if not self._loaded_once:
                 raise ServiceError(ErrorKind.NOT_READY, "models are still loading", retry_after=1)
-            raise ServiceError(ErrorKind.MODEL_NOT_FOUND, f"no model named {name!r}")
+            raise ServiceError(ErrorKind.MODEL_NOT_FOUND, f"no model named {echo(name)}")
         if version is None:
             model = versions[max(versions)]
         elif version in versions:
             model = versions[version]
         else:
-            raise ServiceError(ErrorKind.MODEL_NOT_FOUND, f"model {name!r} has no loaded version {version}")
+            raise ServiceError(ErrorKind.MODEL_NOT_FOUND, f"model {echo(name)} has no loaded version {version}")
         if not model.ready:
-            raise ServiceError(ErrorKind.NOT_READY, f"model {name!r} is warming up", retry_after=1)
+            raise ServiceError(ErrorKind.NOT_READY, f"model {echo(name)} is warming up", retry_after=1)
         return model
 
     async def close(self) -> None:

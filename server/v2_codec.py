@@ -204,13 +204,18 @@ def _in_range(values: np.ndarray, dtype: np.dtype[Any], name: str) -> None:
         raise ProtocolError(f"input {echo(name)}: numbers must be finite")
     if dtype.kind in "iu":
         info = np.iinfo(dtype)
-        if values.dtype.kind == "f" and (values != np.floor(values)).any():
-            raise ProtocolError(f"input {echo(name)}: {V2_NAMES[dtype]} data must be whole numbers")
-        low, high = float(info.min), float(info.max)
+        if values.dtype.kind == "f":
+            if (values != np.floor(values)).any():
+                raise ProtocolError(f"input {echo(name)}: {V2_NAMES[dtype]} data must be whole numbers")
+            # float(2**63 - 1) rounds up to 2**63: compare against the first value out of range.
+            if values.size and (values.min() < float(info.min) or values.max() >= float(info.max) + 1.0):
+                raise ProtocolError(f"input {echo(name)}: values outside the range of {V2_NAMES[dtype]}")
+            return
+        low, high = info.min, info.max  # integer values against integer bounds: exact
     elif dtype.kind == "f":
-        low, high = -float(np.finfo(dtype).max), float(np.finfo(dtype).max)
+        low, high = -int(np.finfo(dtype).max), int(np.finfo(dtype).max)
     else:  # bool
-        low, high = 0.0, 1.0
+        low, high = 0, 1
     if values.size and (values.min() < low or values.max() > high):
         raise ProtocolError(f"input {echo(name)}: values outside the range of {V2_NAMES[dtype]}")
 
@@ -220,13 +225,22 @@ def _in_range(values: np.ndarray, dtype: np.dtype[Any], name: str) -> None:
 SLICE = 65536
 
 
-def _json_array(data: list[Any]) -> np.ndarray:
-    """A flat or nested JSON list of numbers as an array, converted a row (or slice) at a time."""
+def _json_array(data: list[Any], shape: list[int], count: int, name: str) -> np.ndarray:
+    """``count`` JSON numbers as an array: nested along ``shape`` (converted a row at a time,
+    each row checked before the next) or flat (in slices). Lengths are checked first: a body
+    of five million one-number rows is refused before a single row is converted."""
     if data and isinstance(data[0], list):
-        rows = [np.asarray(row) for row in data]
-        if any(row.shape != rows[0].shape for row in rows):
-            raise ValueError("ragged rows")
+        if not shape or len(data) != shape[0]:
+            raise ProtocolError(f"input {echo(name)}: {len(data)} rows for shape {shape}")
+        row_size = count // shape[0]
+        rows = []
+        for row in data:
+            rows.append(np.asarray(row))
+            if rows[-1].size != row_size or rows[-1].shape != rows[0].shape:
+                raise ProtocolError(f"input {echo(name)}: rows must each hold {row_size} values, nested alike")
         return np.stack(rows)
+    if len(data) != count:
+        raise ProtocolError(f"input {echo(name)}: {len(data)} values for shape {shape}")
     return np.concatenate([np.asarray(data[i : i + SLICE]) for i in range(0, len(data), SLICE)] or [np.asarray([])])
 
 
@@ -242,13 +256,11 @@ def _numeric(name: str, datatype: str, shape: list[int], count: int, data: Any, 
     if not isinstance(data, list):
         raise ProtocolError(f"input {echo(name)}: data must be a list")
     try:
-        values = _json_array(data)
+        values = _json_array(data, shape, count, name)
     except (ValueError, TypeError, OverflowError) as exc:
         raise ProtocolError(f"input {echo(name)}: data must be a flat or regularly nested list of numbers") from exc
     if values.dtype.kind not in "biuf":
         raise ProtocolError(f"input {echo(name)}: data must be numbers")
-    if values.size != count:
-        raise ProtocolError(f"input {echo(name)}: {values.size} values for shape {shape}")
     _in_range(values, dtype, name)
     return values.astype(dtype).reshape(shape)
 

@@ -6,9 +6,10 @@ yet started are withdrawn from the pool, and the call returns only once the part
 running have ended. So a request's admission, held by its caller, covers every thread that
 still works for it, and a failed request leaves no decodes behind to delay the next one.
 
-Work of clients held to a CPU budget (server/cpu_budget.py) runs on threads of its own, half
-as many: their budget bounds what they spend on average, and their own threads keep one
-client's 0.5 s decode from queueing ahead of everybody else's 3 ms ones.
+Work of clients that have spent most of their CPU budget (server/cpu_budget.py) runs on
+threads of its own, half as many: the budget bounds what they spend on average, and their
+own threads keep one client's 0.5 s decodes from queueing ahead of everybody else's 3 ms ones.
+Clients within their budget, a server-wide one included, share the main threads.
 
 Parsing a large JSON body runs in worker processes instead (``run_isolated``). orjson and
 numpy's list conversion hold the GIL for all of their work: in a thread, the 0.5 s that a
@@ -24,25 +25,29 @@ import asyncio
 import contextlib
 import multiprocessing
 import os
-import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any, TypeVar, cast
 
 from server.cpu_budget import charged, current_account
+from server.errors import ErrorKind, ServiceError
 from server.memory import release_freed_memory
 
 T = TypeVar("T")
 
 
 class WorkPool:
-    def __init__(self, threads: int) -> None:
+    def __init__(self, threads: int, worker_memory_bytes: int | None = None) -> None:
+        """``worker_memory_bytes``: the address space a parsing worker may use; past it, its
+        allocation fails (413) instead of the machine running out of memory."""
         self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="work")
         # Not niced: a low-priority thread preempted while holding the GIL would stall the
         # serving threads behind it (measured: legitimate throughput fell 10 % more).
         self._budgeted = ThreadPoolExecutor(max_workers=max(1, threads // 2), thread_name_prefix="budgeted-work")
         self._process_count = max(1, threads // 2)
+        self._worker_memory_bytes = worker_memory_bytes
         self._processes: ProcessPoolExecutor | None = None  # started on first use
 
     def _process_pool(self) -> ProcessPoolExecutor:
@@ -50,7 +55,10 @@ class WorkPool:
             # spawn, not fork: the server process holds threads and a loaded model.
             context = multiprocessing.get_context("spawn")
             self._processes = ProcessPoolExecutor(
-                max_workers=self._process_count, mp_context=context, initializer=_yield_cpu
+                max_workers=self._process_count,
+                mp_context=context,
+                initializer=_start_worker,
+                initargs=(self._worker_memory_bytes,),
             )
         return self._processes
 
@@ -63,7 +71,9 @@ class WorkPool:
         The CPU each call takes is charged to the request's client, when it has a budget."""
         executor, account = self._executor, current_account.get()
         if account is not None:
-            executor, calls = self._budgeted, [charged(call, account) for call in calls]
+            calls = [charged(call, account) for call in calls]
+            if account.heavy():
+                executor = self._budgeted
         return await _gather([executor.submit(call) for call in calls])
 
     async def run_isolated(self, call: Callable[[], T]) -> T:
@@ -72,7 +82,13 @@ class WorkPool:
         account = current_account.get()
         if account is not None:
             account.check()
-        (outcome,) = await _gather([self._process_pool().submit(_measured, call)])
+        try:
+            (outcome,) = await _gather([self._process_pool().submit(_measured, call)])
+        except BrokenProcessPool as exc:
+            # A worker died (killed, or out of memory past its limit). The pool cannot be
+            # used again: the next call starts a new one.
+            self._processes = None
+            raise ServiceError(ErrorKind.UNAVAILABLE, "a parsing worker stopped; retry", retry_after=1) from exc
         result, error, cpu_seconds = outcome
         if account is not None:
             account.charge(cpu_seconds)
@@ -90,11 +106,16 @@ class WorkPool:
 YIELDING_NICENESS = 10
 
 
-def _yield_cpu() -> None:
-    """Lower this process's scheduling priority; where the platform cannot, the work simply
-    runs at normal priority."""
+def _start_worker(memory_bytes: int | None) -> None:
+    """In a new parsing worker: a lower scheduling priority, and a cap on its address space.
+    Where the platform offers neither, the worker runs without them."""
     with contextlib.suppress(AttributeError, OSError):
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), YIELDING_NICENESS)
+        os.setpriority(os.PRIO_PROCESS, 0, YIELDING_NICENESS)
+    if memory_bytes is not None:
+        with contextlib.suppress(ImportError, ValueError, OSError):
+            import resource
+
+            resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
 
 
 def _measured(call: Callable[[], T]) -> tuple[T | None, BaseException | None, float]:
@@ -103,6 +124,9 @@ def _measured(call: Callable[[], T]) -> tuple[T | None, BaseException | None, fl
     started = time.process_time()
     try:
         return call(), None, time.process_time() - started
+    except MemoryError:
+        error = ServiceError(ErrorKind.PAYLOAD_TOO_LARGE, "the body needs more memory to parse than is allowed")
+        return None, error, time.process_time() - started
     except Exception as exc:
         return None, exc, time.process_time() - started
     finally:

@@ -136,7 +136,8 @@ async def ready(request: Request) -> Response:
     body = {
         "ready": registry.ready,
         "models": {m.name: m.ready for m in registry.models},
-        "failed": sorted(registry.errors),
+        "failed": registry.failed_models,
+        "repository_readable": registry.repository_readable,
     }
     return OrjsonResponse(body, status_code=200 if registry.ready else 503)
 

@@ -43,7 +43,7 @@ async def _run(request: Request, model: ModelInstance, pinned: bool) -> tuple[np
     spec = ModelInput(model.manifest.input.name, model.manifest.item_shape, model.manifest.signature)
     max_images, max_top_k = service.max_images(model), service.limits.max_top_k
     parse = partial(parse_request, body, spec, max_images=max_images, max_top_k=max_top_k)
-    parsed = await service.offload(parse, size=len(body))
+    parsed = await service.offload(parse, json=body)
     images = parsed.images
     work = service.infer(
         model_name=model.name,

@@ -123,7 +123,8 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
         max_classification=service.limits.max_top_k,
     )
     parse = partial(_parse, body, header_length, limits, model.manifest)
-    infer_request, images = await service.offload(parse, size=len(body))
+    json_part = body if header_length is None else body[:header_length]  # binary data parses fast
+    infer_request, images = await service.offload(parse, json=json_part)
     timeout_us = infer_request.timeout_us
     work = service.infer(
         model_name=model.name,

@@ -85,7 +85,7 @@ def test_hostile_bodies_are_client_errors_and_health_answers_throughout(
     assert len(answers) == 2 * len(bodies)
     assert all(400 <= status < 500 for _, status in answers), answers
     # Before, the 18 KB body alone stalled /health for 2.6 s and the 19 MB one for seconds.
-    assert max(health_seconds) < 1.0, sorted(health_seconds)[-5:]
+    assert max(health_seconds) < 2.0, sorted(health_seconds)[-5:]
     # Client errors are not the server's: at most one line each, never a traceback.
     assert not [r for r in caplog.records if r.exc_info or "\n" in r.getMessage()]
 

@@ -282,7 +282,7 @@ def test_the_repository_scan_leaves_the_event_loop_free(tmp_path: Path, monkeypa
         released.set()
         await loading
         try:
-            assert registry.repository_error is None
+            assert registry.repository_readable
             assert serves(registry, "m") == [1]
         finally:
             await registry.close()
