@@ -132,11 +132,6 @@ class ClassificationService:
         return await self._pool.run_all([partial(self._decode_outcome, model, data) for data in images])
 
     @contextmanager
-    def _images_admitted(self, model: ModelInstance, count: int) -> Iterator[None]:
-        with self._admission.images_held(count, model.batching.max_queue_size):
-            yield
-
-    @contextmanager
     def _model_errors(self, model: ModelInstance) -> Iterator[None]:
         """Batcher errors to their service kinds; a runtime failure (which the batcher has
         already narrowed to this image by bisecting) to a logged internal error."""
@@ -182,7 +177,7 @@ class ClassificationService:
             key = model.cache_key(data)
             probabilities = model.cached(key)
             if probabilities is None:
-                with self._images_admitted(model, 1):
+                with self._admission.images_held(1, model.batching.max_queue_size):
                     (tensor,) = await self._decode_all(model, [data])
                     with self._model_errors(model):
                         probabilities = await model.infer(tensor, deadline)
@@ -208,7 +203,7 @@ class ClassificationService:
         deadline = self._deadline(timeout_s)
 
         async def work(model: ModelInstance) -> tuple[ModelInstance, np.ndarray]:
-            with self._images_admitted(model, count):
+            with self._admission.images_held(count, model.batching.max_queue_size):
                 batch = await self._decode_all(model, encoded) if encoded is not None else list(tensors or [])
                 shape, dtype = model.manifest.item_shape, np.dtype(model.manifest.input.dtype)
                 if any(t.shape != shape or t.dtype != dtype for t in batch):
@@ -230,7 +225,7 @@ class ClassificationService:
         deadline = self._deadline(timeout_s)
 
         async def work(model: ModelInstance) -> list[ItemOutcome]:
-            with self._images_admitted(model, len(images)):
+            with self._admission.images_held(len(images), model.batching.max_queue_size):
                 return await self._classify_decoded(model, images, deadline, k)
 
         return await self._on_model(model_name, None, work)

@@ -74,7 +74,9 @@ def presented_credential(scope: Scope) -> str | None:
         if scheme.lower() == "bearer" and credential.strip():
             return credential.strip()
     key = _header(scope, b"x-api-key")
-    return key.decode("latin-1").strip() or None if key is not None else None
+    if key is None:
+        return None
+    return key.decode("latin-1").strip() or None
 
 
 class AccessControl:
