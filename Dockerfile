@@ -14,6 +14,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /opt/imgserve
 COPY pyproject.toml README.md ./
 COPY batching ./batching
+COPY model_contract ./model_contract
+COPY imgserve ./imgserve
 COPY server ./server
 COPY trt_build ./trt_build
 COPY loadtests ./loadtests

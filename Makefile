@@ -46,8 +46,8 @@ abuse: model
 
 lint: install
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check batching server trt_build loadtests tests
-	$(BIN)/mypy batching server trt_build loadtests
+	$(BIN)/ruff format --check batching server trt_build loadtests tests model_contract imgserve
+	$(BIN)/mypy batching model_contract imgserve server trt_build loadtests
 
 bench: model
 	$(BIN)/python -m loadtests.bench $(BENCH_ARGS)

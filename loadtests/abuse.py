@@ -72,7 +72,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         tier = f"rate={args.hostile_limit}/second cpu={args.hostile_cpu}"
         keys.write_text(f"{legit_line}\n{hostile_line} {tier}\n")
         port = free_port()
-        command = [sys.executable, "-m", "server.cli", "serve", "--port", str(port)]
+        command = [sys.executable, "-m", "imgserve", "serve", "--port", str(port)]
         command += ["--model-repository", str(args.repository)]
         env = {"IMGSERVE_API_KEYS_FILE": str(keys), "IMGSERVE_DEFAULT_MODEL": args.model, **dict(args.env)}
         with server_process(command, port, env) as (base_url, process), RssSampler(process.pid) as rss:

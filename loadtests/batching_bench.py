@@ -26,6 +26,8 @@ from pathlib import Path
 from loadtests.measure import measure_server
 from loadtests.payloads import HttpRequest, upload_requests
 from loadtests.server_process import free_port, server_process
+from model_contract.manifest import ModelManifest, TensorSpec
+from model_contract.preprocess import PreprocessSpec
 
 STRATEGIES: dict[str, dict[str, str]] = {
     "busy": {},
@@ -50,18 +52,17 @@ def write_model(
     runtimes that need no artifact: the simulated one here, fakes in tests."""
     folder = repository / name / str(version)
     folder.mkdir(parents=True)
-    manifest = {
-        "name": name,
-        "version": version,
-        "runtime": runtime,
-        "artifact": "",
-        "input": {"name": "images", "dtype": "uint8", "shape": [-1, image_size, image_size, 3]},
-        "output": {"name": "probabilities", "dtype": "float32", "shape": [-1, classes]},
-        "preprocessing": {"resize_shorter_side": resize_shorter_side, "crop_size": image_size},
-        "labels": [f"class{i}" for i in range(classes)],
-        "parameters": parameters or {},
-    }
-    (folder / "manifest.json").write_text(json.dumps(manifest))
+    ModelManifest(
+        name=name,
+        version=version,
+        runtime=runtime,
+        artifact="",
+        input=TensorSpec(name="images", dtype="uint8", shape=[-1, image_size, image_size, 3]),
+        output=TensorSpec(name="probabilities", dtype="float32", shape=[-1, classes]),
+        preprocessing=PreprocessSpec(resize_shorter_side=resize_shorter_side, crop_size=image_size),
+        labels=[f"class{i}" for i in range(classes)],
+        parameters=parameters or {},
+    ).write(folder)
     if config is not None:
         (repository / name / "config.json").write_text(json.dumps(config))
     return folder
@@ -78,7 +79,7 @@ def run_model(
     rows = []
     for strategy, env in STRATEGIES.items():
         port = free_port()
-        command = [sys.executable, "-m", "server.cli", "serve", "--port", str(port)]
+        command = [sys.executable, "-m", "imgserve", "serve", "--port", str(port)]
         command += ["--model-repository", str(repository)]
         print(f"{name} / {strategy} ...", file=sys.stderr)
         with server_process(command, port, {**env, "IMGSERVE_DEFAULT_MODEL": model}) as (base, _):

@@ -29,11 +29,12 @@ from loadtests.payloads import preprocessed_photos, upload_requests, v2_binary_b
 from loadtests.report import markdown_table, plot
 from loadtests.server_process import free_port, server_process
 from loadtests.system import wait_until_quiet
+from model_contract.manifest import ModelManifest
 
 
 def configs(model: Path, extra_env: dict[str, str]) -> dict[str, tuple[list[str], dict[str, str]]]:
     python = sys.executable
-    imgserve = [python, "-m", "server.cli", "serve", "--model-repository", str(model.parent.parent)]
+    imgserve = [python, "-m", "imgserve", "serve", "--model-repository", str(model.parent.parent)]
     env = {"IMGSERVE_DEFAULT_MODEL": model.parent.name, **extra_env}
     return {
         "imgserve": (imgserve, env),
@@ -113,7 +114,7 @@ def main() -> None:
     rates = [float(r) for r in args.rates.split(",") if r]
     path, bodies = "/v1/classify", upload_requests()
     if args.payload == "v2-binary":
-        size = int(json.loads((args.model / "manifest.json").read_text())["preprocessing"]["crop_size"])
+        size = ModelManifest.read(args.model).preprocessing.crop_size
         path = f"/v2/models/{args.model.parent.name}/infer"
         bodies = [v2_binary_body(image[None]) for image in preprocessed_photos(size)]
 

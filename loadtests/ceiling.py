@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from loadtests.payloads import jpeg_payloads
-from server.imaging import DecodeLimits, PreprocessSpec, image_to_tensor
-from server.manifest import ModelManifest
+from model_contract.imaging import DecodeLimits, image_to_tensor
+from model_contract.manifest import ModelManifest
 from server.runtimes import RuntimeOptions, load_runtime
 
 BATCH_SIZES = (1, 2, 4, 8, 16, 32)
@@ -35,8 +35,7 @@ def _median_seconds(fn: object, repeats: int) -> float:
 def measure(version_dir: Path, repeats: int) -> dict[str, object]:
     manifest = ModelManifest.read(version_dir)
     runtime = load_runtime(manifest, version_dir, RuntimeOptions())
-    p = manifest.preprocessing
-    spec = PreprocessSpec(p.resize_shorter_side, p.crop_size, p.interpolation)
+    spec = manifest.preprocessing
     payloads = jpeg_payloads()
     limits = DecodeLimits(max_pixels=50_000_000, max_decoded_bytes=1 << 30)
 

@@ -32,6 +32,7 @@ from typing import Any
 from loadtests.measure import measure_point
 from loadtests.payloads import preprocessed_photos, upload_requests, v2_binary_body
 from loadtests.server_process import free_port, server_process
+from model_contract.manifest import ModelManifest
 
 
 class GpuSampler:
@@ -97,9 +98,9 @@ def end_to_end(model: Path, clients: list[int], duration: float, max_batch: int,
         "IMGSERVE_LIMITS__MAX_REQUESTS_IN_PROGRESS": str(max(1024, 2 * max(clients))),
     }
     port = free_port()
-    command = [sys.executable, "-m", "server.cli", "serve", "--port", str(port)]
+    command = [sys.executable, "-m", "imgserve", "serve", "--port", str(port)]
     command += ["--model-repository", str(model.parent.parent)]
-    size = int(json.loads((model / "manifest.json").read_text())["preprocessing"]["crop_size"])
+    size = ModelManifest.read(model).preprocessing.crop_size
     payloads = {
         "jpeg upload": ("/v1/classify", upload_requests()),
         "v2 binary uint8": (

@@ -61,7 +61,7 @@ def status_mb(pid: int, key: str) -> float:
 def measure(args: argparse.Namespace) -> dict[str, object]:
     uploads = [large_image(*spec) for spec in LARGE_IMAGES] * args.rounds
     port = free_port()
-    command = [sys.executable, "-m", "server.cli", "serve", "--port", str(port)]
+    command = [sys.executable, "-m", "imgserve", "serve", "--port", str(port)]
     command += ["--model-repository", str(args.repository)]
     env = {"IMGSERVE_DEFAULT_MODEL": args.model}
     with (

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 
 from loadtests.payloads import jpeg_payloads
-from server.imaging import DecodeLimits, PreprocessSpec, image_to_tensor
-from server.manifest import ModelManifest
+from model_contract.imaging import DecodeLimits, image_to_tensor
+from model_contract.manifest import ModelManifest
 from server.runtimes import RuntimeOptions, load_runtime
 
 
@@ -34,8 +34,7 @@ def _median_seconds(run: Any, repeats: int) -> float:
 def measure(model: Path, runtime_name: str, dtype: str, batch_sizes: list[int], repeats: int) -> list[dict[str, Any]]:
     manifest = ModelManifest.read(model)
     runtime: Any = load_runtime(manifest, model, RuntimeOptions(preferred_runtime=runtime_name, compute_dtype=dtype))
-    p = manifest.preprocessing
-    spec = PreprocessSpec(p.resize_shorter_side, p.crop_size, p.interpolation)
+    spec = manifest.preprocessing
     tensors = [image_to_tensor(b, spec, DecodeLimits(50_000_000, 1 << 30)) for b in jpeg_payloads()]
     rows = []
     for n in batch_sizes:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 from pathlib import Path
 
 import numpy as np
@@ -17,14 +16,16 @@ import uvicorn
 from fastapi import FastAPI, File, UploadFile
 from PIL import Image
 
+from model_contract.manifest import ModelManifest
+
 
 def create_naive_app(version_dir: Path) -> FastAPI:
     import keras
 
-    manifest = json.loads((version_dir / "manifest.json").read_text())
+    manifest = ModelManifest.read(version_dir)
     model = keras.saving.load_model(version_dir / "model.keras")
-    labels = manifest["labels"]
-    prep = manifest["preprocessing"]
+    labels = manifest.labels
+    prep = manifest.preprocessing
     app = FastAPI()
 
     @app.get("/ready")
@@ -34,19 +35,19 @@ def create_naive_app(version_dir: Path) -> FastAPI:
     @app.post("/v1/classify")
     async def classify(file: UploadFile = File(...)) -> dict[str, object]:  # noqa: B008 - the tutorial's idiom
         image = Image.open(io.BytesIO(await file.read())).convert("RGB")
-        scale = prep["resize_shorter_side"] / min(image.size)
+        scale = prep.resize_shorter_side / min(image.size)
         image = image.resize((round(image.width * scale), round(image.height * scale)), Image.Resampling.BICUBIC)
-        left, top = (image.width - prep["crop_size"]) // 2, (image.height - prep["crop_size"]) // 2
-        image = image.crop((left, top, left + prep["crop_size"], top + prep["crop_size"]))
-        x = (np.asarray(image, dtype=np.float32)[None] - prep["mean"]) / prep["std"]
+        left, top = (image.width - prep.crop_size) // 2, (image.height - prep.crop_size) // 2
+        image = image.crop((left, top, left + prep.crop_size, top + prep.crop_size))
+        x = (np.asarray(image, dtype=np.float32)[None] - prep.mean) / prep.std
         logits = model.predict(x, verbose=0)[0]
         probabilities = np.exp(logits - logits.max())
         probabilities /= probabilities.sum()
-        top = np.argsort(-probabilities)[:5]
+        best = np.argsort(-probabilities)[:5]
         return {
-            "class": labels[int(top[0])],
-            "confidence": float(probabilities[top[0]]),
-            "predictions": [{"label": labels[int(i)], "index": int(i), "score": float(probabilities[i])} for i in top],
+            "class": labels[int(best[0])],
+            "confidence": float(probabilities[best[0]]),
+            "predictions": [{"label": labels[int(i)], "index": int(i), "score": float(probabilities[i])} for i in best],
         }
 
     return app

@@ -92,7 +92,8 @@ def v2_binary_body(images: np.ndarray, input_name: str = "images") -> tuple[byte
 
 def preprocessed_photos(size: int = 224) -> np.ndarray:
     """The payload photos as the model's uint8 input: shorter side to 256/224 of ``size``, centre crop."""
-    from trt_build.preprocess import center_crop_resize
+    from model_contract.preprocess import PreprocessSpec, center_crop_resize
 
+    spec = PreprocessSpec(resize_shorter_side=round(size * 256 / 224), crop_size=size)
     images = [Image.open(io.BytesIO(p)) for p in jpeg_payloads()]
-    return np.stack([center_crop_resize(im, round(size * 256 / 224), size, "bicubic") for im in images])
+    return np.stack([center_crop_resize(im, spec) for im in images])

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from server.errors import ErrorKind, ServiceError
+from model_contract.errors import ErrorKind, ServiceError
 from server.settings import LimitSettings
 
 # A full budget frees up as requests finish, usually within a second: long enough to spread

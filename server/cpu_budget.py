@@ -17,7 +17,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TypeVar
 
-from server.errors import ErrorKind, ServiceError
+from model_contract.errors import ErrorKind, ServiceError
 
 T = TypeVar("T")
 

@@ -14,7 +14,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from server.manifest import read_small_file
+from model_contract.manifest import read_small_file
 from server.settings import BatchingSettings
 
 MODEL_CONFIG_FILE = "config.json"

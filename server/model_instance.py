@@ -10,8 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from batching import BatchingConfig, MicroBatcher
-from server.imaging import PreprocessSpec
-from server.manifest import ModelManifest
+from model_contract.manifest import ModelManifest
 from server.metrics import ModelBatchMetrics
 from server.result_cache import ResultCache
 from server.runtimes import Runtime
@@ -34,8 +33,7 @@ class ModelInstance:
         self._runtime = runtime
         self._metrics = metrics
         self._dtype = np.dtype(manifest.input.dtype)
-        p = manifest.preprocessing
-        self.preprocess = PreprocessSpec(p.resize_shorter_side, p.crop_size, p.interpolation)
+        self.preprocess = manifest.preprocessing
         # Host work (stacking, padding) and model compute each get their own thread, so with
         # two batches in flight the next is assembled while the current one runs; neither
         # ever blocks the event loop.

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from server.manifest import MANIFEST_FILE, ModelManifest
+from model_contract.manifest import MANIFEST_FILE, ModelManifest
 from server.model_config import MODEL_CONFIG_FILE, ModelConfig
 
 __all__ = ["ModelConfig", "ModelVersion", "RepositoryScan", "latest_versions", "scan_repository", "served_versions"]

@@ -13,7 +13,7 @@ import asyncio
 import logging
 from pathlib import Path
 
-from server.errors import ErrorKind, ServiceError, echo
+from model_contract.errors import ErrorKind, ServiceError, echo
 from server.metrics import Metrics
 from server.model_instance import ModelInstance
 from server.model_repository import VERSION_NAME, ModelVersion, RepositoryScan, scan_repository

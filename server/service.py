@@ -18,9 +18,10 @@ from typing import Awaitable, Callable, Sequence, TypeVar, Union
 import numpy as np
 
 from batching import BatcherClosed, BatchingError
+from model_contract.errors import ErrorKind, ServiceError
+from model_contract.imaging import image_to_tensor
 from server.admission import Admission
-from server.errors import ErrorKind, ServiceError, from_batching_error
-from server.imaging import DecodeLimits, image_to_tensor
+from server.errors import from_batching_error
 from server.metrics import Metrics
 from server.model_instance import ModelInstance
 from server.registry import ModelRegistry
@@ -82,7 +83,7 @@ class ClassificationService:
         self._decoded = metrics.images_decoded
         self._admission = admission
         self._limits = admission.limits
-        self._decode_limits = DecodeLimits.from_limits(admission.limits)
+        self._decode_limits = admission.limits.decode_limits()
         self._pool = pool
         # The batcher's clock: deadlines computed here are compared there.
         self._clock = clock

@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field, SecretStr, field_validator, model_validat
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from batching import BatchingConfig
+from model_contract.imaging import DecodeLimits
 
 
 class BatchingSettings(BaseModel):
@@ -88,6 +89,9 @@ class LimitSettings(BaseModel):
         if self.max_images_in_progress < self.max_images_per_request:
             raise ValueError("max_images_in_progress must be at least max_images_per_request")
         return self
+
+    def decode_limits(self) -> DecodeLimits:
+        return DecodeLimits(self.max_image_pixels, self.max_decoded_image_bytes)
 
 
 class HttpSettings(BaseModel):

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import orjson
 
-from server.errors import ErrorKind, ServiceError, echo
-from server.imaging import to_uint8_pixels
+from model_contract.errors import ErrorKind, ServiceError, echo
+from model_contract.imaging import to_uint8_pixels
 
 ROW_KEYS = ("instances", "inputs", "examples")
 KNOWN_KEYS = frozenset({*ROW_KEYS, "signature_name", "context", "top_k"})

@@ -31,9 +31,9 @@ from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, 
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, TypeVar, cast
 
+from model_contract.errors import ErrorKind, ServiceError
+from model_contract.memory import release_freed_memory
 from server.cpu_budget import charged, current_account
-from server.errors import ErrorKind, ServiceError
-from server.memory import release_freed_memory
 
 T = TypeVar("T")
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from imgserve.cli import build_parser
 from loadtests.server_process import free_port, server_process
-from server.cli import build_parser
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILES = ["Dockerfile", "Dockerfile.gpu"]
@@ -108,3 +108,11 @@ def test_entrypoint_and_health_check_work_with_the_image_environment(name: str, 
     assert subprocess.run(health, env=env_without_server, capture_output=True, timeout=60).returncode == 1
     with server_process(entrypoint + exec_form(name, "CMD"), port, env, startup_s=180):
         assert subprocess.run(health, env=env, capture_output=True, timeout=60).returncode == 0
+
+
+@pytest.mark.parametrize("name", DOCKERFILES)
+def test_every_installed_package_is_copied(name: str) -> None:
+    """A package missing from the image fails only when the container starts (ImportError)."""
+    copied = {shlex.split(a)[0] for k, a in instructions(name) if k == "COPY"}
+    packages = {p.parent.name for p in ROOT.glob("*/__init__.py") if p.parent.name != "tests"}
+    assert packages <= copied, f"{name} does not copy {sorted(packages - copied)}"

@@ -6,14 +6,13 @@ server's repository never holds a half-written or unverified version.
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from model_contract.manifest import MANIFEST_FILE, ModelManifest
 from trt_build import litert, tftrt
 from trt_build.eval_images import evaluation_tensors
 from trt_build.verify import Gate, Verification, saved_model_predictor, tflite_predictor, verify
@@ -54,16 +53,16 @@ class BuildRequest:
             raise ValueError(f"output must be a version folder <repository>/<model>/<number>, not {self.output}")
         if self.output.exists():
             raise FileExistsError(f"{self.output} already exists; versions are never overwritten")
-        if not (self.source / "manifest.json").is_file():
-            raise FileNotFoundError(f"{self.source} is not a model version (no manifest.json)")
+        if not ModelManifest.is_version(self.source):
+            raise FileNotFoundError(f"{self.source} is not a model version (no {MANIFEST_FILE})")
 
 
-def build(request: BuildRequest) -> dict[str, Any]:
+def build(request: BuildRequest) -> ModelManifest:
     if request.target == "tftrt":
         tftrt.require_tensorrt()  # fail before any slow work
-    source_manifest = json.loads((request.source / "manifest.json").read_text())
-    source_artifact = request.source / source_manifest["artifact"]
-    preprocessing = source_manifest["preprocessing"]
+    source_manifest = ModelManifest.read(request.source)
+    source_artifact = source_manifest.artifact_path(request.source, source_manifest.runtime)
+    preprocessing = source_manifest.preprocessing
     images = evaluation_tensors(preprocessing, request.eval_count, seed=0, folder=request.eval_dir)
     needs_calibration = request.precision == "int8"
     calibration = (
@@ -83,28 +82,31 @@ def build(request: BuildRequest) -> dict[str, Any]:
             runtime, artifact_name = "litert", artifact.name
         else:
             artifact = staging / "saved_model"
-            item_shape = tuple(source_manifest["input"]["shape"][1:])
+            item_shape = source_manifest.item_shape
             tftrt.convert(source_artifact, artifact, request.precision, request.max_batch_size, item_shape, calibration)
             built = saved_model_predictor(artifact)
             runtime, artifact_name = "tensorflow", artifact.name
         verification = verify(saved_model_predictor(source_artifact), source_artifact, built, artifact, images, gate)
         if not verification.passed:
             raise VerificationFailed(verification)
-        manifest = {
-            **{k: v for k, v in source_manifest.items() if k not in ("artifacts", "parameters")},
-            "version": int(request.output.name),
-            "runtime": runtime,
-            "artifact": artifact_name,
-            "build": {
-                "source": {"name": source_manifest["name"], "version": source_manifest["version"]},
-                "target": request.target,
-                "precision": request.precision,
-                "batch_sizes": tftrt.engine_batch_sizes(request.max_batch_size),
-                "calibration_images": 0 if calibration is None else len(calibration),
-                "verification": verification.as_dict(),
-            },
-        }
-        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        manifest = source_manifest.model_copy(
+            update={
+                "version": int(request.output.name),
+                "runtime": runtime,
+                "artifact": artifact_name,
+                "artifacts": {},
+                "parameters": {},
+                "build": {
+                    "source": {"name": source_manifest.name, "version": source_manifest.version},
+                    "target": request.target,
+                    "precision": request.precision,
+                    "batch_sizes": tftrt.engine_batch_sizes(request.max_batch_size),
+                    "calibration_images": 0 if calibration is None else len(calibration),
+                    "verification": verification.as_dict(),
+                },
+            }
+        )
+        manifest.write(staging)
         shutil.move(str(staging), str(request.output))
     log.info("published %s (%s %s): %s", request.output, request.target, request.precision, verification)
     return manifest

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
 
-from trt_build.preprocess import center_crop_resize
+from model_contract.preprocess import PreprocessSpec, center_crop_resize
 
 SKIMAGE_PHOTOS = ("chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png", "camera.png", "astronaut.png")
 MATPLOTLIB_PHOTOS = ("grace_hopper.jpg",)
@@ -65,10 +65,8 @@ def image_stream(photos: list[Image.Image], count: int, seed: int) -> Iterator[I
 
 
 def evaluation_tensors(
-    preprocessing: dict[str, object], count: int, seed: int = 0, folder: Path | None = None
+    preprocessing: PreprocessSpec, count: int, seed: int = 0, folder: Path | None = None
 ) -> np.ndarray:
     """``count`` model inputs (N, crop, crop, 3) uint8, preprocessed as the server does."""
     photos = folder_photos(folder) if folder else packaged_photos()
-    resize, crop = int(preprocessing["resize_shorter_side"]), int(preprocessing["crop_size"])  # type: ignore[call-overload]
-    interpolation = str(preprocessing.get("interpolation", "bicubic"))
-    return np.stack([center_crop_resize(im, resize, crop, interpolation) for im in image_stream(photos, count, seed)])
+    return np.stack([center_crop_resize(im, preprocessing) for im in image_stream(photos, count, seed)])

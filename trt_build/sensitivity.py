@@ -16,13 +16,13 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from model_contract.manifest import ModelManifest
 from trt_build import litert
 from trt_build.eval_images import evaluation_tensors
 from trt_build.verify import compare, predict_all, saved_model_predictor, tflite_predictor
@@ -65,10 +65,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--calibration-count", type=int, default=200)
     args = parser.parse_args(argv)
 
-    manifest = json.loads((args.source / "manifest.json").read_text())
-    saved_model = args.source / manifest["artifact"]
-    images = evaluation_tensors(manifest["preprocessing"], args.eval_count, seed=0)
-    calibration = evaluation_tensors(manifest["preprocessing"], args.calibration_count, seed=1)
+    manifest = ModelManifest.read(args.source)
+    saved_model = manifest.artifact_path(args.source, manifest.runtime)
+    images = evaluation_tensors(manifest.preprocessing, args.eval_count, seed=0)
+    calibration = evaluation_tensors(manifest.preprocessing, args.calibration_count, seed=1)
     layers = quantized_layers(saved_model, calibration, calibration[:20])
     source = predict_all(saved_model_predictor(saved_model), images, 32, "source")
 

@@ -15,10 +15,10 @@ from collections.abc import Iterable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from model_contract.errors import ErrorKind, ServiceError
 from server.api.error_handlers import refuse
 from server.api_keys import ApiKeys, Client
 from server.cpu_budget import CpuAccount, CpuBudgets, current_account
-from server.errors import ErrorKind, ServiceError
 from server.rate_limit import RateLimiter
 
 ADMIN_PREFIX = "/v2/repository"

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from model_contract.errors import ErrorKind, ServiceError
 from server.admission import Admission
 from server.api.error_handlers import refuse
-from server.errors import ErrorKind, ServiceError
 
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 

@@ -10,7 +10,7 @@ import asyncio
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from server.errors import ErrorKind, ServiceError
+from model_contract.errors import ErrorKind, ServiceError
 
 
 class BodyDeadline:

@@ -14,7 +14,7 @@ from typing import TypeVar
 
 from fastapi import Request
 
-from server.errors import ErrorKind, ServiceError
+from model_contract.errors import ErrorKind, ServiceError
 
 T = TypeVar("T")
 

@@ -7,11 +7,12 @@ from typing import Any
 from fastapi import APIRouter, Header, Query, Request
 from starlette.responses import Response
 
+from model_contract.errors import ServiceError
 from server.api import uploads
 from server.api.deps import registry_of, service_of, settings_of
 from server.api.disconnect import unless_disconnected
+from server.api.error_handlers import imgserve_body
 from server.api.responses import OrjsonResponse
-from server.errors import ServiceError
 from server.runtimes import choose_runtime
 from server.service import Classification, ItemOutcome
 
@@ -69,7 +70,7 @@ def classification_body(result: Classification) -> dict[str, Any]:
 
 def _item_body(outcome: ItemOutcome) -> dict[str, Any]:
     if isinstance(outcome, ServiceError):
-        return outcome.body()
+        return imgserve_body(outcome)
     return classification_body(outcome)
 
 

@@ -16,11 +16,11 @@ import numpy as np
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from model_contract.errors import ErrorKind, ServiceError, echo
 from server.api.deps import registry_of, service_of
 from server.api.disconnect import unless_disconnected
 from server.api.openapi_bodies import TF_SERVING
 from server.api.responses import OrjsonResponse
-from server.errors import ErrorKind, ServiceError, echo
 from server.model_instance import ModelInstance
 from server.service import top_k
 from server.tfserving_codec import ModelInput, TFServingRequest, parse_request

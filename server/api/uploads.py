@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import Request
 from starlette.datastructures import UploadFile
 
-from server.errors import ErrorKind, ServiceError
+from model_contract.errors import ErrorKind, ServiceError
 
 RAW_BODY_TYPES = ("image/", "application/octet-stream")
 

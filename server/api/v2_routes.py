@@ -16,12 +16,12 @@ import numpy as np
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from model_contract.errors import ServiceError
+from model_contract.manifest import ModelManifest
 from server.api.deps import registry_of, service_of
 from server.api.disconnect import unless_disconnected
 from server.api.openapi_bodies import V2_INFER
 from server.api.responses import OrjsonResponse
-from server.errors import ServiceError
-from server.manifest import ModelManifest
 from server.model_instance import ModelInstance
 from server.v2_codec import (
     InferRequest,

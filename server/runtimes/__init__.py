@@ -9,7 +9,7 @@ from __future__ import annotations
 from importlib import import_module
 from pathlib import Path
 
-from server.manifest import ModelManifest
+from model_contract.manifest import ModelManifest
 from server.runtimes.base import Runtime, RuntimeOptions
 
 RUNTIMES: dict[str, str] = {

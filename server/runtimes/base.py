@@ -8,7 +8,7 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-from server.manifest import ModelManifest
+from model_contract.manifest import ModelManifest
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from server.manifest import ModelManifest
+from model_contract.manifest import ModelManifest
 from server.runtimes.base import RuntimeOptions
 
 

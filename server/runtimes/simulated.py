@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from server.manifest import ModelManifest
+from model_contract.manifest import ModelManifest
 from server.runtimes.base import RuntimeOptions
 
 

@@ -29,7 +29,7 @@ def simulated_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     repository = tmp_path_factory.mktemp("models")
     write_simulated_model(repository, fixed_s=0.002, per_image_s=0.0001)
     port = free_port()
-    command = [sys.executable, "-m", "server.cli", "serve", "--port", str(port), "--model-repository", str(repository)]
+    command = [sys.executable, "-m", "imgserve", "serve", "--port", str(port), "--model-repository", str(repository)]
     with server_process(command, port, {"IMGSERVE_DEFAULT_MODEL": "simulated"}, startup_s=60) as (base_url, _):
         yield base_url
 

@@ -13,9 +13,9 @@ from typing import Any
 import httpx
 import pytest
 
+from imgserve.cli import main
 from server.api.access import host_allowed
 from server.api_keys import ApiKeys, Client, digest, parse_key_file
-from server.cli import main
 from server.cpu_budget import CpuBudgets
 from tests.fakes import GatedRuntime
 from tests.server.test_admission import heavy_png, v2_bytes

@@ -19,8 +19,9 @@ import pytest
 from PIL import Image
 from pydantic import ValidationError
 
+from model_contract.errors import ServiceError
 from server.api.admit import declared_length
-from server.errors import ServiceError
+from server.api.error_handlers import HTTP_STATUS
 from server.settings import BatchingSettings, LimitSettings
 from tests.fakes import GatedRuntime
 from tests.server.test_api_fake_runtime import MODEL, fake_app, png, queue_depth, start_blocking_call, until
@@ -184,7 +185,7 @@ def test_content_length_is_digits_only(value: bytes, length: int | None) -> None
     if length is None:
         with pytest.raises(ServiceError) as refused:
             declared_length(scope)
-        assert refused.value.status == 400
+        assert HTTP_STATUS[refused.value.kind] == 400
     else:
         assert declared_length(scope) == length
 

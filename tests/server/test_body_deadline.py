@@ -8,8 +8,9 @@ from collections.abc import Awaitable, Callable
 import pytest
 from starlette.types import Message, Receive, Scope, Send
 
+from model_contract.errors import ErrorKind, ServiceError
 from server.api.body_deadline import BodyDeadline
-from server.errors import ErrorKind, ServiceError
+from server.api.error_handlers import HTTP_STATUS
 
 SCOPE: Scope = {"type": "http", "method": "POST", "path": "/v1/classify", "headers": []}
 
@@ -41,7 +42,7 @@ def test_a_body_that_stops_half_way_raises_request_timeout() -> None:
 
     with pytest.raises(ServiceError) as caught:
         _run(app, [{"type": "http.request", "body": b"half", "more_body": True}], timeout_s=0.05)
-    assert caught.value.kind is ErrorKind.REQUEST_TIMEOUT and caught.value.status == 408
+    assert caught.value.kind is ErrorKind.REQUEST_TIMEOUT and HTTP_STATUS[caught.value.kind] == 408
 
 
 @pytest.mark.parametrize(

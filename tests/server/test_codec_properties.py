@@ -14,7 +14,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from server.errors import ServiceError
+from model_contract.errors import ServiceError
+from server.api.error_handlers import HTTP_STATUS
 from server.tfserving_codec import ModelInput, parse_request
 from server.v2_codec import ProtocolError, TensorLimits, model_images, parse_header_length, parse_infer_request
 
@@ -47,7 +48,7 @@ def client_error_or_result(call: Callable[[], Any]) -> Any:
     try:
         return call()
     except ServiceError as exc:
-        assert 400 <= exc.status < 500, f"{exc.status}: {exc.message}"
+        assert 400 <= HTTP_STATUS[exc.kind] < 500, f"{HTTP_STATUS[exc.kind]}: {exc.message}"
         assert len(exc.message) <= 400
         return None
 
@@ -161,7 +162,7 @@ def test_v2_a_huge_declared_shape_is_refused_before_any_arithmetic_on_it() -> No
     try:
         parse_infer_request(body, None, LIMITS)
     except ServiceError as exc:
-        assert exc.status == 413 and "more than" in exc.message
+        assert HTTP_STATUS[exc.kind] == 413 and "more than" in exc.message
     else:
         raise AssertionError("accepted")
 

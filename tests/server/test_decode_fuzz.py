@@ -19,8 +19,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from server.errors import ServiceError
-from server.imaging import DecodeLimits, PreprocessSpec, image_to_tensor
+from model_contract.errors import ServiceError
+from model_contract.imaging import image_to_tensor
+from model_contract.preprocess import PreprocessSpec
+from server.api.error_handlers import HTTP_STATUS
 from server.settings import LimitSettings
 from tests.server.image_mutations import PNG_SIGNATURE, corpus, mutate
 
@@ -30,10 +32,10 @@ pytestmark = pytest.mark.filterwarnings("ignore:::PIL")
 
 MUTANTS = int(os.environ.get("IMGSERVE_FUZZ_MUTANTS", "3"))
 BASE_SEED = os.environ.get("IMGSERVE_FUZZ_SEED", "0")
-LIMITS = DecodeLimits.from_limits(LimitSettings())
+LIMITS = LimitSettings().decode_limits()
 # The served model's preprocessing, and a small one under which the 96-pixel seeds are big
 # enough to take the shrinking path (reduced by 2) like a large upload would.
-SPECS = (PreprocessSpec(256, 224), PreprocessSpec(16, 16))
+SPECS = (PreprocessSpec(resize_shorter_side=256, crop_size=224), PreprocessSpec(resize_shorter_side=16, crop_size=16))
 HYPOTHESIS = settings(
     max_examples=max(30, 40 * MUTANTS),
     deadline=None,
@@ -48,7 +50,7 @@ def broken_contract(data: bytes, spec: PreprocessSpec) -> str | None:
     try:
         tensor = image_to_tensor(data, spec, LIMITS)
     except ServiceError as exc:
-        return None if 400 <= exc.status < 500 else f"HTTP {exc.status}: {exc.message}"
+        return None if 400 <= HTTP_STATUS[exc.kind] < 500 else f"HTTP {HTTP_STATUS[exc.kind]}: {exc.message}"
     except Exception as exc:
         where = traceback.extract_tb(exc.__traceback__)[-1]
         return f"{type(exc).__name__}: {exc} (at {where.filename}:{where.lineno})"

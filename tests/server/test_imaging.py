@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from server.errors import ErrorKind, ServiceError
-from server.imaging import DecodeLimits, PreprocessSpec, decode, decoded_bytes, image_to_tensor
+from model_contract.errors import ErrorKind, ServiceError
+from model_contract.imaging import DecodeLimits, decode, decoded_bytes, image_to_tensor
+from model_contract.preprocess import PreprocessSpec
 
 SPEC = PreprocessSpec(resize_shorter_side=256, crop_size=224)
 MAX_PIXELS = 40_000_000
@@ -230,6 +231,9 @@ def test_a_crop_as_large_as_the_resize_fits_every_image_size(size: tuple[int, in
     # Found by the fuzzer: with crop_size == resize_shorter_side the crop box came out a rounding
     # error past the image's edge for some shorter sides (55, 95, 98...) and Pillow's ValueError
     # became a 500.
-    for spec in (PreprocessSpec(224, 224), PreprocessSpec(16, 16)):
+    for spec in (
+        PreprocessSpec(resize_shorter_side=224, crop_size=224),
+        PreprocessSpec(resize_shorter_side=16, crop_size=16),
+    ):
         tensor = image_to_tensor(encode(photo().resize(size), "PNG"), spec, LIMITS)
         assert tensor.shape == (spec.crop_size, spec.crop_size, 3)

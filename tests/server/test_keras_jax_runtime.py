@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 
 from loadtests.server_process import free_port, server_process
-from server.imaging import DecodeLimits, PreprocessSpec, image_to_tensor
-from server.manifest import ModelManifest
+from model_contract.imaging import DecodeLimits, image_to_tensor
+from model_contract.manifest import ModelManifest
 from server.model_repository import latest_versions
 from server.runtimes import RuntimeOptions, load_runtime
 from tests.conftest import PHOTOS
@@ -40,7 +40,7 @@ def jax_server(model_repository: Path, compute_dtype: str) -> Iterator[str]:
         "IMGSERVE_BATCHING__MAX_BATCH_SIZE": "4",
         "IMGSERVE_BATCHING__ALLOWED_BATCH_SIZES": "[1,4]",
     }
-    command = [sys.executable, "-m", "server.cli", "serve", "--port", str(port)]
+    command = [sys.executable, "-m", "imgserve", "serve", "--port", str(port)]
     command += ["--model-repository", str(model_repository)]
     with server_process(command, port, env, startup_s=240) as (base_url, _):
         yield base_url
@@ -61,8 +61,7 @@ def tensorflow_probabilities(model_repository: Path, photo_bytes: dict[str, byte
     (version,) = [v for v in latest_versions(model_repository) if v.manifest.name == "efficientnet_lite0"]
     manifest: ModelManifest = version.manifest
     runtime = load_runtime(manifest, version.path, RuntimeOptions())
-    p = manifest.preprocessing
-    spec = PreprocessSpec(p.resize_shorter_side, p.crop_size, p.interpolation)
+    spec = manifest.preprocessing
     batch = np.stack([image_to_tensor(photo_bytes[name], spec, DecodeLimits(50_000_000, 1 << 30)) for name in PHOTOS])
     return dict(zip(PHOTOS, runtime.predict(batch), strict=True))
 

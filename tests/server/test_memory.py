@@ -12,7 +12,7 @@ import textwrap
 
 import pytest
 
-from server.memory import release_freed_memory
+from model_contract.memory import release_freed_memory
 from tests.conftest import REPO_ROOT
 
 MB = 1024 * 1024
@@ -31,7 +31,8 @@ MEASURE = textwrap.dedent(
     from concurrent.futures import ThreadPoolExecutor
     import numpy as np
     from PIL import Image
-    from server.imaging import DecodeLimits, PreprocessSpec, image_to_tensor
+    from model_contract.imaging import DecodeLimits, image_to_tensor
+    from model_contract.preprocess import PreprocessSpec
 
     def status(key):
         with open("/proc/self/status") as lines:
@@ -50,7 +51,7 @@ MEASURE = textwrap.dedent(
 
     case = json.loads(sys.argv[1])
     images = [png(mode, width, height) for mode, width, height in case["images"]]
-    spec, limits = PreprocessSpec(256, 224), DecodeLimits(10**9, 10**12)
+    spec, limits = PreprocessSpec(resize_shorter_side=256, crop_size=224), DecodeLimits(10**9, 10**12)
     with open("/proc/self/clear_refs", "w") as clear:
         clear.write("5")  # the peak (VmHWM) starts again from here
     before = status("VmRSS")

@@ -15,8 +15,8 @@ import numpy as np
 from PIL import Image
 
 from loadtests.batching_bench import write_model
+from model_contract.manifest import ModelManifest
 from server.app import create_app
-from server.manifest import ModelManifest
 from server.runtimes import RuntimeOptions
 from server.settings import BatchingSettings, Settings
 from tests.fakes import GatedRuntime

@@ -19,9 +19,9 @@ from PIL import Image
 
 import server.registry
 from loadtests.batching_bench import write_model
+from model_contract.errors import ServiceError
+from model_contract.manifest import MANIFEST_FILE, ModelManifest
 from server.app import create_app
-from server.errors import ServiceError
-from server.manifest import MANIFEST_FILE, ModelManifest
 from server.metrics import Metrics
 from server.model_repository import scan_repository, served_versions
 from server.registry import ModelRegistry

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from server.manifest import ModelManifest
+from model_contract.manifest import ModelManifest
 from server.runtimes import RUNTIMES, RuntimeOptions, load_runtime
 
 

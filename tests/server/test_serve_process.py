@@ -23,7 +23,7 @@ pytestmark = pytest.mark.e2e
 def served(model_repository: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     port = free_port()
     env = {"IMGSERVE_BATCHING__MAX_BATCH_SIZE": "8", "IMGSERVE_LIMITS__MAX_BODY_BYTES": "1000000"}
-    command = [sys.executable, "-m", "server.cli", "serve", "--port", str(port)]
+    command = [sys.executable, "-m", "imgserve", "serve", "--port", str(port)]
     command += ["--model-repository", str(model_repository)]
     with server_process(command, port, env, startup_s=180, stderr=subprocess.PIPE) as served:
         yield served

@@ -44,7 +44,7 @@ def _server(
         repository, "simulated", "simulated", parameters={"fixed_seconds": model_seconds, "per_image_seconds": 0}
     )
     port = free_port()
-    command = [sys.executable, "-m", "server.cli", "serve", "--port", str(port), "--model-repository", str(repository)]
+    command = [sys.executable, "-m", "imgserve", "serve", "--port", str(port), "--model-repository", str(repository)]
     env = {"IMGSERVE_DEFAULT_MODEL": "simulated", **env}
     with (
         (folder / "server.log").open("wb") as log,

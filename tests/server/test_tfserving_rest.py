@@ -10,8 +10,9 @@ import httpx
 import numpy as np
 import pytest
 
+from model_contract.imaging import DecodeLimits, image_to_tensor
+from model_contract.preprocess import PreprocessSpec
 from server.app import create_app
-from server.imaging import DecodeLimits, PreprocessSpec, image_to_tensor
 from server.settings import BatchingSettings, Settings
 from tests.conftest import PHOTOS
 from tests.live_server import live_server
@@ -42,7 +43,9 @@ def test_predict_row_form_with_b64_images(client: httpx.Client, photo_bytes: dic
 
 
 def test_predict_columnar_form_with_pixel_tensors(client: httpx.Client, photo_bytes: dict[str, bytes]) -> None:
-    pixels = image_to_tensor(photo_bytes["coffee"], PreprocessSpec(256, 224), DecodeLimits(50_000_000, 1 << 30))
+    pixels = image_to_tensor(
+        photo_bytes["coffee"], PreprocessSpec(resize_shorter_side=256, crop_size=224), DecodeLimits(50_000_000, 1 << 30)
+    )
     body = {"inputs": {"images": [pixels.tolist()]}}
     response = client.post(f"/v1/models/{MODEL}/versions/1:predict", json=body)
     assert response.status_code == 200, response.text

@@ -13,8 +13,9 @@ import tritonclient.http as triton
 from PIL import Image
 from tritonclient.utils import InferenceServerException
 
+from model_contract.imaging import DecodeLimits, image_to_tensor
+from model_contract.preprocess import PreprocessSpec
 from server.app import create_app
-from server.imaging import DecodeLimits, PreprocessSpec, image_to_tensor
 from server.settings import BatchingSettings, Settings
 from tests.conftest import PHOTOS
 from tests.live_server import live_server
@@ -39,7 +40,7 @@ def client(base_url: str) -> Iterator[triton.InferenceServerClient]:
 
 @pytest.fixture(scope="module")
 def coffee_and_cat(photo_bytes: dict[str, bytes]) -> np.ndarray:
-    spec = PreprocessSpec(256, 224)
+    spec = PreprocessSpec(resize_shorter_side=256, crop_size=224)
     return np.stack(
         [image_to_tensor(photo_bytes[name], spec, DecodeLimits(50_000_000, 1 << 30)) for name in ("coffee", "chelsea")]
     )

@@ -13,8 +13,9 @@ from functools import partial
 import orjson
 import pytest
 
+from model_contract.errors import ErrorKind, ServiceError
+from server.api.error_handlers import HTTP_STATUS
 from server.cpu_budget import CpuAccount, CpuBudgets, current_account
-from server.errors import ErrorKind, ServiceError
 from server.v2_codec import ProtocolError, TensorLimits, parse_infer_request
 from server.work_pool import YIELDING_NICENESS, WorkPool
 from tests.fakes import settle
@@ -159,7 +160,7 @@ def test_isolated_work_runs_in_another_process_and_its_result_errors_and_cpu_com
         current_account.set(None)
         with pytest.raises(ProtocolError) as malformed:  # a client error crosses the boundary intact
             await pool.run_isolated(partial(parse_infer_request, b"{", None, limits))
-        assert malformed.value.status == 400 and "JSON" in malformed.value.message
+        assert HTTP_STATUS[malformed.value.kind] == 400 and "JSON" in malformed.value.message
         await asyncio.to_thread(pool.shutdown)
 
     asyncio.run(scenario())
@@ -187,7 +188,7 @@ def test_a_parse_past_the_workers_memory_limit_is_413_and_the_worker_lives_on() 
         worker = await pool.run_isolated(os.getpid)
         with pytest.raises(ServiceError) as refused:
             await pool.run_isolated(partial(bytearray, 2 << 30))  # 2 GiB in a 1 GiB worker
-        assert refused.value.status == 413
+        assert HTTP_STATUS[refused.value.kind] == 413
         assert await pool.run_isolated(os.getpid) == worker
         await asyncio.to_thread(pool.shutdown)
 

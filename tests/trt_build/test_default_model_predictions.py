@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from server.imaging import DecodeLimits, PreprocessSpec, image_to_tensor
-from server.manifest import ModelManifest
+from model_contract.imaging import DecodeLimits, image_to_tensor
+from model_contract.manifest import ModelManifest
 from server.model_repository import latest_versions
 from server.runtimes import RuntimeOptions, load_runtime
 from tests.conftest import GRACE_HOPPER, MILITARY_UNIFORM, PHOTOS, photo_path
@@ -22,8 +22,7 @@ def served(model_repository: Path) -> tuple[ModelManifest, object]:
 
 def _probabilities(served: tuple[ModelManifest, object], files: list[Path]) -> np.ndarray:
     manifest, runtime = served
-    p = manifest.preprocessing
-    spec = PreprocessSpec(p.resize_shorter_side, p.crop_size, p.interpolation)
+    spec = manifest.preprocessing
     batch = np.stack([image_to_tensor(f.read_bytes(), spec, DecodeLimits(50_000_000, 1 << 30)) for f in files])
     return runtime.predict(batch)  # type: ignore[attr-defined,no-any-return]
 

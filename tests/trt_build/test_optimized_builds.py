@@ -10,8 +10,9 @@ import httpx
 import numpy as np
 import pytest
 
+from imgserve.cli import main as imgserve
+from model_contract.preprocess import PreprocessSpec
 from server.app import create_app
-from server.cli import main as imgserve
 from server.settings import BatchingSettings, Settings
 from tests.live_server import live_server
 from trt_build import litert, sensitivity, tftrt
@@ -20,7 +21,7 @@ from trt_build.eval_images import evaluation_tensors
 from trt_build.verify import Gate, compare
 
 SOURCE = Path("models/efficientnet_lite0/1")
-PREPROCESSING = {"resize_shorter_side": 256, "crop_size": 224, "interpolation": "bicubic"}
+PREPROCESSING = PreprocessSpec(resize_shorter_side=256, crop_size=224, interpolation="bicubic")
 
 
 @pytest.fixture(scope="module")

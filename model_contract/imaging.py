@@ -21,18 +21,13 @@ import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import ExifTags, Image, ImageMode, UnidentifiedImageError
 
-from server.errors import ErrorKind, ServiceError, echo
-from server.memory import RELEASE_AFTER_BYTES, release_freed_memory
-from trt_build.preprocess import RESAMPLING
-from trt_build.preprocess import center_crop_resize as crop_resize
-
-if TYPE_CHECKING:
-    from server.settings import LimitSettings
+from model_contract.errors import ErrorKind, ServiceError, echo
+from model_contract.memory import RELEASE_AFTER_BYTES, release_freed_memory
+from model_contract.preprocess import PreprocessSpec, center_crop_resize
 
 SUPPORTED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF"})
 # Modes that convert to RGB exactly as they always have: the served model's accuracy rests on it.
@@ -58,28 +53,11 @@ _EXIF_TRANSPOSE = {
 
 
 @dataclass(frozen=True)
-class PreprocessSpec:
-    resize_shorter_side: int
-    crop_size: int
-    interpolation: str = "bicubic"
-
-    def __post_init__(self) -> None:
-        if self.interpolation not in RESAMPLING:
-            raise ValueError(f"unknown interpolation {self.interpolation!r}")
-        if self.crop_size > self.resize_shorter_side:
-            raise ValueError("crop_size must not exceed resize_shorter_side")
-
-
-@dataclass(frozen=True)
 class DecodeLimits:
     """What one image may cost: its pixels (width x height), and its bytes once decoded."""
 
     max_pixels: int
     max_decoded_bytes: int
-
-    @classmethod
-    def from_limits(cls, limits: LimitSettings) -> DecodeLimits:
-        return cls(limits.max_image_pixels, limits.max_decoded_image_bytes)
 
 
 @contextmanager
@@ -283,10 +261,6 @@ def _upright_rgb(image: Image.Image, min_shorter_side: int) -> Image.Image:
     if turn is not None:
         image = image.transpose(turn)
     return to_rgb(image, min_shorter_side)
-
-
-def center_crop_resize(image: Image.Image, spec: PreprocessSpec) -> np.ndarray:
-    return crop_resize(image, spec.resize_shorter_side, spec.crop_size, spec.interpolation)
 
 
 def image_to_tensor(data: bytes, spec: PreprocessSpec, limits: DecodeLimits) -> np.ndarray:

@@ -1,11 +1,17 @@
-"""The manifest a build writes next to each model version; the server's only view of it."""
+"""The manifest a build writes next to each model version: its reader and its writer.
+
+Every build writes a version through ``ModelManifest.write`` and everything that looks at one
+(the server, ``imgserve verify``, the benchmarks) reads it through ``ModelManifest.read``.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path, PurePath
-from typing import Literal
+from typing import Any
 
 from pydantic import BaseModel, Field
+
+from model_contract.preprocess import PreprocessSpec
 
 MANIFEST_FILE = "manifest.json"
 MAX_FILE_BYTES = 16 * 1024 * 1024
@@ -41,15 +47,6 @@ class TensorSpec(BaseModel):
     shape: list[int] = Field(description="-1 marks the batch dimension.")
 
 
-class Preprocessing(BaseModel):
-    resize_shorter_side: int = Field(gt=0)
-    crop_size: int = Field(gt=0)
-    interpolation: Literal["bicubic", "bilinear"] = "bicubic"
-    mean: float = 0.0
-    std: float = 1.0
-    normalization: Literal["in_graph", "host"] = "in_graph"
-
-
 class ModelManifest(BaseModel):
     name: str
     version: int = Field(ge=1)
@@ -58,7 +55,7 @@ class ModelManifest(BaseModel):
     signature: str = "serving_default"
     input: TensorSpec
     output: TensorSpec
-    preprocessing: Preprocessing
+    preprocessing: PreprocessSpec
     labels: list[str]
     source: dict[str, str] = Field(default_factory=dict)
     parameters: dict[str, float] = Field(default_factory=dict, description="Runtime-specific settings.")
@@ -68,9 +65,24 @@ class ModelManifest(BaseModel):
         "the bare network: the runtime applies the preprocessing's mean and std itself.",
     )
 
+    build: dict[str, Any] | None = Field(
+        default=None, description="How ``imgserve build`` made this version, and its verification figures."
+    )
+
     @classmethod
     def read(cls, version_dir: Path) -> ModelManifest:
         return cls.model_validate_json(read_small_file(version_dir / MANIFEST_FILE))
+
+    @staticmethod
+    def is_version(folder: Path) -> bool:
+        return (folder / MANIFEST_FILE).is_file()
+
+    def write(self, version_dir: Path) -> Path:
+        """Write ``manifest.json`` into ``version_dir`` (a staging folder: builds publish a
+        version by renaming the whole folder into place)."""
+        path = version_dir / MANIFEST_FILE
+        path.write_text(self.model_dump_json(indent=2, exclude_none=True))
+        return path
 
     def artifact_for(self, runtime: str) -> str:
         """The runtime's artifact path as the manifest gives it; unchecked: serve through ``artifact_path``."""

@@ -1,0 +1,5 @@
+import sys
+
+from imgserve.cli import main
+
+sys.exit(main())

@@ -1,0 +1,124 @@
+"""The build commands of ``imgserve``: build-default, build, verify, build-resnet50."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+
+def _build_default(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from trt_build.default_model.build import build_default_model
+
+    path = build_default_model(Path(args.repository), force=args.force)
+    print(path)
+    return 0
+
+
+def _build_resnet50(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from trt_build.resnet50 import build_resnet50_random
+
+    print(build_resnet50_random(Path(args.repository), force=args.force))
+    return 0
+
+
+def _build(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from trt_build.builder import BuildRequest, VerificationFailed, build
+    from trt_build.tftrt import TensorRTUnavailable
+
+    request = BuildRequest(
+        source=args.source,
+        target=args.target,
+        precision=args.precision,
+        output=args.output,
+        max_batch_size=args.max_batch_size,
+        calibration_dir=args.calibration_dir,
+        eval_dir=args.eval_dir,
+        eval_count=args.eval_count,
+        min_top1_agreement=args.min_top1_agreement,
+        decided_probability=args.decided_probability,
+    )
+    try:
+        manifest = build(request)
+    except TensorRTUnavailable as exc:
+        print(f"imgserve build: {exc}", file=sys.stderr)
+        return 2
+    except VerificationFailed as exc:
+        print(f"imgserve build: {exc}\n{json.dumps(exc.verification.as_dict(), indent=2)}", file=sys.stderr)
+        return 1
+    print(json.dumps(manifest.build, indent=2))
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from model_contract.manifest import ModelManifest
+    from trt_build.eval_images import evaluation_tensors
+    from trt_build.verify import Gate, saved_model_predictor, tflite_predictor, verify
+
+    source = ModelManifest.read(args.source)
+    built = ModelManifest.read(args.built)
+    images = evaluation_tensors(source.preprocessing, args.eval_count, folder=args.eval_dir)
+    built_artifact = built.artifact_path(args.built, built.runtime)
+    predictor = tflite_predictor(built_artifact) if built.runtime == "litert" else saved_model_predictor(built_artifact)
+    precision = (built.build or {}).get("precision", "fp32")
+    source_artifact = source.artifact_path(args.source, source.runtime)
+    result = verify(
+        saved_model_predictor(source_artifact), source_artifact, predictor, built_artifact, images,
+        Gate.for_precision(precision, args.min_top1_agreement, args.decided_probability),
+    )  # fmt: skip
+    print(json.dumps(result.as_dict(), indent=2))
+    return 0 if result.passed else 1
+
+
+def _add_gate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--min-top1-agreement", type=float, help="override the precision's threshold (fp16 0.995, int8 0.99)"
+    )
+    parser.add_argument(
+        "--decided-probability",
+        type=float,
+        help="images count for top-1 agreement when the source gives its top class at least this (default 0.5; "
+        "0 counts every image)",
+    )
+
+
+def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    build = commands.add_parser("build-default", help="build EfficientNet-Lite0 into the model repository")
+    build.add_argument("--repository", default="models", help="model repository (default ./models)")
+    build.add_argument("--force", action="store_true", help="rebuild even if already built")
+    build.set_defaults(run=_build_default)
+
+    optimize = commands.add_parser("build", help="build an optimized version (LiteRT, TF-TRT) and verify it")
+    optimize.add_argument("source", type=Path, help="source version folder, e.g. models/efficientnet_lite0/1")
+    optimize.add_argument("--target", choices=["litert", "tftrt"], required=True)
+    optimize.add_argument("--precision", choices=["fp32", "fp16", "dynamic", "int8"], default="fp32")
+    optimize.add_argument(
+        "--output", type=Path, required=True, help="new version folder, e.g. models/efficientnet_lite0/2"
+    )
+    optimize.add_argument("--max-batch-size", type=int, default=32, help="largest batch engines are built for")
+    optimize.add_argument("--calibration-dir", type=Path, help="images for int8 calibration (default: packaged photos)")
+    optimize.add_argument("--eval-dir", type=Path, help="images to verify on (default: packaged photos + variations)")
+    optimize.add_argument("--eval-count", type=int, default=300, help="how many images to verify on")
+    _add_gate_arguments(optimize)
+    optimize.set_defaults(run=_build)
+
+    check = commands.add_parser("verify", help="compare a built version with its source on real images")
+    check.add_argument("source", type=Path)
+    check.add_argument("built", type=Path)
+    check.add_argument("--eval-dir", type=Path)
+    check.add_argument("--eval-count", type=int, default=300)
+    _add_gate_arguments(check)
+    check.set_defaults(run=_verify)
+
+    resnet = commands.add_parser(
+        "build-resnet50", help="build ResNet50 with RANDOM weights (a throughput model) for the keras_jax runtime"
+    )
+    resnet.add_argument("--repository", default="models_gpu", help="model repository (default ./models_gpu)")
+    resnet.add_argument("--force", action="store_true", help="rebuild even if already built")
+    resnet.set_defaults(run=_build_resnet50)
