@@ -47,7 +47,10 @@ def test_a_published_build_carries_its_verification_report(fp16_repository: Path
     assert (manifest["runtime"], manifest["artifact"], manifest["version"]) == ("litert", "model.tflite", 2)
     report = manifest["build"]["verification"]
     assert report["passed"] and report["images"] == 60 and report["failures"] == []
-    assert report["decided_top1_agreement"] >= 0.995 and report["top1_agreement"] >= 0.995
+    assert report["decided_top1_agreement"] >= 0.995 and report["top1_in_source_top5"] == 1.0
+    # On every image, near ties included: one of these 60 is a near tie (0.2035 against 0.2048)
+    # that fp16 weights flip.
+    assert report["top1_agreement"] >= 0.98
     assert report["built_bytes"] < report["source_bytes"] / 3  # fp16 weights, no graph overhead
     assert manifest["build"]["source"] == {"name": "efficientnet_lite0", "version": 1}
     assert manifest["preprocessing"]["crop_size"] == 224 and len(manifest["labels"]) == 1000
