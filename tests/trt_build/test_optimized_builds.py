@@ -56,6 +56,17 @@ def test_a_published_build_carries_its_verification_report(fp16_repository: Path
     assert manifest["preprocessing"]["crop_size"] == 224 and len(manifest["labels"]) == 1000
 
 
+def test_imgserve_verify_checks_a_published_build_against_its_source(
+    model_repository: Path, fp16_repository: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = model_repository / "efficientnet_lite0" / "1"
+    built = fp16_repository / "efficientnet_lite0" / "2"
+    assert imgserve(["verify", str(source), str(built), "--eval-count", "60"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["passed"] and report["images"] == 60 and report["decided_top1_agreement"] >= 0.995
+    assert report["max_abs_prob_diff"] < 0.05  # fp16 weights on the same tensors: small differences
+
+
 def test_the_litert_build_is_served_through_the_http_api(fp16_repository: Path, photo_bytes: dict[str, bytes]) -> None:
     settings = Settings(model_repository=fp16_repository, batching=BatchingSettings(max_batch_size=4))
     with live_server(create_app(settings)) as base_url, httpx.Client(base_url=base_url, timeout=60) as client:
