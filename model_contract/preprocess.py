@@ -16,7 +16,7 @@ decoded image): the image decoded at full scale, its shorter side resized to
   (1/2 to 1/8, ``Image.draft``) when its shorter side keeps ``resize_shorter_side`` pixels, and
   the crop box, centred without torchvision's rounding, is resampled after Pillow's integer
   reduction (``reducing_gap``) (``center_crop_resize``). On JPEGs with 2000 to 4000 pixels on the
-  shorter side it decodes 4 to 8 times faster; served probabilities move by up to about 0.05, and
+  shorter side it decodes 5 to 8 times faster; served probabilities move by up to about 0.05, and
   a near tie can change its top-1.
 
 Alpha and high-bit-depth images are reduced before they are converted, in both modes (memory:
