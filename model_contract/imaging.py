@@ -3,11 +3,20 @@
 Runs in the decode thread pool (Pillow releases the GIL while decoding and resizing), so it
 must stay free of shared mutable state.
 
+Decode modes (the manifest's ``preprocessing.decode``, see ``model_contract.preprocess``):
+``"exact"`` decodes at full scale and resamples the reference's crop box, giving the reference
+pipeline's tensor (within 1 on uint8); ``"fast"`` decodes large JPEGs at a reduced DCT scale
+(``Image.draft``) and lets Pillow reduce by an integer factor before resampling.
+
 Memory: what an image will cost once decoded is checked from its header, before any pixel is
-decoded (``DecodeLimits``). Images that need more than an 8-bit conversion (alpha, 16- and
-32-bit samples) are first cut to the central square the model sees and reduced by an integer
-factor, a band at a time, so their conversions run on a small image: the decoded image is
-then the only full-size buffer.
+decoded (``DecodeLimits``): at full scale in exact mode, at the draft's scale in fast mode (so a
+JPEG that fast mode accepts may be refused in exact mode). Images that need more than an 8-bit
+conversion (alpha, 16- and 32-bit samples) are first cut to the central square the model sees
+and reduced by an integer factor, a band at a time, so their conversions run on a small image:
+the decoded image is then the only full-size buffer. This holds in both modes; in exact mode the
+reduced square is resampled with the reference's geometry of the whole image, so such an image
+(with a central square of 3x ``resize_shorter_side`` or more; smaller ones are not reduced)
+comes within rounding of the reference, as a reduction before resampling allows, not within 1.
 
 Errors: whatever Pillow raises while parsing and decoding the client's bytes is the client's
 fault (4xx). The steps after that work on decoded pixels of a known mode, so an exception
@@ -27,7 +36,7 @@ from PIL import ExifTags, Image, ImageMode, UnidentifiedImageError
 
 from model_contract.errors import ErrorKind, ServiceError, echo
 from model_contract.memory import RELEASE_AFTER_BYTES, release_freed_memory
-from model_contract.preprocess import PreprocessSpec, center_crop_resize
+from model_contract.preprocess import PreprocessSpec, center_crop_resize, exact_resize_crop
 
 SUPPORTED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF"})
 # Modes that convert to RGB exactly as they always have: the served model's accuracy rests on it.
@@ -49,6 +58,17 @@ _EXIF_TRANSPOSE = {
     6: Image.Transpose.ROTATE_270,
     7: Image.Transpose.TRANSVERSE,
     8: Image.Transpose.ROTATE_90,
+}
+# What each turn does to the axes: (upright x comes from the stored y, upright x runs backwards,
+# upright y runs backwards).
+_TURN_AXES = {
+    Image.Transpose.FLIP_LEFT_RIGHT: (False, True, False),
+    Image.Transpose.ROTATE_180: (False, True, True),
+    Image.Transpose.FLIP_TOP_BOTTOM: (False, False, True),
+    Image.Transpose.TRANSPOSE: (True, False, False),
+    Image.Transpose.ROTATE_270: (True, True, False),
+    Image.Transpose.TRANSVERSE: (True, True, True),
+    Image.Transpose.ROTATE_90: (True, False, True),
 }
 
 
@@ -130,16 +150,18 @@ def _draft(image: Image.Image, min_shorter_side: int) -> None:
             image.draft("RGB", (math.ceil(width * scale), math.ceil(height * scale)))
 
 
-def open_image(data: bytes, limits: DecodeLimits, min_shorter_side: int) -> Image.Image:
+def open_image(data: bytes, limits: DecodeLimits, draft_to: int | None) -> Image.Image:
     """Identify the image from its header and check what decoding it will cost, before any
-    pixel is decoded (after a JPEG's draft, which decides what will be)."""
+    pixel is decoded (after a JPEG's draft to ``draft_to`` pixels on the shorter side, if given,
+    which decides what will be)."""
     if not data:
         raise ServiceError(ErrorKind.EMPTY_BODY, "the image is empty")
     with _client_data():
         image = Image.open(io.BytesIO(data))
         _check_format(image)
         _check_pixels(image, limits.max_pixels)
-        _draft(image, min_shorter_side)
+        if draft_to is not None:
+            _draft(image, draft_to)
         _check_decoded_bytes(image, limits.max_decoded_bytes)
     return image
 
@@ -177,12 +199,17 @@ def _central_box(size: tuple[int, int]) -> tuple[int, int, int, int]:
     return left, top, left + keep_width, top + keep_height
 
 
+def _shrink_plan(size: tuple[int, int], min_shorter_side: int) -> tuple[tuple[int, int, int, int], int]:
+    """What ``shrink`` keeps of an image of this size, and the factor it reduces that by."""
+    left, top, right, bottom = _central_box(size)
+    return (left, top, right, bottom), max(1, min(right - left, bottom - top) // (_REDUCING_GAP * min_shorter_side))
+
+
 def shrink(image: Image.Image, min_shorter_side: int) -> Image.Image:
     """The central square, reduced by the integer factor the final resize would reduce it by,
     converted and reduced a band at a time so that no full-size copy is made. Alpha images come
     back RGBA; 16-bit ones 32-bit ("I")."""
-    left, top, right, bottom = _central_box(image.size)
-    factor = max(1, min(right - left, bottom - top) // (_REDUCING_GAP * min_shorter_side))
+    (left, top, right, bottom), factor = _shrink_plan(image.size, min_shorter_side)
     rows = factor * max(1, _BAND_PIXELS // ((right - left) * factor))  # whole reduction blocks per band
     out: Image.Image | None = None
     for y in range(top, bottom, rows):
@@ -238,36 +265,77 @@ def to_rgb(image: Image.Image, min_shorter_side: int) -> Image.Image:
     return image.convert("RGB")
 
 
-def decode(data: bytes, limits: DecodeLimits, min_shorter_side: int) -> Image.Image:
-    """Decode to upright RGB with at least ``min_shorter_side`` pixels on the shorter side
-    where the source has them; 8-bit images keep their full decoded size."""
-    return _decoded(data, limits, min_shorter_side)[0]
+@dataclass(frozen=True)
+class _Decoded:
+    """An upright RGB image: the whole source, or the window of it that ``shrink`` kept."""
+
+    image: Image.Image
+    source_size: tuple[int, int]
+    """The upright source's size as decoded (after a draft): what the crop's geometry is of."""
+    origin: tuple[float, float] = (0.0, 0.0)
+    """Where the image's top-left corner lies in the upright source."""
+    scale: int = 1
+    """Source pixels per image pixel, along each axis."""
 
 
-def _decoded(data: bytes, limits: DecodeLimits, min_shorter_side: int) -> tuple[Image.Image, int]:
-    """``decode``, and the bytes the source took once decoded."""
-    image = open_image(data, limits, min_shorter_side)
+def decode(data: bytes, limits: DecodeLimits, spec: PreprocessSpec) -> Image.Image:
+    """Decode to upright RGB as the spec's decode mode does: 8-bit images whole (in fast mode,
+    a large JPEG at the reduced scale that keeps ``resize_shorter_side`` pixels), alpha and
+    high-bit-depth ones as their reduced central square (``shrink``)."""
+    return _decoded(data, limits, spec)[0].image
+
+
+def _decoded(data: bytes, limits: DecodeLimits, spec: PreprocessSpec) -> tuple[_Decoded, int]:
+    """``decode``, where its image lies in the source, and the bytes the source took once decoded."""
+    image = open_image(data, limits, spec.resize_shorter_side if spec.decode == "fast" else None)
     size = decoded_bytes(image)
-    return _upright_rgb(image, min_shorter_side), size
+    return _upright_rgb(image, spec.resize_shorter_side), size
 
 
-def _upright_rgb(image: Image.Image, min_shorter_side: int) -> Image.Image:
+def _upright_size(size: tuple[int, int], turn: Image.Transpose | None) -> tuple[int, int]:
+    return size[::-1] if turn is not None and _TURN_AXES[turn][0] else size
+
+
+def _shrunk_window(
+    size: tuple[int, int], min_shorter_side: int, turn: Image.Transpose | None
+) -> tuple[tuple[float, float], int]:
+    """Where ``shrink``'s image lies in the upright source once both are turned, and its factor.
+    Its pixels are whole blocks counted from the kept box's top-left corner, the last ones
+    partial; a turn that runs an axis backwards puts the partial block first, and the origin
+    moves with it."""
+    (left, top, right, bottom), factor = _shrink_plan(size, min_shorter_side)
+    x = (left, math.ceil((right - left) / factor) * factor, size[0])  # start, extent, source length
+    y = (top, math.ceil((bottom - top) / factor) * factor, size[1])
+    swap, backwards_x, backwards_y = _TURN_AXES[turn] if turn is not None else (False, False, False)
+    if swap:
+        x, y = y, x
+    origin = (float(x[2] - x[0] - x[1] if backwards_x else x[0]), float(y[2] - y[0] - y[1] if backwards_y else y[0]))
+    return origin, factor
+
+
+def _upright_rgb(image: Image.Image, min_shorter_side: int) -> _Decoded:
     with _client_data():
         image.load()
         turn = _orientation(image)
+    source_size = _upright_size(image.size, turn)
     if _needs_shrinking(image):
+        origin, factor = _shrunk_window(image.size, min_shorter_side, turn)
         image = to_rgb(image, min_shorter_side)  # small from here on, so turn it afterwards
-        return image.transpose(turn) if turn is not None else image
+        return _Decoded(image.transpose(turn) if turn is not None else image, source_size, origin, factor)
     if turn is not None:
         image = image.transpose(turn)
-    return to_rgb(image, min_shorter_side)
+    return _Decoded(to_rgb(image, min_shorter_side), source_size)
 
 
 def image_to_tensor(data: bytes, spec: PreprocessSpec, limits: DecodeLimits) -> np.ndarray:
-    """The whole host-side pipeline for one image: (crop, crop, 3) uint8."""
-    rgb, source_bytes = _decoded(data, limits, spec.resize_shorter_side)
-    tensor = center_crop_resize(rgb, spec)
-    del rgb
+    """The whole host-side pipeline for one image: (crop, crop, 3) uint8, decoded and resized as
+    ``spec.decode`` says."""
+    decoded, source_bytes = _decoded(data, limits, spec)
+    if spec.decode == "exact":
+        tensor = exact_resize_crop(decoded.image, spec, decoded.source_size, decoded.origin, decoded.scale)
+    else:
+        tensor = center_crop_resize(decoded.image, spec)
+    del decoded
     if source_bytes >= RELEASE_AFTER_BYTES:
         release_freed_memory()  # the large buffers just freed would otherwise stay in glibc's heaps
     return tensor

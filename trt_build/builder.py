@@ -15,7 +15,7 @@ from pathlib import Path
 from model_contract.manifest import MANIFEST_FILE, ModelManifest
 from trt_build import litert, tftrt
 from trt_build.eval_images import evaluation_tensors
-from trt_build.verify import Gate, Verification, saved_model_predictor, tflite_predictor, verify
+from trt_build.verify import Gate, Verification, served_model, verify
 
 log = logging.getLogger(__name__)
 
@@ -78,24 +78,33 @@ def build(request: BuildRequest) -> ModelManifest:
         if request.target == "litert":
             artifact = staging / "model.tflite"
             artifact.write_bytes(litert.convert(source_artifact, request.precision, calibration))
-            built = tflite_predictor(artifact, request.threads)
-            runtime, artifact_name = "litert", artifact.name
+            runtime = "litert"
         else:
             artifact = staging / "saved_model"
             item_shape = source_manifest.item_shape
             tftrt.convert(source_artifact, artifact, request.precision, request.max_batch_size, item_shape, calibration)
-            built = saved_model_predictor(artifact)
-            runtime, artifact_name = "tensorflow", artifact.name
-        verification = verify(saved_model_predictor(source_artifact), source_artifact, built, artifact, images, gate)
-        if not verification.passed:
-            raise VerificationFailed(verification)
+            runtime = "tensorflow"
+        # The new version's manifest before its verification, so that the staged build is
+        # verified through the runtime that will serve it.
         manifest = source_manifest.model_copy(
             update={
                 "version": int(request.output.name),
                 "runtime": runtime,
-                "artifact": artifact_name,
+                "artifact": artifact.name,
                 "artifacts": {},
                 "parameters": {},
+                "build": None,
+            }
+        )
+        with (
+            served_model(source_manifest, request.source) as source,
+            served_model(manifest, staging, request.threads) as built,
+        ):
+            verification = verify(source, source_artifact, built, artifact, images, gate)
+        if not verification.passed:
+            raise VerificationFailed(verification)
+        manifest = manifest.model_copy(
+            update={
                 "build": {
                     "source": {"name": source_manifest.name, "version": source_manifest.version},
                     "target": request.target,

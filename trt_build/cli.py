@@ -59,19 +59,18 @@ def _verify(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from model_contract.manifest import ModelManifest
     from trt_build.eval_images import evaluation_tensors
-    from trt_build.verify import Gate, saved_model_predictor, tflite_predictor, verify
+    from trt_build.verify import Gate, served_model, verify
 
     source = ModelManifest.read(args.source)
     built = ModelManifest.read(args.built)
-    images = evaluation_tensors(source.preprocessing, args.eval_count, folder=args.eval_dir)
-    built_artifact = built.artifact_path(args.built, built.runtime)
-    predictor = tflite_predictor(built_artifact) if built.runtime == "litert" else saved_model_predictor(built_artifact)
+    # Decoded as the built version is served (its manifest's preprocessing, decode mode included).
+    images = evaluation_tensors(built.preprocessing, args.eval_count, folder=args.eval_dir)
     precision = (built.build or {}).get("precision", "fp32")
+    gate = Gate.for_precision(precision, args.min_top1_agreement, args.decided_probability)
     source_artifact = source.artifact_path(args.source, source.runtime)
-    result = verify(
-        saved_model_predictor(source_artifact), source_artifact, predictor, built_artifact, images,
-        Gate.for_precision(precision, args.min_top1_agreement, args.decided_probability),
-    )  # fmt: skip
+    built_artifact = built.artifact_path(args.built, built.runtime)
+    with served_model(source, args.source) as source_model, served_model(built, args.built) as built_model:
+        result = verify(source_model, source_artifact, built_model, built_artifact, images, gate)
     print(json.dumps(result.as_dict(), indent=2))
     return 0 if result.passed else 1
 

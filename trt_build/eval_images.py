@@ -5,10 +5,16 @@ about photos.
 The default set is the photographs that ship inside scikit-image and matplotlib, plus random
 crops, flips, small rotations and colour jitter of them (seeded, so a set is reproducible).
 ``--eval-dir`` or ``--calibration-dir`` replaces it with a folder of your own images.
+
+The images are encoded as a client sends them: each photo as its own file's bytes, each
+variation as a JPEG (quality 90). They become tensors through the server's own decode
+(``model_contract.imaging.image_to_tensor`` with the model's preprocessing, its ``decode`` mode
+included), so a build is verified on the tensors it will be served.
 """
 
 from __future__ import annotations
 
+import io
 import random
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,29 +22,32 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
 
-from model_contract.preprocess import PreprocessSpec, center_crop_resize
+from model_contract.imaging import DecodeLimits, image_to_tensor
+from model_contract.preprocess import PreprocessSpec
 
 SKIMAGE_PHOTOS = ("chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png", "camera.png", "astronaut.png")
 MATPLOTLIB_PHOTOS = ("grace_hopper.jpg",)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
+VARIATION_JPEG_QUALITY = 90
+# The operator's own images: limits only against a file that would exhaust memory.
+EVAL_LIMITS = DecodeLimits(max_pixels=100_000_000, max_decoded_bytes=1 << 30)
 
 
-def packaged_photos() -> list[Image.Image]:
+def packaged_photo_paths() -> list[Path]:
     try:
         import matplotlib
         import skimage
     except ImportError as exc:
         raise RuntimeError("the default image set needs scikit-image and matplotlib; or pass an image folder") from exc
     paths = [Path(skimage.__file__).parent / "data" / n for n in SKIMAGE_PHOTOS]
-    paths += [Path(matplotlib.__file__).parent / "mpl-data" / "sample_data" / n for n in MATPLOTLIB_PHOTOS]
-    return [Image.open(p).convert("RGB") for p in paths]
+    return paths + [Path(matplotlib.__file__).parent / "mpl-data" / "sample_data" / n for n in MATPLOTLIB_PHOTOS]
 
 
-def folder_photos(folder: Path) -> list[Image.Image]:
+def folder_photo_paths(folder: Path) -> list[Path]:
     paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if not paths:
         raise ValueError(f"no images in {folder}")
-    return [ImageOps.exif_transpose(Image.open(p)).convert("RGB") for p in paths]
+    return paths
 
 
 def vary(image: Image.Image, rng: random.Random) -> Image.Image:
@@ -56,17 +65,36 @@ def vary(image: Image.Image, rng: random.Random) -> Image.Image:
     return out
 
 
-def image_stream(photos: list[Image.Image], count: int, seed: int) -> Iterator[Image.Image]:
-    """The photos themselves first, then variations of them in turn."""
+def _jpeg(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=VARIATION_JPEG_QUALITY)
+    return buffer.getvalue()
+
+
+def image_stream(photos: list[bytes], count: int, seed: int) -> Iterator[bytes]:
+    """The photos themselves first, then variations of them in turn, encoded as JPEG."""
     rng = random.Random(seed)
+    upright: dict[int, Image.Image] = {}
     for i in range(count):
-        source = photos[i % len(photos)]
-        yield source if i < len(photos) else vary(source, rng)
+        index = i % len(photos)
+        if i < len(photos):
+            yield photos[index]
+            continue
+        if index not in upright:
+            upright[index] = ImageOps.exif_transpose(Image.open(io.BytesIO(photos[index]))).convert("RGB")
+        yield _jpeg(vary(upright[index], rng))
+
+
+def evaluation_images(count: int, seed: int = 0, folder: Path | None = None) -> list[bytes]:
+    """``count`` encoded images: the photos' own bytes, then JPEG variations of them."""
+    paths = folder_photo_paths(folder) if folder else packaged_photo_paths()
+    return list(image_stream([p.read_bytes() for p in paths], count, seed))
 
 
 def evaluation_tensors(
     preprocessing: PreprocessSpec, count: int, seed: int = 0, folder: Path | None = None
 ) -> np.ndarray:
-    """``count`` model inputs (N, crop, crop, 3) uint8, preprocessed as the server does."""
-    photos = folder_photos(folder) if folder else packaged_photos()
-    return np.stack([center_crop_resize(im, preprocessing) for im in image_stream(photos, count, seed)])
+    """``count`` model inputs (N, crop, crop, 3) uint8: ``evaluation_images`` through the
+    server's decode with this preprocessing (and its decode mode)."""
+    images = evaluation_images(count, seed, folder)
+    return np.stack([image_to_tensor(data, preprocessing, EVAL_LIMITS) for data in images])

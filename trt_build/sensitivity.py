@@ -25,7 +25,7 @@ import numpy as np
 from model_contract.manifest import ModelManifest
 from trt_build import litert
 from trt_build.eval_images import evaluation_tensors
-from trt_build.verify import compare, predict_all, saved_model_predictor, tflite_predictor
+from trt_build.verify import compare, predict_all, served_model
 
 
 @dataclass(frozen=True)
@@ -70,14 +70,17 @@ def main(argv: list[str] | None = None) -> None:
     images = evaluation_tensors(manifest.preprocessing, args.eval_count, seed=0)
     calibration = evaluation_tensors(manifest.preprocessing, args.calibration_count, seed=1)
     layers = quantized_layers(saved_model, calibration, calibration[:20])
-    source = predict_all(saved_model_predictor(saved_model), images, 32, "source")
+    with served_model(manifest, args.source) as served:
+        source = predict_all(served, images, 32, "source")
 
     print(f"{'variant':<16} {'float layers':>12} {'top-1 all':>10} {'decided':>8}")
     for name, (float_ops, float_nodes) in variants(layers, [int(k) for k in args.float_first.split(",")]).items():
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "model.tflite"
             path.write_bytes(litert.quantize_int8(saved_model, calibration, float_ops, float_nodes))
-            built = predict_all(tflite_predictor(path), images, 32, name)
+            variant = manifest.model_copy(update={"runtime": "litert", "artifact": path.name, "artifacts": {}})
+            with served_model(variant, Path(tmp)) as served:
+                built = predict_all(served, images, 32, name)
         figures = compare(source, built)  # the gate's default decided probability
         print(
             f"{name:<16} {len(float_nodes) + len(float_ops):>12} {figures['top1_agreement']:>10.4f} "

@@ -1,15 +1,21 @@
-"""Verify a built model against its source on real images: agreement, error, size, speed."""
+"""Verify a built model against its source on real images: agreement, error, size, speed.
+
+Both models run through the server's runtimes (``served_model``) on the tensors the server's
+decode makes of encoded images (``trt_build.eval_images``): what is verified is what is served."""
 
 from __future__ import annotations
 
-import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
+
+from model_contract.manifest import ModelManifest
+from server.runtimes import RuntimeOptions, load_runtime
 
 Predictor = Callable[[np.ndarray], np.ndarray]
 
@@ -93,44 +99,15 @@ class Verification:
         return {**asdict(self), "failures": list(self.failures), "passed": self.passed}
 
 
-def saved_model_predictor(path: Path) -> Predictor:
-    import tensorflow as tf
-
-    signature = tf.saved_model.load(str(path)).signatures["serving_default"]
-    (output,) = signature.structured_outputs
-
-    def predict(batch: np.ndarray) -> np.ndarray:
-        result: np.ndarray = signature(images=tf.constant(batch))[output].numpy()
-        return result
-
-    return predict
-
-
-def tflite_predictor(path: Path, threads: int = 0, batched: bool = True) -> Predictor:
-    """Batched: the input tensor resized to the batch (one interpreter per size). Otherwise
-    one image per invoke, back to back."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    interpreters: dict[int, Interpreter] = {}
-
-    def interpreter(n: int) -> Interpreter:
-        if n not in interpreters:
-            it = Interpreter(model_path=str(path), num_threads=threads or os.cpu_count() or 1)
-            it.resize_tensor_input(it.get_input_details()[0]["index"], [n, *it.get_input_details()[0]["shape"][1:]])
-            it.allocate_tensors()
-            interpreters[n] = it
-        return interpreters[n]
-
-    def run(batch: np.ndarray) -> np.ndarray:
-        it = interpreter(len(batch))
-        it.set_tensor(it.get_input_details()[0]["index"], batch)
-        it.invoke()
-        out: np.ndarray = it.get_tensor(it.get_output_details()[0]["index"]).copy()
-        return out
-
-    if batched:
-        return run
-    return lambda batch: np.concatenate([run(batch[i : i + 1]) for i in range(len(batch))])
+@contextmanager
+def served_model(manifest: ModelManifest, version_dir: Path, threads: int = 0) -> Iterator[Predictor]:
+    """A model version's predictions as the server makes them: the runtime its manifest names,
+    loaded from the server's own table (``server.runtimes``)."""
+    runtime = load_runtime(manifest, version_dir, RuntimeOptions(intra_op_threads=threads))
+    try:
+        yield runtime.predict
+    finally:
+        runtime.close()
 
 
 def predict_all(predictor: Predictor, images: np.ndarray, batch_size: int, label: str) -> np.ndarray:

@@ -15,6 +15,7 @@ from model_contract.imaging import DecodeLimits, decode, decoded_bytes, image_to
 from model_contract.preprocess import PreprocessSpec
 
 SPEC = PreprocessSpec(resize_shorter_side=256, crop_size=224)
+FAST = SPEC.model_copy(update={"decode": "fast"})
 MAX_PIXELS = 40_000_000
 LIMITS = DecodeLimits(max_pixels=MAX_PIXELS, max_decoded_bytes=128 * 1024 * 1024)
 
@@ -56,14 +57,15 @@ def test_only_the_centre_survives_the_crop() -> None:
     assert inner[..., 2].min() >= 250 and inner[..., :2].max() <= 5
 
 
-def test_matches_resize_then_crop_done_the_long_way() -> None:
+@pytest.mark.parametrize("spec", [SPEC, FAST], ids=["exact", "fast"])
+def test_matches_resize_then_crop_done_the_long_way(spec: PreprocessSpec) -> None:
     image = photo()
     w, h = image.size
     scale = 256 / min(w, h)
     resized = image.resize((round(w * scale), round(h * scale)), Image.Resampling.BICUBIC)
     left, top = (resized.width - 224) // 2, (resized.height - 224) // 2
     reference = np.asarray(resized.crop((left, top, left + 224, top + 224)), dtype=np.int16)
-    tensor = image_to_tensor(encode(image, "PNG"), SPEC, LIMITS).astype(np.int16)
+    tensor = image_to_tensor(encode(image, "PNG"), spec, LIMITS).astype(np.int16)
     assert np.abs(tensor - reference).mean() < 2.0
 
 
@@ -102,16 +104,17 @@ def test_exif_orientation_is_applied() -> None:
     exif = Image.Exif()
     exif[0x0112] = 6  # stored sideways: rotate 90° clockwise to show
     data = encode(photo(), "JPEG", exif=exif, quality=95)
-    upright = decode(data, LIMITS, 256)
+    upright = decode(data, LIMITS, SPEC)
     assert upright.size == (300, 400)
     reference = np.asarray(photo().transpose(Image.Transpose.ROTATE_270), dtype=np.int16)
     assert np.abs(np.asarray(upright, dtype=np.int16) - reference).mean() < 6
 
 
-def test_large_jpegs_decode_at_reduced_scale_but_keep_enough_pixels() -> None:
-    big = photo().resize((2400, 1800))
-    image = decode(encode(big, "JPEG", quality=90), LIMITS, min_shorter_side=256)
+def test_in_fast_mode_large_jpegs_decode_at_reduced_scale_but_keep_enough_pixels() -> None:
+    big = encode(photo().resize((2400, 1800)), "JPEG", quality=90)
+    image = decode(big, LIMITS, FAST)
     assert min(image.size) >= 256 and image.size[0] < 2400
+    assert decode(big, LIMITS, SPEC).size == (2400, 1800)  # exact mode decodes at full scale
 
 
 def test_empty_data_is_rejected() -> None:
@@ -174,7 +177,10 @@ def test_the_byte_limit_counts_bands() -> None:
 def test_a_jpeg_is_measured_at_the_scale_it_will_decode_at() -> None:
     big = encode(photo().resize((4000, 3000)), "JPEG", quality=80)  # 36 MB as RGB; 1/8 scale: 0.6 MB
     limits = DecodeLimits(max_pixels=MAX_PIXELS, max_decoded_bytes=1_000_000)
-    assert image_to_tensor(big, SPEC, limits).shape == (224, 224, 3)
+    assert image_to_tensor(big, FAST, limits).shape == (224, 224, 3)
+    with pytest.raises(ServiceError) as caught:  # exact mode decodes it at full scale
+        image_to_tensor(big, SPEC, limits)
+    assert caught.value.kind is ErrorKind.IMAGE_TOO_LARGE
 
 
 # Large enough that the alpha and 16-bit paths shrink them before converting (factor 2 or more).
@@ -209,7 +215,7 @@ def test_large_shrunk_images_keep_their_exif_orientation() -> None:
     exif = Image.Exif()
     exif[0x0112] = 6  # stored sideways: rotate 90° clockwise to show
     rgba = photo().resize((2400, 1800)).convert("RGBA")
-    upright = decode(encode(rgba, "PNG", exif=exif), LIMITS, 256)
+    upright = decode(encode(rgba, "PNG", exif=exif), LIMITS, SPEC)
     reference = photo().transpose(Image.Transpose.ROTATE_270).resize((900, 1200)).crop((0, 150, 900, 1050))
     assert upright.size == (900, 900)  # the central square, reduced by 2
     assert np.abs(np.asarray(upright, np.int16) - np.asarray(reference, np.int16)).mean() < 3

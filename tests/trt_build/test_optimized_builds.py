@@ -47,10 +47,24 @@ def test_a_published_build_carries_its_verification_report(fp16_repository: Path
     assert (manifest["runtime"], manifest["artifact"], manifest["version"]) == ("litert", "model.tflite", 2)
     report = manifest["build"]["verification"]
     assert report["passed"] and report["images"] == 60 and report["failures"] == []
-    assert report["decided_top1_agreement"] >= 0.995 and report["top1_agreement"] >= 0.995
+    assert report["decided_top1_agreement"] >= 0.995 and report["top1_in_source_top5"] == 1.0
+    # On every image, near ties included: one of these 60 is a near tie (0.2035 against 0.2048)
+    # that fp16 weights flip.
+    assert report["top1_agreement"] >= 0.98
     assert report["built_bytes"] < report["source_bytes"] / 3  # fp16 weights, no graph overhead
     assert manifest["build"]["source"] == {"name": "efficientnet_lite0", "version": 1}
     assert manifest["preprocessing"]["crop_size"] == 224 and len(manifest["labels"]) == 1000
+
+
+def test_imgserve_verify_checks_a_published_build_against_its_source(
+    model_repository: Path, fp16_repository: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = model_repository / "efficientnet_lite0" / "1"
+    built = fp16_repository / "efficientnet_lite0" / "2"
+    assert imgserve(["verify", str(source), str(built), "--eval-count", "60"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["passed"] and report["images"] == 60 and report["decided_top1_agreement"] >= 0.995
+    assert report["max_abs_prob_diff"] < 0.05  # fp16 weights on the same tensors: small differences
 
 
 def test_the_litert_build_is_served_through_the_http_api(fp16_repository: Path, photo_bytes: dict[str, bytes]) -> None:
