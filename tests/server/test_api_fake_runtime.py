@@ -226,7 +226,7 @@ def test_a_models_config_file_overrides_the_server_batching_defaults(tmp_path: P
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
-                await until(lambda: app.state.registry.ready)
+                await until(lambda: app.state.service.readiness().ready)
                 (model,) = (await client.get("/v1/models")).json()["models"]
                 assert model["max_batch_size"] == 2
                 assert runtime.batch_sizes == [1, 2]
