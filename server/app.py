@@ -36,9 +36,12 @@ from server.work_pool import WorkPool
 log = logging.getLogger(__name__)
 
 
-async def _poll(registry: ModelRegistry, interval_s: float) -> None:
+async def _poll(registry: ModelRegistry, interval_s: float, clock: Clock, stopping: asyncio.Event) -> None:
+    """Rescan the repository every ``interval_s`` on ``clock`` until ``stopping`` is set."""
     while True:
-        await asyncio.sleep(interval_s)
+        await clock.wait(stopping, clock.now() + interval_s)
+        if stopping.is_set():
+            return
         try:
             await registry.reload()
         except Exception:
@@ -78,12 +81,15 @@ def create_app(
         app.state.service = ClassificationService(registry, admission, pool, metrics, clock)
         # Load in the background: /health answers at once, /ready turns true after warm-up.
         background = [asyncio.create_task(registry.load_all(), name="load-models")]
+        stopping = asyncio.Event()
         if settings.repository_poll_s > 0:
-            background.append(asyncio.create_task(_poll(registry, settings.repository_poll_s), name="poll-repository"))
+            polling = _poll(registry, settings.repository_poll_s, clock, stopping)
+            background.append(asyncio.create_task(polling, name="poll-repository"))
         try:
             yield
         finally:
             # Ordered: stop loading and polling, drain each model's queue, release models, then threads.
+            stopping.set()
             for task in background:
                 task.cancel()
                 with suppress(asyncio.CancelledError):
