@@ -4,6 +4,7 @@ runtime so the test decides when the "model" finishes."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
 import time
 from collections.abc import AsyncIterator
@@ -14,6 +15,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+import orjson
 import pytest
 from PIL import Image
 
@@ -296,5 +298,50 @@ def test_requests_beyond_the_in_progress_limit_get_429_before_decoding(tmp_path:
             assert [(await r).status_code for r in (in_flight, queued)] == [200, 200]
             # Capacity comes back once those two are answered.
             assert (await post(client, 4)).status_code == 200
+
+    asyncio.run(scenario())
+
+
+def test_every_protocol_ranks_alike_and_refuses_a_top_k_past_the_limit_before_the_model_runs(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        runtime = GatedRuntime()
+        async with serving(tmp_path, runtime, limits=LimitSettings(max_top_k=4)) as (client, app):
+            warm_calls = runtime.entered
+            encoded = base64.b64encode(png(3)).decode()
+
+            def v2(k: int) -> dict[str, Any]:
+                """The image as a binary BYTES element, the top k by the classification extension."""
+                raw = len(png(3)).to_bytes(4, "little") + png(3)
+                image = {
+                    "name": "images",
+                    "datatype": "BYTES",
+                    "shape": [1],
+                    "parameters": {"binary_data_size": len(raw)},
+                }
+                wanted = {"name": "probabilities", "parameters": {"classification": k}}
+                header = orjson.dumps({"inputs": [image], "outputs": [wanted]})
+                return {"content": header + raw, "headers": {"Inference-Header-Content-Length": str(len(header))}}
+
+            refused = [
+                await client.post("/v1/classify?top_k=5", content=png(3), headers={"Content-Type": "image/png"}),
+                await client.post(f"/v2/models/{MODEL}/infer", **v2(5)),
+                await client.post(f"/v1/models/{MODEL}:classify", json={"examples": [{"b64": encoded}], "top_k": 5}),
+            ]
+            assert [r.status_code for r in refused] == [422, 422, 422]
+            messages = [refused[0].json()["error"]["message"], refused[1].json()["error"], refused[2].json()["error"]]
+            assert set(messages) == {"top_k must be between 1 and 4"}
+            decoded = app.state.metrics.registry.get_sample_value
+            assert decoded("imgserve_images_decoded_total", {"model": MODEL, "outcome": "ok"}) is None
+            assert runtime.entered == warm_calls  # refused before decoding, and before the model ran
+
+            v1 = await client.post("/v1/classify?top_k=4", content=png(3), headers={"Content-Type": "image/png"})
+            v1_ranking = [(p["index"], p["label"]) for p in v1.json()["predictions"]]
+            (v2_output,) = (await client.post(f"/v2/models/{MODEL}/infer", **v2(4))).json()["outputs"]
+            v2_ranking = [(int(e.split(":")[1]), e.split(":")[2]) for e in v2_output["data"]]
+            tf = await client.post(f"/v1/models/{MODEL}:classify", json={"examples": [{"b64": encoded}]})
+            (tf_result,) = tf.json()["results"]  # no top_k: TF Serving's default, capped by the limit
+            tf_labels = [label for label, _ in tf_result]
+            assert v1_ranking[0] == (3, "class3") and v2_ranking == v1_ranking
+            assert tf_labels == [label for _, label in v1_ranking]
 
     asyncio.run(scenario())
