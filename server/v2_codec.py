@@ -39,7 +39,10 @@ V2_NAMES = {dtype: name for name, dtype in DTYPES.items()}
 
 def v2_datatype(dtype: str) -> str:
     """A manifest's numpy dtype name ("float32") as the protocol names it ("FP32")."""
-    return V2_NAMES.get(np.dtype(dtype), dtype.upper())
+    try:
+        return V2_NAMES.get(np.dtype(dtype), dtype.upper())
+    except TypeError:  # a name numpy does not know ("bfloat16")
+        return dtype.upper()
 
 
 # Structural bounds: a well-formed request is far inside them, a hostile one cannot make the
@@ -402,9 +405,12 @@ def encode_infer_response(
     probabilities: np.ndarray,
     requested: list[RequestedOutput],
     classes: list[list[Prediction]],
+    output_dtype: str = "float32",
 ) -> tuple[bytes, int | None]:
     """The response body, and the JSON header's length when binary parts follow it.
-    ``classes`` holds each row's top classes, as many as the largest ``classification`` asked."""
+    ``classes`` holds each row's top classes, as many as the largest ``classification`` asked;
+    the output tensor has the manifest's ``output_dtype``, as the model's metadata says."""
+    dtype = DTYPES.get(v2_datatype(output_dtype), DTYPES["FP32"])
     wanted = requested or [RequestedOutput(output_name, binary=False)]
     outputs, blobs = [], []
     for out in wanted:
@@ -422,8 +428,8 @@ def encode_infer_response(
             else:
                 entry["data"] = [e.decode() for e in flat]
         else:
-            array = np.ascontiguousarray(probabilities, dtype=np.float32)
-            entry = {"name": out.name, "datatype": "FP32", "shape": list(array.shape)}
+            array = np.ascontiguousarray(probabilities, dtype=dtype)
+            entry = {"name": out.name, "datatype": V2_NAMES[dtype], "shape": list(array.shape)}
             if out.binary:
                 blob = array.tobytes()
                 entry["parameters"] = {"binary_data_size": len(blob)}

@@ -26,7 +26,7 @@ from server.tfserving_codec import DEFAULT_TOP_K, ModelInput, TFServingRequest, 
 
 router = APIRouter(prefix="/v1/models", tags=["tensorflow serving rest"])
 
-TF_DTYPES = {"uint8": "DT_UINT8", "float32": "DT_FLOAT"}
+TF_DTYPES = {"uint8": "DT_UINT8", "float16": "DT_HALF", "float32": "DT_FLOAT"}
 
 
 def _model(request: Request, name: str, version: str | None, label: str | None = None) -> ModelDescription:

@@ -139,6 +139,7 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
         inference.outputs,
         infer_request.outputs,
         inference.classes,
+        served.manifest.output.dtype,
     )
     if json_length is None:
         return Response(body, media_type="application/json")

@@ -345,3 +345,30 @@ def test_every_protocol_ranks_alike_and_refuses_a_top_k_past_the_limit_before_th
             assert tf_labels == [label for _, label in v1_ranking]
 
     asyncio.run(scenario())
+
+
+def test_every_protocol_describes_a_model_with_the_runtime_serving_it_and_its_output_dtype(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        # The version also carries a LiteRT artifact, and the server prefers LiteRT: LiteRT serves it.
+        write_fake_model(tmp_path)
+        folder = tmp_path / MODEL / "1"
+        manifest = ModelManifest.read(folder)
+        half = manifest.output.model_copy(update={"dtype": "float16"})
+        manifest.model_copy(update={"artifacts": {"litert": "model.tflite"}, "output": half}).write(folder)
+        settings = Settings(model_repository=tmp_path, default_model=MODEL, runtime="litert")
+        app = create_app(settings, runtime_factory=lambda manifest, path, options: GatedRuntime())
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
+                await until(lambda: is_ready(app))
+                (listed,) = (await client.get("/v1/models")).json()["models"]
+                v2 = (await client.get(f"/v2/models/{MODEL}")).json()
+                assert listed["runtime"] == "litert" and v2["platform"] == "tensorflow_lite"
+                assert v2["outputs"] == [{"name": "probabilities", "datatype": "FP16", "shape": [-1, 10]}]
+                image = {"name": "images", "datatype": "UINT8", "shape": [1, 8, 8, 3], "data": [2] * 192}
+                (output,) = (await client.post(f"/v2/models/{MODEL}/infer", json={"inputs": [image]})).json()["outputs"]
+                assert output["datatype"] == "FP16" and np.argmax(output["data"]) == 2
+                signature = (await client.get(f"/v1/models/{MODEL}/metadata")).json()["metadata"]["signature_def"]
+                assert signature["signature_def"]["serving_default"]["outputs"]["probabilities"]["dtype"] == "DT_HALF"
+
+    asyncio.run(scenario())
