@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager, suppress
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
+from batching.clock import Clock, MonotonicClock
 from server.admission import Admission
 from server.api.access import DOCS_PATHS, METRICS_PATHS, PROBE_PATHS, AccessControl, TrustedHosts
 from server.api.admit import AdmitRequests
@@ -35,16 +36,24 @@ from server.work_pool import WorkPool
 log = logging.getLogger(__name__)
 
 
-async def _poll(registry: ModelRegistry, interval_s: float) -> None:
+async def _poll(registry: ModelRegistry, interval_s: float, clock: Clock, stopping: asyncio.Event) -> None:
+    """Rescan the repository every ``interval_s`` on ``clock`` until ``stopping`` is set."""
     while True:
-        await asyncio.sleep(interval_s)
+        await clock.wait(stopping, clock.now() + interval_s)
+        if stopping.is_set():
+            return
         try:
             await registry.reload()
         except Exception:
             log.exception("repository poll failed")
 
 
-def create_app(settings: Settings, runtime_factory: RuntimeFactory = load_runtime) -> FastAPI:
+def create_app(
+    settings: Settings, runtime_factory: RuntimeFactory = load_runtime, clock: Clock | None = None
+) -> FastAPI:
+    """The composition root: the one place that builds the concrete model registry. ``clock``
+    times request deadlines and every model's batcher alike (tests pass a manual one)."""
+    clock = clock or MonotonicClock()
     metrics = Metrics()
     registry = ModelRegistry(
         settings.model_repository,
@@ -59,6 +68,7 @@ def create_app(settings: Settings, runtime_factory: RuntimeFactory = load_runtim
         metrics,
         drain_timeout_s=settings.drain_timeout_s,
         max_model_bytes=settings.max_model_bytes,
+        clock=clock,
     )
 
     admission = Admission(settings.limits)
@@ -68,15 +78,18 @@ def create_app(settings: Settings, runtime_factory: RuntimeFactory = load_runtim
         # A parse peaks at about 25x its JSON body's size (nested lists of Python objects).
         worker_memory = max(1 << 30, 64 * settings.limits.max_body_bytes)
         pool = WorkPool(threads=settings.decode_threads or os.cpu_count() or 1, worker_memory_bytes=worker_memory)
-        app.state.service = ClassificationService(registry, admission, pool, metrics)
+        app.state.service = ClassificationService(registry, admission, pool, metrics, clock)
         # Load in the background: /health answers at once, /ready turns true after warm-up.
         background = [asyncio.create_task(registry.load_all(), name="load-models")]
+        stopping = asyncio.Event()
         if settings.repository_poll_s > 0:
-            background.append(asyncio.create_task(_poll(registry, settings.repository_poll_s), name="poll-repository"))
+            polling = _poll(registry, settings.repository_poll_s, clock, stopping)
+            background.append(asyncio.create_task(polling, name="poll-repository"))
         try:
             yield
         finally:
             # Ordered: stop loading and polling, drain each model's queue, release models, then threads.
+            stopping.set()
             for task in background:
                 task.cancel()
                 with suppress(asyncio.CancelledError):
@@ -96,7 +109,6 @@ def create_app(settings: Settings, runtime_factory: RuntimeFactory = load_runtim
     )
     app.state.settings = settings
     app.state.metrics = metrics
-    app.state.registry = registry
     app.include_router(router)
     app.include_router(v2_router)
     app.include_router(tfserving_router)

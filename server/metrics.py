@@ -93,8 +93,6 @@ class ModelBatchMetrics:
         self._abandoned = metrics.dropped.labels(model, "abandoned")
         self._padding = metrics.padding.labels(model)
         self._slots = metrics.padded_slots.labels(model)
-        self.cache_hits = metrics.cache.labels(model, "hit")
-        self.cache_misses = metrics.cache.labels(model, "miss")
         self._per_item = metrics.latency_model.labels(model, "per_image")
         self._fixed = metrics.latency_model.labels(model, "fixed")
 

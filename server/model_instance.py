@@ -1,21 +1,26 @@
-"""One served model version: its runtime, the threads that feed and run it, its batcher."""
+"""One served model version: its batcher and its lifecycle (warm up, take traffic, drain,
+release). Running batches is the ``BatchRunner``'s job, caching the ``CachedResults``'."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from batching import BatchingConfig, MicroBatcher
+from batching.clock import Clock
 from model_contract.manifest import ModelManifest
+from model_contract.preprocess import PreprocessSpec
+from server.batch_runner import BatchRunner
 from server.metrics import ModelBatchMetrics
-from server.result_cache import ResultCache
-from server.runtimes import Runtime
+from server.result_cache import CachedResults
 
 log = logging.getLogger(__name__)
+
+# After the queue has drained, how long the runtime may take to let go of its memory.
+RELEASE_TIMEOUT_S = 5.0
 
 
 class ModelInstance:
@@ -23,25 +28,25 @@ class ModelInstance:
         self,
         manifest: ModelManifest,
         path: Path,
-        runtime: Runtime,
+        runner: BatchRunner,
         batching: BatchingConfig,
+        *,
+        runtime: str,
+        clock: Clock,
         metrics: ModelBatchMetrics | None = None,
-        cache: ResultCache | None = None,
+        results: CachedResults | None = None,
+        release_timeout_s: float = RELEASE_TIMEOUT_S,
     ) -> None:
         self.manifest = manifest
         self.path = path
-        self._runtime = runtime
-        self._metrics = metrics
-        self._dtype = np.dtype(manifest.input.dtype)
-        self.preprocess = manifest.preprocessing
-        # Host work (stacking, padding) and model compute each get their own thread, so with
-        # two batches in flight the next is assembled while the current one runs; neither
-        # ever blocks the event loop.
-        self._assembler = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"assemble-{manifest.name}")
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{manifest.name}")
-        self._batcher: MicroBatcher[np.ndarray, np.ndarray] = MicroBatcher(self._run_batch, batching, observer=metrics)
+        self.runtime = runtime
+        self._runner = runner
+        self._batcher: MicroBatcher[np.ndarray, np.ndarray] = MicroBatcher(
+            runner.run, batching, clock=clock, observer=metrics
+        )
+        self._results = results
+        self._release_timeout_s = release_timeout_s
         self.ready = False
-        self._cache = cache
 
     @property
     def name(self) -> str:
@@ -52,60 +57,39 @@ class ModelInstance:
         return self.manifest.version
 
     @property
+    def preprocessing(self) -> PreprocessSpec:
+        return self.manifest.preprocessing
+
+    @property
     def batching(self) -> BatchingConfig:
         return self._batcher.config
 
-    def _assemble(self, items: list[np.ndarray]) -> np.ndarray:
-        """Stack into one array of the padded batch size; padding rows stay zero."""
-        rows = self.batching.padded_size(len(items))
-        batch = np.zeros((rows, *self.manifest.item_shape), dtype=self._dtype)
-        np.stack(items, out=batch[: len(items)])
-        if self._metrics is not None:
-            self._metrics.padded(len(items), rows)
-        return batch
+    @property
+    def max_queue_size(self) -> int:
+        return self.batching.max_queue_size
 
-    async def _run_batch(self, items: list[np.ndarray]) -> list[np.ndarray]:
-        loop = asyncio.get_running_loop()
-        batch = await loop.run_in_executor(self._assembler, self._assemble, items)
-        outputs = await loop.run_in_executor(self._executor, self._runtime.predict, batch)
-        return list(outputs[: len(items)])
+    @property
+    def max_batch_size(self) -> int:
+        return self.batching.max_batch_size
 
     async def warm_up(self) -> None:
-        """Run every batch shape the runtime will be called with, so no live request pays
-        for a first-call allocation or kernel selection; then start taking traffic."""
-        loop = asyncio.get_running_loop()
-        for rows in self.batching.batch_shapes:
-            batch = np.zeros((rows, *self.manifest.item_shape), dtype=self._dtype)
-            await loop.run_in_executor(self._executor, self._runtime.predict, batch)
+        """Warm every batch shape, then start taking traffic."""
+        await self._runner.warm_up()
         self._batcher.start()
         self.ready = True
         log.info("model %s v%d warm for batch sizes %s", self.name, self.version, list(self.batching.batch_shapes))
 
-    def cached(self, key: bytes | None) -> np.ndarray | None:
-        """The stored output for this input, if the model has a cache and holds it."""
-        if self._cache is None or key is None:
-            return None
-        hit = self._cache.get(key)
-        if self._metrics is not None:
-            (self._metrics.cache_hits if hit is not None else self._metrics.cache_misses).inc()
-        return hit
-
-    def remember(self, key: bytes | None, output: np.ndarray) -> None:
-        if self._cache is not None and key is not None:
-            self._cache.put(key, output)
-
-    def cache_key(self, data: bytes | np.ndarray) -> bytes | None:
-        return None if self._cache is None else ResultCache.key(data)
-
-    async def infer(self, tensor: np.ndarray, deadline: float | None) -> np.ndarray:
-        return await self._batcher.submit(tensor, deadline=deadline)
-
-    async def infer_many(self, tensors: list[np.ndarray], deadline: float | None) -> list[np.ndarray]:
+    async def infer_many(self, tensors: Sequence[np.ndarray], deadline: float | None) -> list[np.ndarray]:
         return await self._batcher.submit_many(tensors, deadline=deadline)
 
+    async def remembered(self, encoded: bytes, compute: Callable[[], Awaitable[np.ndarray]]) -> np.ndarray:
+        if self._results is None:
+            return await compute()
+        return await self._results.remembered(encoded, compute)
+
     async def close(self, drain_timeout: float) -> None:
+        """Stop intake, drain the queue within ``drain_timeout``, then release the runtime
+        (bounded too: a runtime that hangs is logged and left behind)."""
         self.ready = False
         await self._batcher.close(drain_timeout)
-        self._assembler.shutdown(wait=True)
-        self._executor.shutdown(wait=True)
-        self._runtime.close()
+        await self._runner.close(self._release_timeout_s)

@@ -13,12 +13,16 @@ import asyncio
 import logging
 from pathlib import Path
 
+import numpy as np
+
+from batching.clock import Clock, MonotonicClock
 from model_contract.errors import ErrorKind, ServiceError, echo
+from server.batch_runner import BatchRunner
 from server.metrics import Metrics
-from server.model_instance import ModelInstance
+from server.model_instance import RELEASE_TIMEOUT_S, ModelInstance
 from server.model_repository import VERSION_NAME, ModelVersion, RepositoryScan, scan_repository
-from server.result_cache import ResultCache
-from server.runtimes import RuntimeOptions
+from server.result_cache import CachedResults, ResultCache
+from server.runtimes import RuntimeOptions, choose_runtime
 from server.runtimes.base import RuntimeFactory
 from server.settings import BatchingSettings
 
@@ -35,6 +39,8 @@ class ModelRegistry:
         metrics: Metrics,
         drain_timeout_s: float = 10.0,
         max_model_bytes: int = 0,
+        clock: Clock | None = None,
+        release_timeout_s: float = RELEASE_TIMEOUT_S,
     ) -> None:
         self._repository = repository
         self._runtime_factory = runtime_factory
@@ -43,6 +49,9 @@ class ModelRegistry:
         self._metrics = metrics
         self._drain_timeout_s = drain_timeout_s
         self._max_model_bytes = max_model_bytes
+        # The service's clock too: a deadline it computes is compared on this one by the batchers.
+        self._clock: Clock = clock or MonotonicClock()
+        self._release_timeout_s = release_timeout_s
         self._serving: dict[str, dict[int, ModelInstance]] = {}
         self._errors: dict[str, str] = {}  # per model
         self._repository_error: str | None = None
@@ -92,20 +101,49 @@ class ModelRegistry:
 
     async def _load(self, version: ModelVersion) -> ModelInstance:
         await self._check_budget(version)
+        manifest = version.manifest
         # Loading a model blocks for seconds: keep the event loop answering.
-        runtime = await asyncio.to_thread(self._runtime_factory, version.manifest, version.path, self._runtime_options)
-        batching = version.config.batching_for(self._batching)
-        cache = version.config.cache
-        instance = ModelInstance(
-            version.manifest,
-            version.path,
+        runtime = await asyncio.to_thread(self._runtime_factory, manifest, version.path, self._runtime_options)
+        batching = version.config.batching_for(self._batching).to_config()
+        batch_metrics = self._metrics.batch_observer(manifest.name)
+        runner = BatchRunner(
+            f"{manifest.name}-v{manifest.version}",
             runtime,
-            batching.to_config(),
-            metrics=self._metrics.batch_observer(version.manifest.name),
-            cache=ResultCache(cache.max_entries, cache.max_bytes) if cache else None,
+            manifest.item_shape,
+            np.dtype(manifest.input.dtype),
+            batching,
+            metrics=batch_metrics,
         )
-        await instance.warm_up()
+        instance = ModelInstance(
+            manifest,
+            version.path,
+            runner,
+            batching,
+            runtime=choose_runtime(manifest, self._runtime_options.preferred_runtime),
+            clock=self._clock,
+            metrics=batch_metrics,
+            results=self._cached_results(version),
+            release_timeout_s=self._release_timeout_s,
+        )
+        try:
+            await instance.warm_up()
+        except BaseException:
+            await instance.close(drain_timeout=0)  # its threads and runtime must not outlive it
+            raise
         return instance
+
+    def _cached_results(self, version: ModelVersion) -> CachedResults | None:
+        config = version.config.cache
+        if config is None:
+            return None
+        name, number = version.manifest.name, version.manifest.version
+        return CachedResults(
+            name,
+            number,
+            ResultCache(config.max_entries, config.max_bytes),
+            hits=self._metrics.cache.labels(name, "hit"),
+            misses=self._metrics.cache.labels(name, "miss"),
+        )
 
     async def reload(self, only: str | None = None) -> None:
         """Bring the served versions in line with the repository (or one model of it)."""

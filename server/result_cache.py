@@ -1,16 +1,18 @@
-"""A bounded LRU of model outputs, keyed by a hash of the input bytes.
+"""A bounded LRU of model outputs, in front of decode: keyed by model, version and a hash of
+the encoded image, so a client that resends the same photo costs a hash and a lookup.
 
-One cache per loaded model version. It lives and dies with that version, so it can never
-serve another version's result. A hit skips decoding and the model: a client that resends
-the same photo costs a hash and a dictionary lookup.
+One cache per loaded model version, which lives and dies with that version; the key names
+the version as well, so an entry can never answer for another one.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 
 import numpy as np
+from prometheus_client import Counter
 
 
 class ResultCache:
@@ -23,9 +25,13 @@ class ResultCache:
         self._bytes = 0
 
     @staticmethod
-    def key(data: bytes | np.ndarray) -> bytes:
-        raw = data if isinstance(data, bytes) else np.ascontiguousarray(data).tobytes()
-        return hashlib.blake2b(raw, digest_size=20).digest()
+    def key(model: str, version: int, encoded: bytes) -> bytes:
+        digest = hashlib.blake2b(digest_size=20)
+        # Length-prefixed, so no name and version can run into each other.
+        name = model.encode()
+        digest.update(len(name).to_bytes(4, "little") + name + version.to_bytes(8, "little"))
+        digest.update(encoded)
+        return digest.digest()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -50,3 +56,25 @@ class ResultCache:
         while len(self._entries) > self._max_entries or self._bytes > self._max_bytes:
             _, evicted = self._entries.popitem(last=False)
             self._bytes -= evicted.nbytes
+
+
+class CachedResults:
+    """One model version's cache, used in one call per image, and counted (hits, misses)."""
+
+    def __init__(self, model: str, version: int, cache: ResultCache, hits: Counter, misses: Counter) -> None:
+        self._model = model
+        self._version = version
+        self._cache = cache
+        self._hits = hits
+        self._misses = misses
+
+    async def remembered(self, encoded: bytes, compute: Callable[[], Awaitable[np.ndarray]]) -> np.ndarray:
+        key = ResultCache.key(self._model, self._version, encoded)
+        stored = self._cache.get(key)
+        if stored is not None:
+            self._hits.inc()
+            return stored
+        self._misses.inc()
+        output = await compute()
+        self._cache.put(key, output)
+        return output

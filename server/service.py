@@ -1,15 +1,18 @@
-"""Classification as a service: image bytes in, top-k classes out. No HTTP in here.
+"""The service: the one protocol-neutral surface every route calls (like MLServer's DataPlane).
+
+Inference (classify, classify many, infer on tensors or encoded images), a model's description,
+readiness, and the repository operations. It knows models only through the ``ModelCatalog``
+and ``ServedModel`` interfaces (``server/serving.py``), never how or where they run.
 
 A request's images are admitted (counted against the per-request and in-progress limits)
 before any is decoded. Decoding runs on the work pool (CPU work; Pillow releases the GIL),
-then the tensors go to the model's batcher; top-k is taken from the probabilities it returns.
+then the tensors go to the model; top-k is taken from the probabilities it returns.
 """
 
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -18,14 +21,16 @@ from typing import Awaitable, Callable, Sequence, TypeVar, Union
 import numpy as np
 
 from batching import BatcherClosed, BatchingError
+from batching.clock import Clock
 from model_contract.errors import ErrorKind, ServiceError
 from model_contract.imaging import image_to_tensor
+from model_contract.manifest import ModelManifest
 from server.admission import Admission
 from server.errors import from_batching_error
 from server.metrics import Metrics
-from server.model_instance import ModelInstance
-from server.registry import ModelRegistry
+from server.serving import ModelCatalog, ServedModel
 from server.settings import LimitSettings
+from server.top_k import Prediction, check_top_k, top_k
 from server.work_pool import WorkPool
 
 log = logging.getLogger(__name__)
@@ -47,13 +52,6 @@ def _mostly_numbers(json: bytes) -> bool:
 
 
 @dataclass(frozen=True)
-class Prediction:
-    label: str
-    index: int
-    score: float
-
-
-@dataclass(frozen=True)
 class Classification:
     model: str
     version: int
@@ -63,38 +61,104 @@ class Classification:
 ItemOutcome = Union[Classification, ServiceError]
 
 
-def top_k(probabilities: np.ndarray, k: int, labels: Sequence[str]) -> list[Prediction]:
-    k = min(k, probabilities.shape[-1])
-    candidates = np.argpartition(probabilities, -k)[-k:]
-    ranked = candidates[np.argsort(-probabilities[candidates], kind="stable")]
-    return [Prediction(labels[i], int(i), float(probabilities[i])) for i in ranked]
+@dataclass(frozen=True)
+class ModelDescription:
+    """One served version, as every protocol describes it."""
+
+    name: str
+    version: int
+    ready: bool
+    runtime: str
+    """The runtime actually serving it."""
+    manifest: ModelManifest
+    max_batch_size: int
+    max_images: int
+    """Most images one request may carry; more are refused (413), not queued."""
+
+
+@dataclass(frozen=True)
+class Inference:
+    model: ModelDescription
+    outputs: np.ndarray
+    """The model's output rows, one per image."""
+    classes: list[list[Prediction]]
+    """Per row, the top k asked for, best first (empty when none was)."""
+
+
+@dataclass(frozen=True)
+class Readiness:
+    ready: bool
+    models: dict[str, bool]
+    failed: list[str]
+    repository_readable: bool
+
+
+@dataclass(frozen=True)
+class RepositoryIndex:
+    served: list[ModelDescription]
+    errors: Mapping[str, str]
+    """Per model, why it or some of its versions do not serve."""
 
 
 class ClassificationService:
     def __init__(
-        self,
-        registry: ModelRegistry,
-        admission: Admission,
-        pool: WorkPool,
-        metrics: Metrics,
-        clock: Callable[[], float] = time.monotonic,
+        self, catalog: ModelCatalog, admission: Admission, pool: WorkPool, metrics: Metrics, clock: Clock
     ) -> None:
-        self._registry = registry
+        self._catalog = catalog
         self._decoded = metrics.images_decoded
         self._admission = admission
         self._limits = admission.limits
         self._decode_limits = admission.limits.decode_limits()
         self._pool = pool
-        # The batcher's clock: deadlines computed here are compared there.
+        # The models' batchers run on this clock too: a deadline computed here is compared there.
         self._clock = clock
 
     @property
     def limits(self) -> LimitSettings:
         return self._limits
 
-    def max_images(self, model: ModelInstance) -> int:
-        """Most images one request to ``model`` may carry: more are refused (413), not queued."""
-        return self._admission.max_images(model.batching.max_queue_size)
+    # Models, readiness and the repository.
+
+    def _describe(self, model: ServedModel) -> ModelDescription:
+        return ModelDescription(
+            name=model.name,
+            version=model.version,
+            ready=model.ready,
+            runtime=model.runtime,
+            manifest=model.manifest,
+            max_batch_size=model.max_batch_size,
+            max_images=self._admission.max_images(model.max_queue_size),
+        )
+
+    def model(self, name: str, version: str | None = None) -> ModelDescription:
+        """A ready served version, the newest unless ``version`` (as a URL gives it) says which."""
+        return self._describe(self._catalog.get_text_version(name, version))
+
+    def models(self) -> list[ModelDescription]:
+        return [self._describe(m) for m in self._catalog.models]
+
+    def readiness(self) -> Readiness:
+        catalog = self._catalog
+        return Readiness(
+            ready=catalog.ready,
+            models={m.name: m.ready for m in catalog.models},
+            failed=catalog.failed_models,
+            repository_readable=catalog.repository_readable,
+        )
+
+    def repository_index(self) -> RepositoryIndex:
+        return RepositoryIndex(self.models(), dict(self._catalog.errors))
+
+    async def load(self, name: str) -> str | None:
+        """Rescan this model's folder now: load new versions, retire removed ones. Returns why
+        the model (or a version of it) does not serve, if it does not."""
+        await self._catalog.reload(only=name)
+        return self._catalog.errors.get(name)
+
+    async def unload(self, name: str) -> None:
+        await self._catalog.unload(name)
+
+    # Inference.
 
     async def offload(self, call: Callable[[], T], json: bytes) -> T:
         """A request's CPU work (parsing ``json``, converting tensors), off the event loop: in a
@@ -105,35 +169,35 @@ class ClassificationService:
         return await self._pool.run(call)
 
     def check_top_k(self, k: int) -> None:
-        if not 1 <= k <= self._limits.max_top_k:
-            raise ServiceError(ErrorKind.INVALID_PARAMETER, f"top_k must be between 1 and {self._limits.max_top_k}")
+        """The one check of a client's top-k, whichever protocol it came in."""
+        check_top_k(k, self._limits.max_top_k)
 
-    def _decode(self, model: ModelInstance, data: bytes) -> np.ndarray:
+    def _decode(self, model: ServedModel, data: bytes) -> np.ndarray:
         """On a pool thread: one image to the model's input tensor."""
         try:
-            tensor = image_to_tensor(data, model.preprocess, self._decode_limits)
+            tensor = image_to_tensor(data, model.preprocessing, self._decode_limits)
         except ServiceError:
             self._decoded.labels(model.name, "refused").inc()
             raise
         self._decoded.labels(model.name, "ok").inc()
         return tensor
 
-    def _decode_outcome(self, model: ModelInstance, data: bytes) -> np.ndarray | ServiceError:
+    def _decode_outcome(self, model: ServedModel, data: bytes) -> np.ndarray | ServiceError:
         """For per-image answers: a bad image is this image's outcome, not the request's failure."""
         try:
             return self._decode(model, data)
         except ServiceError as exc:
             return exc
 
-    async def _decode_all(self, model: ModelInstance, images: Sequence[bytes]) -> list[np.ndarray]:
+    async def _decode_all(self, model: ServedModel, images: Sequence[bytes]) -> list[np.ndarray]:
         """All or nothing: the first bad image withdraws its siblings' decodes."""
         return await self._pool.run_all([partial(self._decode, model, data) for data in images])
 
-    async def _decode_each(self, model: ModelInstance, images: Sequence[bytes]) -> list[np.ndarray | ServiceError]:
+    async def _decode_each(self, model: ServedModel, images: Sequence[bytes]) -> list[np.ndarray | ServiceError]:
         return await self._pool.run_all([partial(self._decode_outcome, model, data) for data in images])
 
     @contextmanager
-    def _model_errors(self, model: ModelInstance) -> Iterator[None]:
+    def _model_errors(self, model: ServedModel) -> Iterator[None]:
         """Batcher errors to their service kinds; a runtime failure (which the batcher has
         already narrowed to this image by bisecting) to a logged internal error."""
         try:
@@ -146,15 +210,15 @@ class ClassificationService:
             log.exception("model %s failed on an image", model.name)
             raise ServiceError(ErrorKind.INTERNAL, f"the model failed on this image: {type(exc).__name__}") from exc
 
-    async def _on_model(self, name: str, version: int | None, work: Callable[[ModelInstance], Awaitable[T]]) -> T:
+    async def _on_model(self, name: str, version: int | None, work: Callable[[ServedModel], Awaitable[T]]) -> T:
         """Run ``work`` on the serving version. If a reload retired that version while this
         request was on its way, run it once more on the one that replaced it: a reload
         must not fail requests."""
-        model = self._registry.get(name, version)
+        model = self._catalog.get(name, version)
         try:
             return await work(model)
         except BatcherClosed as exc:
-            replacement = self._registry.get(name, version)
+            replacement = self._catalog.get(name, version)
             if replacement is model:
                 raise from_batching_error(exc) from exc
         try:
@@ -162,28 +226,28 @@ class ClassificationService:
         except BatcherClosed as exc:
             raise from_batching_error(exc) from exc
 
-    def _classification(self, model: ModelInstance, probabilities: np.ndarray, k: int) -> Classification:
+    def _classification(self, model: ServedModel, probabilities: np.ndarray, k: int) -> Classification:
         return Classification(model.name, model.version, top_k(probabilities, k, model.manifest.labels))
 
     def _deadline(self, timeout_s: float | None) -> float:
         """A client may shorten the server's deadline, never lengthen it."""
         budget = self._limits.request_timeout_s if timeout_s is None else min(timeout_s, self._limits.request_timeout_s)
-        return self._clock() + budget
+        return self._clock.now() + budget
 
     async def classify(self, data: bytes, *, model_name: str, k: int, timeout_s: float | None = None) -> Classification:
+        """One encoded image's top ``k`` classes. A result cache hit skips decode and model."""
         self.check_top_k(k)
         deadline = self._deadline(timeout_s)
 
-        async def work(model: ModelInstance) -> Classification:
-            key = model.cache_key(data)
-            probabilities = model.cached(key)
-            if probabilities is None:
-                with self._admission.images_held(1, model.batching.max_queue_size):
+        async def work(model: ServedModel) -> Classification:
+            async def decode_and_infer() -> np.ndarray:
+                with self._admission.images_held(1, model.max_queue_size):
                     (tensor,) = await self._decode_all(model, [data])
                     with self._model_errors(model):
-                        probabilities = await model.infer(tensor, deadline)
-                model.remember(key, probabilities)
-            return self._classification(model, probabilities, k)
+                        (probabilities,) = await model.infer_many([tensor], deadline)
+                return probabilities
+
+            return self._classification(model, await model.remembered(data, decode_and_infer), k)
 
         return await self._on_model(model_name, None, work)
 
@@ -195,16 +259,20 @@ class ClassificationService:
         tensors: Sequence[np.ndarray] | None = None,
         encoded: Sequence[bytes] | None = None,
         timeout_s: float | None = None,
-    ) -> tuple[ModelInstance, np.ndarray]:
-        """Model outputs for a batch of ready tensors, or of encoded images to decode first.
-        All or nothing: one bad image fails the request (the protocols' semantics)."""
+        top_k: int | None = None,
+    ) -> Inference:
+        """Model outputs for a batch of ready tensors, or of encoded images to decode first,
+        and each row's ``top_k`` classes when asked (checked before any work). All or nothing:
+        one bad image fails the request (the protocols' semantics)."""
         count = len(encoded) if encoded is not None else len(tensors or [])
         if count == 0:
             raise ServiceError(ErrorKind.BAD_REQUEST, "the batch is empty")
+        if top_k is not None:
+            self.check_top_k(top_k)
         deadline = self._deadline(timeout_s)
 
-        async def work(model: ModelInstance) -> tuple[ModelInstance, np.ndarray]:
-            with self._admission.images_held(count, model.batching.max_queue_size):
+        async def work(model: ServedModel) -> Inference:
+            with self._admission.images_held(count, model.max_queue_size):
                 batch = await self._decode_all(model, encoded) if encoded is not None else list(tensors or [])
                 shape, dtype = model.manifest.item_shape, np.dtype(model.manifest.input.dtype)
                 if any(t.shape != shape or t.dtype != dtype for t in batch):
@@ -213,7 +281,8 @@ class ClassificationService:
                     )
                 with self._model_errors(model):
                     rows = await model.infer_many(batch, deadline)
-            return model, np.stack(rows)
+            classes = [] if top_k is None else [self._classification(model, row, top_k).predictions for row in rows]
+            return Inference(self._describe(model), np.stack(rows), classes)
 
         return await self._on_model(model_name, version, work)
 
@@ -225,14 +294,14 @@ class ClassificationService:
         self.check_top_k(k)
         deadline = self._deadline(timeout_s)
 
-        async def work(model: ModelInstance) -> list[ItemOutcome]:
-            with self._admission.images_held(len(images), model.batching.max_queue_size):
+        async def work(model: ServedModel) -> list[ItemOutcome]:
+            with self._admission.images_held(len(images), model.max_queue_size):
                 return await self._classify_decoded(model, images, deadline, k)
 
         return await self._on_model(model_name, None, work)
 
     async def _classify_decoded(
-        self, model: ModelInstance, images: Sequence[bytes], deadline: float, k: int
+        self, model: ServedModel, images: Sequence[bytes], deadline: float, k: int
     ) -> list[ItemOutcome]:
         decoded = await self._decode_each(model, images)
         tensors = [t for t in decoded if not isinstance(t, ServiceError)]

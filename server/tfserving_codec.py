@@ -44,7 +44,8 @@ class TFServingRequest:
     """uint8 [n, *item_shape] pixels, or encoded images to decode."""
     columnar: bool
     """Answer in the columnar form (``outputs``) rather than the row form (``predictions``)."""
-    top_k: int
+    top_k: int | None
+    """As given (None: not given); its range is the service's one top-k check."""
 
 
 def _rows(body: dict[str, Any], model: ModelInput) -> tuple[list[Any], bool]:
@@ -97,15 +98,13 @@ def _image(row: Any, model: ModelInput) -> bytes | np.ndarray:
     raise _bad('an image is {"b64": "<base64>"} or a [height][width][3] list of pixel values')
 
 
-def _top_k(value: Any, max_top_k: int) -> int:
-    if value is None:
-        return min(DEFAULT_TOP_K, max_top_k)
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= max_top_k:
-        raise ServiceError(ErrorKind.INVALID_PARAMETER, f"top_k must be an integer from 1 to {max_top_k}")
+def _top_k(value: Any) -> int | None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ServiceError(ErrorKind.INVALID_PARAMETER, "top_k must be an integer")
     return value
 
 
-def parse_request(body: bytes, model: ModelInput, *, max_images: int, max_top_k: int) -> TFServingRequest:
+def parse_request(body: bytes, model: ModelInput, *, max_images: int) -> TFServingRequest:
     try:
         request = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -118,7 +117,7 @@ def parse_request(body: bytes, model: ModelInput, *, max_images: int, max_top_k:
     signature = request.get("signature_name", model.signature)
     if signature != model.signature:
         raise _bad(f"unknown signature_name {echo(signature)}; this model has {model.signature!r}")
-    top_k = _top_k(request.get("top_k"), max_top_k)
+    top_k = _top_k(request.get("top_k"))
     rows, columnar = _rows(request, model)
     if len(rows) > max_images:
         raise ServiceError(ErrorKind.TOO_MANY_IMAGES, f"{len(rows)} images in one request; at most {max_images}")

@@ -18,6 +18,7 @@ import orjson
 
 from model_contract.errors import ErrorKind, ServiceError, echo
 from model_contract.imaging import to_uint8_pixels
+from server.top_k import Prediction
 
 DTYPES: dict[str, np.dtype[Any]] = {
     "BOOL": np.dtype(bool),
@@ -34,6 +35,14 @@ DTYPES: dict[str, np.dtype[Any]] = {
     "FP64": np.dtype("<f8"),
 }
 V2_NAMES = {dtype: name for name, dtype in DTYPES.items()}
+
+
+def v2_datatype(dtype: str) -> str:
+    """A manifest's numpy dtype name ("float32") as the protocol names it ("FP32")."""
+    try:
+        return V2_NAMES.get(np.dtype(dtype), dtype.upper())
+    except TypeError:  # a name numpy does not know ("bfloat16")
+        return dtype.upper()
 
 
 # Structural bounds: a well-formed request is far inside them, a hostile one cannot make the
@@ -64,8 +73,6 @@ class TensorLimits:
     """Numeric elements in one input tensor."""
     max_byte_elements: int
     """BYTES elements (encoded images) in one input tensor."""
-    max_classification: int
-    """Largest ``classification`` top-k on an output."""
 
 
 @dataclass
@@ -304,15 +311,16 @@ def _input(spec: Any, binary: bytes, offset: int, limits: TensorLimits) -> tuple
     ), offset
 
 
-def _output(spec: Any, default_binary: bool, limits: TensorLimits) -> RequestedOutput:
+def _output(spec: Any, default_binary: bool) -> RequestedOutput:
     spec = _object(spec, "each output")
     name = _text(spec.get("name"), "an output's name")
     parameters = _object(spec.get("parameters"), f"output {echo(name)}: parameters")
     return RequestedOutput(
         name=name,
         binary=_flag(parameters.get("binary_data", default_binary), f"output {echo(name)}: binary_data"),
+        # Its bound is the service's one top-k check (limits.max_top_k), as on every protocol.
         classification=_integer(
-            parameters.get("classification", 0), f"output {echo(name)}: classification", 0, limits.max_classification
+            parameters.get("classification", 0), f"output {echo(name)}: classification", 0, MAX_DIM
         ),
     )
 
@@ -343,7 +351,7 @@ def parse_infer_request(body: bytes, header_length: int | None, limits: TensorLi
     specs = _list(request.get("inputs"), "inputs", MAX_TENSORS) if "inputs" in request else []
     if not specs:
         raise ProtocolError("an inference request needs a non-empty 'inputs' list")
-    outputs = [_output(o, default_binary, limits) for o in _list(request.get("outputs") or [], "outputs", MAX_TENSORS)]
+    outputs = [_output(o, default_binary) for o in _list(request.get("outputs") or [], "outputs", MAX_TENSORS)]
     inputs, offset = [], 0
     for spec in specs:
         tensor, offset = _input(spec, binary, offset, limits)
@@ -384,13 +392,9 @@ def check_outputs(outputs: list[RequestedOutput], output_name: str) -> None:
             raise ProtocolError(f"unknown output {echo(out.name)}; this model has {output_name!r}")
 
 
-def classification_elements(probabilities: np.ndarray, k: int, labels: list[str]) -> list[list[bytes]]:
-    """Per row, the top k as ``"score:index:label"``, best first (Triton's format)."""
-    rows = []
-    for row in probabilities:
-        top = np.argsort(-row, kind="stable")[:k]
-        rows.append([f"{row[i]:f}:{i}:{labels[i]}".encode() for i in top])
-    return rows
+def classification_elements(classes: list[list[Prediction]], k: int) -> list[list[bytes]]:
+    """Per row, the best k as ``"score:index:label"``, best first (Triton's format)."""
+    return [[f"{p.score:f}:{p.index}:{p.label}".encode() for p in row[:k]] for row in classes]
 
 
 def encode_infer_response(
@@ -400,16 +404,20 @@ def encode_infer_response(
     output_name: str,
     probabilities: np.ndarray,
     requested: list[RequestedOutput],
-    labels: list[str],
+    classes: list[list[Prediction]],
+    output_dtype: str = "float32",
 ) -> tuple[bytes, int | None]:
-    """The response body, and the JSON header's length when binary parts follow it."""
+    """The response body, and the JSON header's length when binary parts follow it.
+    ``classes`` holds each row's top classes, as many as the largest ``classification`` asked;
+    the output tensor has the manifest's ``output_dtype``, as the model's metadata says."""
+    dtype = DTYPES.get(v2_datatype(output_dtype), DTYPES["FP32"])
     wanted = requested or [RequestedOutput(output_name, binary=False)]
     outputs, blobs = [], []
     for out in wanted:
         entry: dict[str, Any]
         if out.classification:
             k = min(out.classification, probabilities.shape[-1])
-            elements = classification_elements(probabilities, k, labels)
+            elements = classification_elements(classes, k)
             shape = [len(elements), k]
             entry = {"name": out.name, "datatype": "BYTES", "shape": shape}
             flat = [e for row in elements for e in row]
@@ -420,8 +428,8 @@ def encode_infer_response(
             else:
                 entry["data"] = [e.decode() for e in flat]
         else:
-            array = np.ascontiguousarray(probabilities, dtype=np.float32)
-            entry = {"name": out.name, "datatype": "FP32", "shape": list(array.shape)}
+            array = np.ascontiguousarray(probabilities, dtype=dtype)
+            entry = {"name": out.name, "datatype": V2_NAMES[dtype], "shape": list(array.shape)}
             if out.binary:
                 blob = array.tobytes()
                 entry["parameters"] = {"binary_data_size": len(blob)}

@@ -139,3 +139,153 @@ class GatedRuntime:
 
     def close(self) -> None:
         pass
+
+
+def fake_manifest(name: str = "m", version: int = 1, classes: int = 10, runtime: str = "tensorflow") -> Any:
+    """A manifest for 8x8 RGB images and ``classes`` classes named ``class<i>``."""
+    from model_contract.manifest import ModelManifest
+
+    return ModelManifest.model_validate(
+        {
+            "name": name,
+            "version": version,
+            "runtime": runtime,
+            "artifact": "",
+            "input": {"name": "images", "dtype": "uint8", "shape": [-1, 8, 8, 3]},
+            "output": {"name": "probabilities", "dtype": "float32", "shape": [-1, classes]},
+            "preprocessing": {"resize_shorter_side": 8, "crop_size": 8},
+            "labels": [f"class{i}" for i in range(classes)],
+        }
+    )
+
+
+class FakeModel:
+    """A ``ServedModel`` on a real micro-batcher and the test's clock, over a runner the test
+    can hold (``hold=True``) and poison. An image's output puts most of its mass on class
+    ``first pixel % classes`` and the rest on the class after it; ``poison`` fails its batch.
+    """
+
+    def __init__(
+        self,
+        manifest: Any,
+        clock: Any,
+        *,
+        runtime: str = "fake",
+        max_batch_size: int = 4,
+        max_queue_size: int = 16,
+        results: Any = None,
+        hold: bool = False,
+        poison: int | None = None,
+    ) -> None:
+        from batching import BatchingConfig, MicroBatcher
+
+        self.manifest = manifest
+        self.runtime = runtime
+        self.ready = True
+        self.hold = hold
+        self.poison = poison
+        self.batches: list[int] = []  # size of every batch that reached the "model"
+        self._gates: list[asyncio.Event] = []
+        self._results = results
+        config = BatchingConfig(max_batch_size=max_batch_size, max_queue_size=max_queue_size)
+        self._batcher: Any = MicroBatcher(self._run, config, clock=clock)
+        self._batcher.start()
+
+    @property
+    def name(self) -> str:
+        return str(self.manifest.name)
+
+    @property
+    def version(self) -> int:
+        return int(self.manifest.version)
+
+    @property
+    def preprocessing(self) -> Any:
+        return self.manifest.preprocessing
+
+    @property
+    def max_queue_size(self) -> int:
+        return int(self._batcher.config.max_queue_size)
+
+    @property
+    def max_batch_size(self) -> int:
+        return int(self._batcher.config.max_batch_size)
+
+    async def _run(self, items: list[np.ndarray]) -> list[np.ndarray]:
+        self.batches.append(len(items))
+        if self.hold:
+            gate = asyncio.Event()
+            self._gates.append(gate)
+            await gate.wait()
+        first = [int(item[0, 0, 0]) for item in items]
+        if self.poison is not None and self.poison in first:
+            raise RuntimeError("poisoned input")
+        classes = len(self.manifest.labels)
+        out = np.zeros((len(items), classes), np.float32)
+        out[np.arange(len(items)), [f % classes for f in first]] = 0.75
+        out[np.arange(len(items)), [(f + 1) % classes for f in first]] = 0.25
+        return list(out)
+
+    def release(self) -> None:
+        """Let the oldest held batch finish."""
+        self._gates.pop(0).set()
+
+    @property
+    def held(self) -> int:
+        return len(self._gates)
+
+    async def infer_many(self, tensors: Sequence[np.ndarray], deadline: float | None) -> list[np.ndarray]:
+        result: list[np.ndarray] = await self._batcher.submit_many(tensors, deadline=deadline)
+        return result
+
+    async def remembered(self, encoded: bytes, compute: Any) -> np.ndarray:
+        if self._results is None:
+            return await compute()  # type: ignore[no-any-return]
+        return await self._results.remembered(encoded, compute)  # type: ignore[no-any-return]
+
+    async def retire(self) -> None:
+        """As a reload does: stop intake; anything sent from now on gets ``BatcherClosed``."""
+        await self._batcher.close(0)
+
+
+class FakeCatalog:
+    """A ``ModelCatalog`` over the models the test hands it; the newest version is the default."""
+
+    def __init__(self, *models: Any) -> None:
+        self.serving: list[Any] = list(models)
+        self.errors: dict[str, str] = {}
+        self.repository_readable = True
+        self.reloads: list[str | None] = []
+        self.unloaded: list[str] = []
+        self.lookups = 0
+
+    @property
+    def models(self) -> list[Any]:
+        return list(self.serving)
+
+    @property
+    def ready(self) -> bool:
+        return bool(self.serving) and all(m.ready for m in self.serving)
+
+    @property
+    def failed_models(self) -> list[str]:
+        return sorted(self.errors)
+
+    def get(self, name: str, version: int | None = None) -> Any:
+        from model_contract.errors import ErrorKind, ServiceError
+
+        self.lookups += 1
+        versions = [m for m in self.serving if m.name == name and version in (None, m.version)]
+        if not versions:
+            raise ServiceError(ErrorKind.MODEL_NOT_FOUND, f"no model named {name!r}")
+        return max(versions, key=lambda m: m.version)
+
+    def get_text_version(self, name: str, version: str | None) -> Any:
+        return self.get(name, None if version is None else int(version))
+
+    async def reload(self, only: str | None = None) -> None:
+        self.reloads.append(only)
+
+    async def unload(self, name: str) -> None:
+        self.unloaded.append(name)
+        self.serving = [m for m in self.serving if m.name != name]

@@ -9,11 +9,10 @@ from starlette.responses import Response
 
 from model_contract.errors import ServiceError
 from server.api import uploads
-from server.api.deps import registry_of, service_of, settings_of
+from server.api.deps import metrics_of, service_of, settings_of
 from server.api.disconnect import unless_disconnected
 from server.api.error_handlers import imgserve_body
 from server.api.responses import OrjsonResponse
-from server.runtimes import choose_runtime
 from server.service import Classification, ItemOutcome
 
 router = APIRouter()
@@ -113,12 +112,12 @@ async def list_models(request: Request) -> Response:
             "name": m.name,
             "version": m.version,
             "ready": m.ready,
-            "runtime": choose_runtime(m.manifest, settings_of(request).runtime),
+            "runtime": m.runtime,
             "input": m.manifest.input.model_dump(),
             "classes": len(m.manifest.labels),
-            "max_batch_size": m.batching.max_batch_size,
+            "max_batch_size": m.max_batch_size,
         }
-        for m in registry_of(request).models
+        for m in service_of(request).models()
     ]
     return OrjsonResponse({"default": settings_of(request).default_model, "models": models})
 
@@ -133,16 +132,16 @@ async def health() -> Response:
 async def ready(request: Request) -> Response:
     """Readiness: every model is loaded and warmed up. Which models failed to load is shown;
     why is only in the log and the admin API (it names paths on this machine)."""
-    registry = registry_of(request)
+    readiness = service_of(request).readiness()
     body = {
-        "ready": registry.ready,
-        "models": {m.name: m.ready for m in registry.models},
-        "failed": registry.failed_models,
-        "repository_readable": registry.repository_readable,
+        "ready": readiness.ready,
+        "models": readiness.models,
+        "failed": readiness.failed,
+        "repository_readable": readiness.repository_readable,
     }
-    return OrjsonResponse(body, status_code=200 if registry.ready else 503)
+    return OrjsonResponse(body, status_code=200 if readiness.ready else 503)
 
 
 @router.get("/metrics", tags=["health"])
 async def metrics(request: Request) -> Response:
-    return Response(request.app.state.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+    return Response(metrics_of(request).render(), media_type="text/plain; version=0.0.4; charset=utf-8")

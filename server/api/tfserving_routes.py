@@ -17,58 +17,59 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from model_contract.errors import ErrorKind, ServiceError, echo
-from server.api.deps import registry_of, service_of
+from server.api.deps import service_of
 from server.api.disconnect import unless_disconnected
 from server.api.openapi_bodies import TF_SERVING
 from server.api.responses import OrjsonResponse
-from server.model_instance import ModelInstance
-from server.service import top_k
-from server.tfserving_codec import ModelInput, TFServingRequest, parse_request
+from server.service import Inference, ModelDescription
+from server.tfserving_codec import DEFAULT_TOP_K, ModelInput, TFServingRequest, parse_request
 
 router = APIRouter(prefix="/v1/models", tags=["tensorflow serving rest"])
 
-TF_DTYPES = {"uint8": "DT_UINT8", "float32": "DT_FLOAT"}
+TF_DTYPES = {"uint8": "DT_UINT8", "float16": "DT_HALF", "float32": "DT_FLOAT"}
 
 
-def _model(request: Request, name: str, version: str | None, label: str | None = None) -> ModelInstance:
-    model = registry_of(request).get_text_version(name, version)
+def _model(request: Request, name: str, version: str | None, label: str | None = None) -> ModelDescription:
+    model = service_of(request).model(name, version)
     if label is not None and label != "latest":
         raise ServiceError(ErrorKind.MODEL_NOT_FOUND, f"model {echo(name)} has no version labelled {echo(label)}")
     return model
 
 
-async def _run(request: Request, model: ModelInstance, pinned: bool) -> tuple[np.ndarray, TFServingRequest]:
+async def _run(
+    request: Request, model: ModelDescription, pinned: bool, classify: bool
+) -> tuple[Inference, TFServingRequest]:
     service = service_of(request)
     body = await request.body()
     spec = ModelInput(model.manifest.input.name, model.manifest.item_shape, model.manifest.signature)
-    max_images, max_top_k = service.max_images(model), service.limits.max_top_k
-    parse = partial(parse_request, body, spec, max_images=max_images, max_top_k=max_top_k)
-    parsed = await service.offload(parse, json=body)
+    parsed = await service.offload(partial(parse_request, body, spec, max_images=model.max_images), json=body)
+    top_k = parsed.top_k
+    if classify and top_k is None:
+        top_k = min(DEFAULT_TOP_K, service.limits.max_top_k)
     images = parsed.images
     work = service.infer(
         model_name=model.name,
         version=model.version if pinned else None,
         tensors=list(images) if isinstance(images, np.ndarray) else None,
         encoded=images if isinstance(images, list) else None,
+        top_k=top_k,
     )
-    _, probabilities = await unless_disconnected(request, work)
-    return probabilities, parsed
+    return await unless_disconnected(request, work), parsed
 
 
 async def _predict(request: Request, name: str, version: str | None, label: str | None) -> Response:
     model = _model(request, name, version, label)
-    probabilities, parsed = await _run(request, model, pinned=version is not None)
-    return OrjsonResponse({"outputs" if parsed.columnar else "predictions": probabilities})
+    inference, parsed = await _run(request, model, pinned=version is not None, classify=False)
+    return OrjsonResponse({"outputs" if parsed.columnar else "predictions": inference.outputs})
 
 
 async def _classify(request: Request, name: str, version: str | None, label: str | None) -> Response:
     model = _model(request, name, version, label)
-    probabilities, parsed = await _run(request, model, pinned=version is not None)
-    results = [[[p.label, p.score] for p in top_k(row, parsed.top_k, model.manifest.labels)] for row in probabilities]
-    return OrjsonResponse({"results": results})
+    inference, _ = await _run(request, model, pinned=version is not None, classify=True)
+    return OrjsonResponse({"results": [[[p.label, p.score] for p in row] for row in inference.classes]})
 
 
-def _status(model: ModelInstance) -> Response:
+def _status(model: ModelDescription) -> Response:
     state = "AVAILABLE" if model.ready else "LOADING"
     status = {"error_code": "OK", "error_message": ""}
     return OrjsonResponse({"model_version_status": [{"version": str(model.version), "state": state, "status": status}]})
@@ -82,7 +83,7 @@ def _tensor_info(name: str, dtype: str, shape: list[int]) -> dict[str, Any]:
     }
 
 
-def _metadata(model: ModelInstance) -> Response:
+def _metadata(model: ModelDescription) -> Response:
     m = model.manifest
     signature = {
         "inputs": {m.input.name: _tensor_info(m.input.name, m.input.dtype, m.input.shape)},

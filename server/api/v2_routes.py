@@ -18,11 +18,10 @@ from starlette.responses import Response
 
 from model_contract.errors import ServiceError
 from model_contract.manifest import ModelManifest
-from server.api.deps import registry_of, service_of
+from server.api.deps import service_of
 from server.api.disconnect import unless_disconnected
 from server.api.openapi_bodies import V2_INFER
 from server.api.responses import OrjsonResponse
-from server.model_instance import ModelInstance
 from server.v2_codec import (
     InferRequest,
     TensorLimits,
@@ -31,16 +30,13 @@ from server.v2_codec import (
     model_images,
     parse_header_length,
     parse_infer_request,
+    v2_datatype,
 )
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol v2"])
 
 EXTENSIONS = ["binary_tensor_data", "classification", "model_repository"]
 PLATFORMS = {"tensorflow": "tensorflow_savedmodel", "litert": "tensorflow_lite", "keras_jax": "keras_jax"}
-
-
-def _model(request: Request, name: str, version: str | None) -> ModelInstance:
-    return registry_of(request).get_text_version(name, version)
 
 
 @router.get("/health/live")
@@ -50,7 +46,7 @@ async def live() -> Response:
 
 @router.get("/health/ready")
 async def ready(request: Request) -> Response:
-    is_ready = registry_of(request).ready
+    is_ready = service_of(request).readiness().ready
     return OrjsonResponse({"ready": is_ready}, status_code=200 if is_ready else 503)
 
 
@@ -60,15 +56,15 @@ async def server_metadata(request: Request) -> Response:
 
 
 async def _metadata(request: Request, name: str, version: str | None) -> Response:
-    model = _model(request, name, version)
+    model = service_of(request).model(name, version)
     m = model.manifest
     return OrjsonResponse(
         {
-            "name": m.name,
-            "versions": [str(m.version)],
-            "platform": PLATFORMS.get(m.runtime, m.runtime),
-            "inputs": [{"name": m.input.name, "datatype": m.input.dtype.upper(), "shape": m.input.shape}],
-            "outputs": [{"name": m.output.name, "datatype": "FP32", "shape": m.output.shape}],
+            "name": model.name,
+            "versions": [str(model.version)],
+            "platform": PLATFORMS.get(model.runtime, model.runtime),
+            "inputs": [{"name": m.input.name, "datatype": v2_datatype(m.input.dtype), "shape": m.input.shape}],
+            "outputs": [{"name": m.output.name, "datatype": v2_datatype(m.output.dtype), "shape": m.output.shape}],
         }
     )
 
@@ -85,7 +81,7 @@ async def model_version_metadata(request: Request, name: str, version: str) -> R
 
 async def _ready(request: Request, name: str, version: str | None) -> Response:
     try:
-        _model(request, name, version)
+        service_of(request).model(name, version)
     except ServiceError as exc:
         return OrjsonResponse({"name": name, "ready": False, "error": exc.message}, status_code=400)
     return OrjsonResponse({"name": name, "ready": True})
@@ -111,37 +107,39 @@ def _parse(
 
 
 async def _infer(request: Request, name: str, version: str | None) -> Response:
-    model = _model(request, name, version)
     service = service_of(request)
+    model = service.model(name, version)
     body = await request.body()
     header_length = parse_header_length(request.headers.get("inference-header-content-length"), len(body))
-    max_images = service.max_images(model)
     limits = TensorLimits(
-        max_batch=max_images,
-        max_elements=max_images * math.prod(model.manifest.item_shape),
-        max_byte_elements=max_images,
-        max_classification=service.limits.max_top_k,
+        max_batch=model.max_images,
+        max_elements=model.max_images * math.prod(model.manifest.item_shape),
+        max_byte_elements=model.max_images,
     )
     parse = partial(_parse, body, header_length, limits, model.manifest)
     json_part = body if header_length is None else body[:header_length]  # binary data parses fast
     infer_request, images = await service.offload(parse, json=json_part)
     timeout_us = infer_request.timeout_us
+    top_k = max((out.classification for out in infer_request.outputs), default=0)
     work = service.infer(
         model_name=model.name,
         version=None if version is None else model.version,
         tensors=list(images) if isinstance(images, np.ndarray) else None,
         encoded=images if isinstance(images, list) else None,
         timeout_s=None if timeout_us is None else timeout_us / 1e6,
+        top_k=top_k or None,
     )
-    model, probabilities = await unless_disconnected(request, work)
+    inference = await unless_disconnected(request, work)
+    served = inference.model
     body, json_length = encode_infer_response(
-        model.name,
-        model.version,
+        served.name,
+        served.version,
         infer_request.id,
-        model.manifest.output.name,
-        probabilities,
+        served.manifest.output.name,
+        inference.outputs,
         infer_request.outputs,
-        model.manifest.labels,
+        inference.classes,
+        served.manifest.output.dtype,
     )
     if json_length is None:
         return Response(body, media_type="application/json")
@@ -163,15 +161,15 @@ async def infer_version(request: Request, name: str, version: str) -> Response:
 @router.post("/repository/index")
 async def repository_index(request: Request) -> Response:
     """Every served version with its state, and the models whose last load failed."""
-    registry = registry_of(request)
+    index = service_of(request).repository_index()
     entries: list[dict[str, Any]] = [
         {"name": m.name, "version": str(m.version), "state": "READY" if m.ready else "LOADING", "reason": ""}
-        for m in registry.models
+        for m in index.served
     ]
-    served = {m.name for m in registry.models}
+    served = {m.name for m in index.served}
     entries += [
         {"name": name, "version": "", "state": "READY" if name in served else "UNAVAILABLE", "reason": error}
-        for name, error in registry.errors.items()
+        for name, error in index.errors.items()
     ]
     return OrjsonResponse(entries)
 
@@ -179,14 +177,13 @@ async def repository_index(request: Request) -> Response:
 @router.post("/repository/models/{name}/load")
 async def repository_load(request: Request, name: str) -> Response:
     """Rescan this model's folder now: load new versions, retire removed ones."""
-    registry = registry_of(request)
-    await registry.reload(only=name)
-    if name in registry.errors:
-        return OrjsonResponse({"error": registry.errors[name]}, status_code=400)
+    error = await service_of(request).load(name)
+    if error is not None:
+        return OrjsonResponse({"error": error}, status_code=400)
     return OrjsonResponse({})
 
 
 @router.post("/repository/models/{name}/unload")
 async def repository_unload(request: Request, name: str) -> Response:
-    await registry_of(request).unload(name)
+    await service_of(request).unload(name)
     return OrjsonResponse({})

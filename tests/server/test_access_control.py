@@ -19,7 +19,7 @@ from server.api_keys import ApiKeys, Client, digest, parse_key_file
 from server.cpu_budget import CpuBudgets
 from tests.fakes import GatedRuntime
 from tests.server.test_admission import heavy_png, v2_bytes
-from tests.server.test_api_fake_runtime import MODEL, fake_app, png
+from tests.server.test_api_fake_runtime import MODEL, fake_app, is_ready, png, until
 
 ADMIN = "s3cret-admin-token"
 ALICE, BOB = "alice-key-0123456789", "bob-key-0123456789"
@@ -32,10 +32,7 @@ async def client_for(tmp_path: Path, host: str = "localhost", **settings: Any) -
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url=f"http://{host}") as client:
-            for _ in range(500):
-                if (await client.get("/ready")).status_code == 200:
-                    break
-                await asyncio.sleep(0.01)
+            await until(lambda: is_ready(app))
             yield client
 
 

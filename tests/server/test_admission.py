@@ -37,7 +37,7 @@ async def serving(
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
-            await until(lambda: app.state.registry.ready)
+            await until(lambda: app.state.service.readiness().ready)
             yield client, app
 
 

@@ -4,6 +4,7 @@ runtime so the test decides when the "model" finishes."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
 import time
 from collections.abc import AsyncIterator
@@ -14,15 +15,17 @@ from typing import Any
 
 import httpx
 import numpy as np
+import orjson
 import pytest
 from PIL import Image
 
+from batching.clock import Clock
 from loadtests.batching_bench import write_model
 from model_contract.manifest import ModelManifest
 from server.app import create_app
 from server.runtimes import RuntimeOptions
 from server.settings import BatchingSettings, LimitSettings, Settings
-from tests.fakes import GatedRuntime
+from tests.fakes import GatedRuntime, ManualClock
 from tests.live_server import live_server
 
 MODEL = "fake"
@@ -38,14 +41,34 @@ def png(value: int) -> bytes:
     return buffer.getvalue()
 
 
-def fake_app(tmp_path: Path, runtime: GatedRuntime, model_config: dict[str, Any] | None = None, **settings: Any) -> Any:
+def fake_app(
+    tmp_path: Path,
+    runtime: GatedRuntime,
+    model_config: dict[str, Any] | None = None,
+    clock: Clock | None = None,
+    **settings: Any,
+) -> Any:
     write_fake_model(tmp_path, model_config)
     config = Settings(model_repository=tmp_path, default_model=MODEL, **settings)
 
     def factory(manifest: ModelManifest, path: Path, options: RuntimeOptions) -> GatedRuntime:
         return runtime
 
-    return create_app(config, runtime_factory=factory)
+    return create_app(config, runtime_factory=factory, clock=clock)
+
+
+async def until(condition: Any, rounds: int = 500) -> None:
+    """Wait (bounded) for a condition the server reaches on its own threads (loading a model,
+    running a batch): only there does real time pass; deadlines move on a ManualClock."""
+    for _ in range(rounds):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition never became true")
+
+
+def is_ready(app: Any) -> bool:
+    return bool(app.state.service.readiness().ready)
 
 
 @asynccontextmanager
@@ -57,20 +80,8 @@ async def serving(
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
             if wait_ready:
-                for _ in range(500):
-                    if (await client.get("/ready")).status_code == 200:
-                        break
-                    await asyncio.sleep(0.01)
+                await until(lambda: is_ready(app))
             yield client, app
-
-
-async def until(condition: Any, rounds: int = 500) -> None:
-    """Wait (bounded) for a condition the server reaches on its own threads."""
-    for _ in range(rounds):
-        if condition():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition never became true")
 
 
 async def start_blocking_call(client: httpx.AsyncClient, runtime: GatedRuntime) -> asyncio.Future[httpx.Response]:
@@ -119,19 +130,17 @@ def test_full_queue_answers_429_with_retry_after_and_serves_the_rest(tmp_path: P
 @pytest.mark.parametrize("deadline_from", ["server", "client"])
 def test_request_whose_deadline_passes_in_the_queue_gets_504_and_never_runs(tmp_path: Path, deadline_from: str) -> None:
     async def scenario() -> None:
-        runtime = GatedRuntime()
+        runtime, clock = GatedRuntime(), ManualClock()
         # Either the server's own deadline is short, or the client shortens the default 10 s.
         limits = LimitSettings(request_timeout_s=0.2 if deadline_from == "server" else 10.0)
         headers = {"X-Request-Timeout-Ms": "200"} if deadline_from == "client" else {}
-        async with serving(tmp_path, runtime, batching=BatchingSettings(max_batch_size=1), limits=limits) as (
-            client,
-            app,
-        ):
+        batching = BatchingSettings(max_batch_size=1)
+        async with serving(tmp_path, runtime, batching=batching, limits=limits, clock=clock) as (client, app):
             warm_calls = len(runtime.batch_sizes)
             in_flight = await start_blocking_call(client, runtime)
             late = post(client, 2, headers)
             await until(lambda: queue_depth(app) == 1)
-            await asyncio.sleep(0.3)  # let the queued request's 0.2 s deadline pass
+            clock.advance(0.3)  # the queued request's 0.2 s deadline passes, on the app's clock
             runtime.gate.set()
             assert (await in_flight).status_code == 200
             response = await late
@@ -146,7 +155,7 @@ def test_not_ready_until_warm_up_finishes(tmp_path: Path) -> None:
     async def scenario() -> None:
         runtime = GatedRuntime()
         runtime.gate.clear()  # warm-up blocks
-        async with serving(tmp_path, runtime, wait_ready=False) as (client, _):
+        async with serving(tmp_path, runtime, wait_ready=False) as (client, app):
             assert (await client.get("/health")).status_code == 200
             assert (await client.get("/ready")).status_code == 503
             early = await client.post("/v1/classify", content=png(1), headers={"Content-Type": "image/png"})
@@ -154,10 +163,7 @@ def test_not_ready_until_warm_up_finishes(tmp_path: Path) -> None:
             assert early.json()["error"]["code"] == "not_ready"
             assert "Retry-After" in early.headers
             runtime.gate.set()
-            for _ in range(500):
-                if (await client.get("/ready")).status_code == 200:
-                    break
-                await asyncio.sleep(0.01)
+            await until(lambda: is_ready(app))
             assert (await client.get("/ready")).json()["ready"] is True
 
     asyncio.run(scenario())
@@ -226,12 +232,21 @@ def test_a_models_config_file_overrides_the_server_batching_defaults(tmp_path: P
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
-                await until(lambda: app.state.registry.ready)
+                await until(lambda: is_ready(app))
                 (model,) = (await client.get("/v1/models")).json()["models"]
                 assert model["max_batch_size"] == 2
                 assert runtime.batch_sizes == [1, 2]
 
     asyncio.run(scenario())
+
+
+def poll(condition: Any, rounds: int = 500) -> None:
+    """Wait (bounded) for a condition a live server reaches on its own threads."""
+    for _ in range(rounds):
+        if condition():
+            return
+        time.sleep(0.01)
+    raise AssertionError("condition never became true")
 
 
 def test_a_client_that_disconnects_while_queued_never_reaches_the_model(tmp_path: Path) -> None:
@@ -242,26 +257,23 @@ def test_a_client_that_disconnects_while_queued_never_reaches_the_model(tmp_path
     def abandoned() -> float:
         return registry.get_sample_value("imgserve_dropped_images_total", {"model": MODEL, "reason": "abandoned"}) or 0
 
+    def closed_by_client() -> float:
+        labels = {"route": "/v1/classify", "method": "POST", "status": "499"}
+        return registry.get_sample_value("imgserve_requests_total", labels) or 0
+
     with live_server(app) as base_url, httpx.Client(base_url=base_url, timeout=30) as client:
         runtime.gate.clear()
         with ThreadPoolExecutor(max_workers=1) as pool:
             blocker = pool.submit(client.post, "/v1/classify", content=png(1), headers={"Content-Type": "image/png"})
-            for _ in range(500):
-                if runtime.entered == 5:  # 4 warm-up calls, then the blocker
-                    break
-                time.sleep(0.01)
+            poll(lambda: runtime.entered == 5)  # 4 warm-up calls, then the blocker
             with pytest.raises(httpx.ReadTimeout):  # this client gives up and hangs up
                 httpx.post(
                     f"{base_url}/v1/classify", content=png(7), headers={"Content-Type": "image/png"}, timeout=0.5
                 )
-            time.sleep(0.2)  # time for the server to notice the closed connection
+            poll(lambda: closed_by_client() == 1)  # the server noticed, and gave up the work
             runtime.gate.set()
             assert blocker.result().status_code == 200
-        for _ in range(500):
-            if abandoned() == 1:
-                break
-            time.sleep(0.01)
-        assert abandoned() == 1
+        poll(lambda: abandoned() == 1)
         assert 7 not in runtime.seen
         metrics = client.get("/metrics").text
         assert 'route="/v1/classify",status="499"' in metrics
@@ -286,5 +298,77 @@ def test_requests_beyond_the_in_progress_limit_get_429_before_decoding(tmp_path:
             assert [(await r).status_code for r in (in_flight, queued)] == [200, 200]
             # Capacity comes back once those two are answered.
             assert (await post(client, 4)).status_code == 200
+
+    asyncio.run(scenario())
+
+
+def test_every_protocol_ranks_alike_and_refuses_a_top_k_past_the_limit_before_the_model_runs(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        runtime = GatedRuntime()
+        async with serving(tmp_path, runtime, limits=LimitSettings(max_top_k=4)) as (client, app):
+            warm_calls = runtime.entered
+            encoded = base64.b64encode(png(3)).decode()
+
+            def v2(k: int) -> dict[str, Any]:
+                """The image as a binary BYTES element, the top k by the classification extension."""
+                raw = len(png(3)).to_bytes(4, "little") + png(3)
+                image = {
+                    "name": "images",
+                    "datatype": "BYTES",
+                    "shape": [1],
+                    "parameters": {"binary_data_size": len(raw)},
+                }
+                wanted = {"name": "probabilities", "parameters": {"classification": k}}
+                header = orjson.dumps({"inputs": [image], "outputs": [wanted]})
+                return {"content": header + raw, "headers": {"Inference-Header-Content-Length": str(len(header))}}
+
+            refused = [
+                await client.post("/v1/classify?top_k=5", content=png(3), headers={"Content-Type": "image/png"}),
+                await client.post(f"/v2/models/{MODEL}/infer", **v2(5)),
+                await client.post(f"/v1/models/{MODEL}:classify", json={"examples": [{"b64": encoded}], "top_k": 5}),
+            ]
+            assert [r.status_code for r in refused] == [422, 422, 422]
+            messages = [refused[0].json()["error"]["message"], refused[1].json()["error"], refused[2].json()["error"]]
+            assert set(messages) == {"top_k must be between 1 and 4"}
+            decoded = app.state.metrics.registry.get_sample_value
+            assert decoded("imgserve_images_decoded_total", {"model": MODEL, "outcome": "ok"}) is None
+            assert runtime.entered == warm_calls  # refused before decoding, and before the model ran
+
+            v1 = await client.post("/v1/classify?top_k=4", content=png(3), headers={"Content-Type": "image/png"})
+            v1_ranking = [(p["index"], p["label"]) for p in v1.json()["predictions"]]
+            (v2_output,) = (await client.post(f"/v2/models/{MODEL}/infer", **v2(4))).json()["outputs"]
+            v2_ranking = [(int(e.split(":")[1]), e.split(":")[2]) for e in v2_output["data"]]
+            tf = await client.post(f"/v1/models/{MODEL}:classify", json={"examples": [{"b64": encoded}]})
+            (tf_result,) = tf.json()["results"]  # no top_k: TF Serving's default, capped by the limit
+            tf_labels = [label for label, _ in tf_result]
+            assert v1_ranking[0] == (3, "class3") and v2_ranking == v1_ranking
+            assert tf_labels == [label for _, label in v1_ranking]
+
+    asyncio.run(scenario())
+
+
+def test_every_protocol_describes_a_model_with_the_runtime_serving_it_and_its_output_dtype(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        # The version also carries a LiteRT artifact, and the server prefers LiteRT: LiteRT serves it.
+        write_fake_model(tmp_path)
+        folder = tmp_path / MODEL / "1"
+        manifest = ModelManifest.read(folder)
+        half = manifest.output.model_copy(update={"dtype": "float16"})
+        manifest.model_copy(update={"artifacts": {"litert": "model.tflite"}, "output": half}).write(folder)
+        settings = Settings(model_repository=tmp_path, default_model=MODEL, runtime="litert")
+        app = create_app(settings, runtime_factory=lambda manifest, path, options: GatedRuntime())
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
+                await until(lambda: is_ready(app))
+                (listed,) = (await client.get("/v1/models")).json()["models"]
+                v2 = (await client.get(f"/v2/models/{MODEL}")).json()
+                assert listed["runtime"] == "litert" and v2["platform"] == "tensorflow_lite"
+                assert v2["outputs"] == [{"name": "probabilities", "datatype": "FP16", "shape": [-1, 10]}]
+                image = {"name": "images", "datatype": "UINT8", "shape": [1, 8, 8, 3], "data": [2] * 192}
+                (output,) = (await client.post(f"/v2/models/{MODEL}/infer", json={"inputs": [image]})).json()["outputs"]
+                assert output["datatype"] == "FP16" and np.argmax(output["data"]) == 2
+                signature = (await client.get(f"/v1/models/{MODEL}/metadata")).json()["metadata"]["signature_def"]
+                assert signature["signature_def"]["serving_default"]["outputs"]["probabilities"]["dtype"] == "DT_HALF"
 
     asyncio.run(scenario())

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from model_contract.errors import ServiceError
 from server.api.error_handlers import HTTP_STATUS
 from server.tfserving_codec import ModelInput, parse_request
+from server.top_k import check_top_k
 from server.v2_codec import ProtocolError, TensorLimits, model_images, parse_header_length, parse_infer_request
 
 ITEM_SHAPE = (8, 8, 3)
@@ -25,8 +26,8 @@ LIMITS = TensorLimits(
     max_batch=MAX_IMAGES,
     max_elements=MAX_IMAGES * math.prod(ITEM_SHAPE),
     max_byte_elements=MAX_IMAGES,
-    max_classification=10,
 )
+MAX_TOP_K = 10
 TF_MODEL = ModelInput("images", ITEM_SHAPE, "serving_default")
 
 json_values = st.recursive(
@@ -51,6 +52,17 @@ def client_error_or_result(call: Callable[[], Any]) -> Any:
         assert 400 <= HTTP_STATUS[exc.kind] < 500, f"{HTTP_STATUS[exc.kind]}: {exc.message}"
         assert len(exc.message) <= 400
         return None
+
+
+def admitted_top_k(k: int) -> bool:
+    """What the service's one top-k check, which every protocol's parsed top-k goes through,
+    makes of ``k``: admitted, or refused as a client error."""
+    try:
+        check_top_k(k, MAX_TOP_K)
+    except ServiceError as exc:
+        assert 400 <= HTTP_STATUS[exc.kind] < 500
+        return False
+    return True
 
 
 def valid_v2_request() -> dict[str, Any]:
@@ -116,7 +128,8 @@ def test_v2_one_hostile_field_is_a_client_error_or_still_within_limits(path: tup
     elements = len(tensor.elements) if tensor.datatype == "BYTES" else tensor.array.size
     assert elements <= LIMITS.max_elements
     assert parsed.timeout_us is None or (math.isfinite(parsed.timeout_us) and parsed.timeout_us > 0)
-    assert all(0 <= o.classification <= LIMITS.max_classification for o in parsed.outputs)
+    asked = [o.classification for o in parsed.outputs if o.classification]
+    assert all(0 < k <= MAX_TOP_K for k in asked if admitted_top_k(k))
     images = client_error_or_result(lambda: model_images(parsed, "images", ITEM_SHAPE))
     if isinstance(images, np.ndarray):
         assert images.dtype == np.uint8 and images.shape[1:] == ITEM_SHAPE and len(images) <= MAX_IMAGES
@@ -194,16 +207,17 @@ TF_FIELDS: list[tuple[Any, ...]] = [
 
 @given(st.binary(max_size=3000))
 def test_tf_any_bytes_is_a_request_or_a_client_error(body: bytes) -> None:
-    client_error_or_result(lambda: parse_request(body, TF_MODEL, max_images=MAX_IMAGES, max_top_k=10))
+    client_error_or_result(lambda: parse_request(body, TF_MODEL, max_images=MAX_IMAGES))
 
 
 @given(st.sampled_from(TF_FIELDS), hostile_values)
 def test_tf_one_hostile_field_is_a_client_error_or_still_within_limits(path: tuple[Any, ...], value: Any) -> None:
     body = orjson.dumps(replaced(valid_tf_request(), path, value))
-    parsed = client_error_or_result(lambda: parse_request(body, TF_MODEL, max_images=MAX_IMAGES, max_top_k=10))
+    parsed = client_error_or_result(lambda: parse_request(body, TF_MODEL, max_images=MAX_IMAGES))
     if parsed is None:
         return
-    assert 1 <= len(parsed.images) <= MAX_IMAGES and 1 <= parsed.top_k <= 10
+    assert 1 <= len(parsed.images) <= MAX_IMAGES
+    assert parsed.top_k is None or not admitted_top_k(parsed.top_k) or 1 <= parsed.top_k <= MAX_TOP_K
     if isinstance(parsed.images, np.ndarray):
         assert parsed.images.dtype == np.uint8 and parsed.images.shape[1:] == ITEM_SHAPE
 
@@ -217,7 +231,7 @@ def test_tf_one_hostile_field_is_a_client_error_or_still_within_limits(path: tup
 )  # fmt: skip
 def test_tf_pixel_lists_are_converted_only_when_every_value_is_a_pixel(images: list[Any]) -> None:
     body = orjson.dumps({"instances": images})
-    parsed = client_error_or_result(lambda: parse_request(body, TF_MODEL, max_images=MAX_IMAGES, max_top_k=10))
+    parsed = client_error_or_result(lambda: parse_request(body, TF_MODEL, max_images=MAX_IMAGES))
     values = np.asarray(images, dtype=np.float64)
     if len(images) <= MAX_IMAGES and values.min() >= 0 and values.max() <= 255:
         assert parsed is not None and np.array_equal(parsed.images, np.rint(values).astype(np.uint8))

@@ -19,7 +19,8 @@ from model_contract.manifest import ModelManifest
 from server.app import create_app
 from server.runtimes import RuntimeOptions
 from server.settings import BatchingSettings, Settings
-from tests.fakes import GatedRuntime
+from tests.fakes import GatedRuntime, ManualClock
+from tests.server.test_api_fake_runtime import queue_depth, until
 
 MODEL = "fake"
 
@@ -44,6 +45,7 @@ async def serving(
     repository: Path,
     broken_versions: frozenset[int] = frozenset(),
     runtimes: list[GatedRuntime] | None = None,
+    clock: ManualClock | None = None,
     **settings: Any,
 ) -> AsyncIterator[httpx.AsyncClient]:
     """The app on fake runtimes (each one appended to ``runtimes``), once loading is done."""
@@ -59,16 +61,14 @@ async def serving(
     config = Settings(
         model_repository=repository, default_model=MODEL, batching=batching, admin_token=ADMIN_TOKEN, **settings
     )
-    app = create_app(config, runtime_factory=factory)
+    app = create_app(config, runtime_factory=factory, clock=clock)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
         async with httpx.AsyncClient(transport=transport, base_url="http://localhost", headers=admin) as client:
-            for _ in range(500):
-                if (await client.post("/v2/repository/index")).json():
-                    break
-                await asyncio.sleep(0.01)
-            client.app = app  # type: ignore[attr-defined]  # for tests that read the metrics
+            index = app.state.service.repository_index
+            await until(lambda: bool(index().served or index().errors))  # the first load is done
+            client.app = app  # type: ignore[attr-defined]  # for tests that read the metrics and the service
             yield client
 
 
@@ -125,11 +125,11 @@ def test_a_new_version_takes_over_under_load_without_a_failed_request(tmp_path: 
                         versions.append(response.json()["version"])
 
             users = [asyncio.ensure_future(user()) for _ in range(8)]
-            await asyncio.sleep(0.05)
+            await until(lambda: versions.count(1) >= 8)  # under load
             add_version(tmp_path, 2)
             loaded = await client.post(f"/v2/repository/models/{MODEL}/load")
             assert loaded.status_code == 200, loaded.text
-            await asyncio.sleep(0.05)
+            await until(lambda: versions.count(2) >= 8)  # still under load, now on the new version
             stop.set()
             await asyncio.gather(*users)
             assert statuses and set(statuses) == {200}
@@ -190,12 +190,12 @@ def test_polling_picks_up_a_new_version(tmp_path: Path) -> None:
     add_version(tmp_path, 1)
 
     async def scenario() -> None:
-        async with serving(tmp_path, repository_poll_s=0.05) as client:
+        clock = ManualClock()
+        async with serving(tmp_path, repository_poll_s=60, clock=clock) as client:
             add_version(tmp_path, 2)
-            for _ in range(200):
-                if await served_versions(client) == [2]:
-                    break
-                await asyncio.sleep(0.02)
+            clock.advance(60)  # the poll is due: no real minute passes
+            service = client.app.state.service  # type: ignore[attr-defined]
+            await until(lambda: [m.version for m in service.models()] == [2])
             assert await served_versions(client) == [2]
 
     asyncio.run(scenario())
@@ -236,11 +236,12 @@ def test_unload_drains_queued_requests_before_releasing_the_model(tmp_path: Path
             runtime.gate.clear()
             entered = runtime.entered
             in_flight = [asyncio.ensure_future(classify(client, v)) for v in (1, 2, 3)]
-            while runtime.entered == entered:
-                await asyncio.sleep(0.01)
-            await asyncio.sleep(0.05)  # the other two queue behind the stuck one
+            await until(lambda: runtime.entered > entered)
+            app = client.app  # type: ignore[attr-defined]
+            await until(lambda: queue_depth(app) == 2)  # the other two queue behind the stuck one
             unloading = asyncio.ensure_future(client.post(f"/v2/repository/models/{MODEL}/unload"))
-            await asyncio.sleep(0.05)
+            await until(lambda: not app.state.service.models())  # no longer served, now draining
+            assert not unloading.done()  # the queue holds the unload until it has drained
             runtime.gate.set()
             assert [r.status_code for r in await asyncio.gather(*in_flight)] == [200, 200, 200]
             assert (await unloading).status_code == 200

@@ -28,6 +28,7 @@ from server.registry import ModelRegistry
 from server.runtimes import RuntimeOptions, load_runtime
 from server.settings import BatchingSettings, Settings
 from tests.fakes import GatedRuntime
+from tests.server.test_api_fake_runtime import until
 
 
 def add_model(repository: Path, name: str, version: int = 1, config: Any = None) -> Path:
@@ -312,10 +313,7 @@ def test_the_app_serves_the_good_model_and_names_the_broken_ones(tmp_path: Path)
             transport = httpx.ASGITransport(app=app)
             admin = {"Authorization": "Bearer repository-admin"}
             async with httpx.AsyncClient(transport=transport, base_url="http://localhost", headers=admin) as client:
-                for _ in range(500):  # bounded wait for the background load
-                    if (await client.get("/v1/models")).json()["models"]:
-                        break
-                    await asyncio.sleep(0.01)
+                await until(lambda: bool(app.state.service.models()))  # the background load
                 listed = (await client.get("/v1/models")).json()["models"]
                 assert [(m["name"], m["version"]) for m in listed] == [("good", 1)]
                 answer = await client.post("/v1/classify", content=png(), headers={"Content-Type": "image/png"})

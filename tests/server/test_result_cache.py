@@ -42,7 +42,10 @@ def test_stored_results_are_read_only_copies() -> None:
         stored[0] = 5
 
 
-def test_keys_follow_the_bytes() -> None:
-    assert ResultCache.key(b"photo") == ResultCache.key(b"photo")
-    assert ResultCache.key(b"photo") != ResultCache.key(b"photo2")
-    assert ResultCache.key(np.zeros(3, np.uint8)) != ResultCache.key(np.ones(3, np.uint8))
+def test_keys_follow_the_model_the_version_and_the_bytes() -> None:
+    key = ResultCache.key
+    assert key("m", 1, b"photo") == key("m", 1, b"photo")
+    assert key("m", 1, b"photo") != key("m", 1, b"photo2")
+    assert key("m", 1, b"photo") != key("m", 2, b"photo")
+    assert key("m", 1, b"photo") != key("n", 1, b"photo")
+    assert key("m1", 1, b"photo") != key("m", 1, b"1photo")  # no name runs into the bytes

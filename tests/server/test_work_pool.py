@@ -143,7 +143,7 @@ def big_v2_body(values: int) -> bytes:
 
 
 def test_isolated_work_runs_in_another_process_and_its_result_errors_and_cpu_come_back() -> None:
-    limits = TensorLimits(max_batch=10**6, max_elements=10**6, max_byte_elements=1, max_classification=1)
+    limits = TensorLimits(max_batch=10**6, max_elements=10**6, max_byte_elements=1)
 
     async def scenario() -> None:
         pool, budgets = WorkPool(threads=2), CpuBudgets()

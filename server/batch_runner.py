@@ -1,0 +1,118 @@
+"""Runs batches on a runtime: assembles the batch on one thread, runs the model on another,
+and releases both and the runtime at the end, off the event loop and within a bound."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from batching import BatchingConfig
+from server.metrics import ModelBatchMetrics
+from server.runtimes import Runtime
+
+log = logging.getLogger(__name__)
+
+
+class BatchRunner:
+    def __init__(
+        self,
+        label: str,
+        runtime: Runtime,
+        item_shape: tuple[int, ...],
+        dtype: np.dtype[Any],
+        batching: BatchingConfig,
+        metrics: ModelBatchMetrics | None = None,
+    ) -> None:
+        self._label = label
+        self._runtime = runtime
+        self._item_shape = item_shape
+        self._dtype = dtype
+        self._batching = batching
+        self._metrics = metrics
+        # Host work (stacking, padding) and model compute each get their own thread, so with
+        # two batches in flight the next is assembled while the current one runs; neither
+        # ever blocks the event loop.
+        self._assembler = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"assemble-{label}")
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{label}")
+
+    def _assemble(self, items: list[np.ndarray]) -> np.ndarray:
+        """Stack into one array of the padded batch size; padding rows stay zero."""
+        rows = self._batching.padded_size(len(items))
+        batch = np.zeros((rows, *self._item_shape), dtype=self._dtype)
+        np.stack(items, out=batch[: len(items)])
+        if self._metrics is not None:
+            self._metrics.padded(len(items), rows)
+        return batch
+
+    async def run(self, items: list[np.ndarray]) -> list[np.ndarray]:
+        """The batcher's batch function: one output row per item."""
+        loop = asyncio.get_running_loop()
+        batch = await loop.run_in_executor(self._assembler, self._assemble, items)
+        outputs = await loop.run_in_executor(self._executor, self._runtime.predict, batch)
+        return list(outputs[: len(items)])
+
+    async def warm_up(self) -> None:
+        """Run every batch shape the runtime will be called with, so no live request pays
+        for a first-call allocation or kernel selection."""
+        loop = asyncio.get_running_loop()
+        for rows in self._batching.batch_shapes:
+            batch = np.zeros((rows, *self._item_shape), dtype=self._dtype)
+            await loop.run_in_executor(self._executor, self._runtime.predict, batch)
+
+    def _release(self) -> None:
+        self._assembler.shutdown(wait=True)
+        self._executor.shutdown(wait=True)
+        self._runtime.close()
+
+    async def close(self, timeout_s: float) -> None:
+        """Release the threads and the runtime. A runtime that hangs in ``predict`` or ``close``
+        is logged and left behind after ``timeout_s``: shutdown must end."""
+        try:
+            released = await _ended_within(self._release, timeout_s, f"release-{self._label}")
+        except Exception:
+            log.exception("%s: releasing the runtime failed", self._label)
+            return
+        if not released:
+            log.error("%s: the runtime did not release within %.1f s; leaving it behind", self._label, timeout_s)
+
+
+async def _ended_within(call: Callable[[], None], timeout_s: float, name: str) -> bool:
+    """Run ``call`` on a daemon thread, and wait at most ``timeout_s`` for it to end.
+
+    Not ``asyncio.to_thread``: a thread of an executor that never ends would block the
+    executor's shutdown, and the interpreter's exit, forever; a daemon thread does neither.
+    """
+    loop = asyncio.get_running_loop()
+    ended: asyncio.Future[None] = loop.create_future()
+
+    def settle(error: BaseException | None) -> None:
+        if ended.done():
+            return
+        if error is None:
+            ended.set_result(None)
+        else:
+            ended.set_exception(error)
+
+    def target() -> None:
+        error: BaseException | None = None
+        try:
+            call()
+        except BaseException as exc:
+            error = exc
+        with contextlib.suppress(RuntimeError):  # the loop closed while we hung: nobody waits
+            loop.call_soon_threadsafe(settle, error)
+
+    threading.Thread(target=target, name=name, daemon=True).start()
+    try:
+        await asyncio.wait_for(asyncio.shield(ended), timeout_s)
+    except asyncio.TimeoutError:
+        ended.cancel()  # what the thread reports later goes nowhere
+        return False
+    return True

@@ -1,0 +1,106 @@
+"""The seam between serving logic and model execution: what the service and the routes may
+know of a model and of the set of models.
+
+``ModelRegistry`` and ``ModelInstance`` are one implementation, in this process. Another (a
+model process behind IPC, a remote shard) only has to provide these two interfaces.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Protocol
+
+import numpy as np
+
+from model_contract.manifest import ModelManifest
+from model_contract.preprocess import PreprocessSpec
+
+
+class ServedModel(Protocol):
+    """One served version of a model."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def version(self) -> int: ...
+
+    @property
+    def manifest(self) -> ModelManifest: ...
+
+    @property
+    def preprocessing(self) -> PreprocessSpec:
+        """How an encoded image becomes this model's input tensor."""
+        ...
+
+    @property
+    def ready(self) -> bool:
+        """Warmed up and taking traffic."""
+        ...
+
+    @property
+    def runtime(self) -> str:
+        """The runtime that serves this version (not necessarily the manifest's own)."""
+        ...
+
+    @property
+    def max_queue_size(self) -> int:
+        """Most images queued for the model; a request with more can never be admitted."""
+        ...
+
+    @property
+    def max_batch_size(self) -> int: ...
+
+    async def infer_many(self, tensors: Sequence[np.ndarray], deadline: float | None) -> list[np.ndarray]:
+        """One output per input tensor, in order. ``deadline`` is on the clock the app was given.
+
+        Raises the batcher's errors (``Overloaded``, ``DeadlineExceeded``, ``BatcherClosed`` when
+        this version was retired, ...) or what the runtime raised for one of the tensors.
+        """
+        ...
+
+    async def remembered(self, encoded: bytes, compute: Callable[[], Awaitable[np.ndarray]]) -> np.ndarray:
+        """The output for one encoded image: a stored one when this version caches results and
+        has seen these bytes, else ``compute()``'s (decode and infer), which is then stored."""
+        ...
+
+
+class ModelCatalog(Protocol):
+    """The served models, and the operations that change which ones are served."""
+
+    @property
+    def models(self) -> Sequence[ServedModel]:
+        """Every served version."""
+        ...
+
+    @property
+    def ready(self) -> bool:
+        """Some model is served, and every served version is ready."""
+        ...
+
+    @property
+    def errors(self) -> Mapping[str, str]:
+        """Per model, why it or some of its versions do not serve ("repository": unreadable)."""
+        ...
+
+    @property
+    def failed_models(self) -> list[str]:
+        """The models with an error, without the reasons (which may name paths)."""
+        ...
+
+    @property
+    def repository_readable(self) -> bool: ...
+
+    def get(self, name: str, version: int | None = None) -> ServedModel:
+        """A ready version (the newest when ``version`` is None), or a ``ServiceError``."""
+        ...
+
+    def get_text_version(self, name: str, version: str | None) -> ServedModel:
+        """``get`` with the version as a URL gives it (digits, or anything a client sent)."""
+        ...
+
+    async def reload(self, only: str | None = None) -> None:
+        """Bring the served versions in line with the repository, or one model of it."""
+        ...
+
+    async def unload(self, name: str) -> None: ...
