@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+from functools import partial
+
 import numpy as np
 import pytest
+from prometheus_client import CollectorRegistry, Counter
 
-from server.result_cache import ResultCache
+from server.result_cache import HASH_ON_LOOP_BYTES, CachedResults, ResultCache
 
 
 def row(value: float, size: int = 10) -> np.ndarray:
@@ -49,3 +53,23 @@ def test_keys_follow_the_model_the_version_and_the_bytes() -> None:
     assert key("m", 1, b"photo") != key("m", 2, b"photo")
     assert key("m", 1, b"photo") != key("n", 1, b"photo")
     assert key("m1", 1, b"photo") != key("m", 1, b"1photo")  # no name runs into the bytes
+
+
+@pytest.mark.parametrize("size", [100, HASH_ON_LOOP_BYTES + 1], ids=["hashed-on-the-loop", "hashed-in-a-thread"])
+def test_remembered_computes_once_per_image_whatever_its_size(size: int) -> None:
+    registry = CollectorRegistry()
+    hits, misses = Counter("hits", "", registry=registry), Counter("misses", "", registry=registry)
+    results = CachedResults("m", 1, ResultCache(max_entries=4, max_bytes=1000), hits, misses)
+    computed: list[bytes] = []
+
+    async def scenario() -> list[np.ndarray]:
+        async def compute(image: bytes) -> np.ndarray:
+            computed.append(image)
+            return row(len(computed))
+
+        first, second = b"a" * size, b"b" * size
+        return [await results.remembered(image, partial(compute, image)) for image in (first, second, first)]
+
+    answers = asyncio.run(scenario())
+    assert len(computed) == 2 and answers[2][0] == answers[0][0] == 1 and answers[1][0] == 2
+    assert (registry.get_sample_value("hits_total"), registry.get_sample_value("misses_total")) == (1, 2)
