@@ -8,12 +8,12 @@ import contextlib
 import logging
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 
 from batching import BatchingConfig
+from server.daemon_worker import DaemonWorker
 from server.metrics import ModelBatchMetrics
 from server.runtimes import Runtime
 
@@ -38,9 +38,10 @@ class BatchRunner:
         self._metrics = metrics
         # Host work (stacking, padding) and model compute each get their own thread, so with
         # two batches in flight the next is assembled while the current one runs; neither
-        # ever blocks the event loop.
-        self._assembler = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"assemble-{label}")
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{label}")
+        # ever blocks the event loop. Daemon threads: a runtime stuck in predict must not keep
+        # the process from exiting.
+        self._assembler = DaemonWorker(f"assemble-{label}")
+        self._executor = DaemonWorker(f"infer-{label}")
 
     def _assemble(self, items: list[np.ndarray]) -> np.ndarray:
         """Stack into one array of the padded batch size; padding rows stay zero."""
@@ -113,6 +114,9 @@ async def _ended_within(call: Callable[[], None], timeout_s: float, name: str) -
     try:
         await asyncio.wait_for(asyncio.shield(ended), timeout_s)
     except asyncio.TimeoutError:
-        ended.cancel()  # what the thread reports later goes nowhere
         return False
+    finally:
+        # Timed out, or cancelled from outside: what the thread reports later goes nowhere
+        # (and is not logged as an exception never retrieved). A no-op once it has ended.
+        ended.cancel()
     return True

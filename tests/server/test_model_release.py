@@ -4,7 +4,10 @@ in ``predict``) is logged and left behind, and shutdown still ends."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -124,3 +127,32 @@ def test_close_runs_off_the_event_loop(tmp_path: Path, caplog: pytest.LogCapture
     with caplog.at_level(logging.ERROR):
         asyncio.run(scenario())
     assert not caplog.records
+
+
+def _stuck_forever(repository: str) -> None:
+    """Run in a child process: a model stuck in predict for good, then shutdown, then exit."""
+    runtime = GatedRuntime()
+
+    async def scenario() -> None:
+        registry = registry_of(Path(repository), runtime, release_timeout_s=0.2)
+        await registry.load_all()
+        runtime.gate.clear()  # never set again
+        stuck = asyncio.ensure_future(registry.get("m").infer_many([np.zeros((8, 8, 3), np.uint8)], deadline=None))
+        await until(lambda: runtime.entered == 2)
+        await registry.close()
+        with contextlib.suppress(BatcherClosed):
+            await stuck
+
+    asyncio.run(scenario())
+    print("shut down", flush=True)
+
+
+def test_a_process_with_a_runtime_stuck_in_predict_still_exits(tmp_path: Path) -> None:
+    """The threads that run the model are daemons: the interpreter does not wait for a call
+    that never returns (it would, forever, for an executor's thread)."""
+    code = f"from tests.server.test_model_release import _stuck_forever; _stuck_forever({str(tmp_path)!r})"
+    root = Path(__file__).resolve().parents[2]
+    # The stuck call gives up after GatedRuntime's 30 s: an exit that waited for it would time out here.
+    result = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=20)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "shut down" in result.stdout
