@@ -1,6 +1,6 @@
 """Domain errors: a kind, a message and an optional retry-after. No HTTP in here.
 
-Services raise ``ServiceError`` with a kind; each protocol's renderer (``server/api/errors``)
+Services raise ``ServiceError`` with a kind; each protocol's renderer (``server/api/error_handlers.py``)
 decides what status and body that kind becomes on the wire.
 """
 

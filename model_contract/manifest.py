@@ -7,7 +7,7 @@ Every build writes a version through ``ModelManifest.write`` and everything that
 from __future__ import annotations
 
 from pathlib import Path, PurePath
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -41,9 +41,15 @@ def inside_folder(folder: Path, relative: str) -> Path:
     return path
 
 
+# The element types every protocol imgserve speaks can name (v2 datatypes, TF Serving's DT_*).
+TensorDtype = Literal[
+    "bool", "uint8", "uint16", "uint32", "uint64", "int8", "int16", "int32", "int64", "float16", "float32", "float64"
+]
+
+
 class TensorSpec(BaseModel):
     name: str
-    dtype: str
+    dtype: TensorDtype
     shape: list[int] = Field(description="-1 marks the batch dimension.")
 
 

@@ -52,7 +52,7 @@ def describe(exc: Exception) -> str:
 
 def _version_folders(model_dir: Path) -> dict[int, Path]:
     return {
-        int(p.name): p for p in model_dir.iterdir() if VERSION_NAME.fullmatch(p.name) and (p / MANIFEST_FILE).is_file()
+        int(p.name): p for p in model_dir.iterdir() if VERSION_NAME.fullmatch(p.name) and ModelManifest.is_version(p)
     }
 
 

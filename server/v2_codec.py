@@ -38,11 +38,9 @@ V2_NAMES = {dtype: name for name, dtype in DTYPES.items()}
 
 
 def v2_datatype(dtype: str) -> str:
-    """A manifest's numpy dtype name ("float32") as the protocol names it ("FP32")."""
-    try:
-        return V2_NAMES.get(np.dtype(dtype), dtype.upper())
-    except TypeError:  # a name numpy does not know ("bfloat16")
-        return dtype.upper()
+    """A manifest's numpy dtype name ("float32") as the protocol names it ("FP32"). Every name
+    a manifest may hold has one (``model_contract.manifest.TensorDtype``)."""
+    return V2_NAMES[np.dtype(dtype)]
 
 
 # Structural bounds: a well-formed request is far inside them, a hostile one cannot make the
@@ -410,7 +408,7 @@ def encode_infer_response(
     """The response body, and the JSON header's length when binary parts follow it.
     ``classes`` holds each row's top classes, as many as the largest ``classification`` asked;
     the output tensor has the manifest's ``output_dtype``, as the model's metadata says."""
-    dtype = DTYPES.get(v2_datatype(output_dtype), DTYPES["FP32"])
+    dtype = DTYPES[v2_datatype(output_dtype)]
     wanted = requested or [RequestedOutput(output_name, binary=False)]
     outputs, blobs = [], []
     for out in wanted:

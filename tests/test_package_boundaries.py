@@ -21,7 +21,11 @@ FORBIDDEN = {
     "batching": {"server", "trt_build", "loadtests", "model_contract", "imgserve"},
     "server": {"trt_build", "loadtests", "imgserve"},
     "trt_build": {"loadtests", "imgserve"},
+    "loadtests": {"imgserve"},  # it starts the command as a process, never imports it
 }
+# What the build may use of the server: its runtimes, so a build is verified through the code
+# that will serve it. Nothing of HTTP, the service or the registry.
+BUILD_USES_OF_SERVER = {"server.runtimes"}
 
 
 # The model execution side of the seam: only the composition root (server/app.py) builds it.
@@ -85,3 +89,14 @@ def test_the_service_and_the_routes_know_models_only_through_the_seam() -> None:
     }
     offending = {module: names for module, names in offending.items() if names}
     assert not offending, f"only server/app.py may build the model side; imports across the seam: {offending}"
+
+
+def test_the_build_uses_only_the_servers_runtimes() -> None:
+    offending = {
+        str(path.relative_to(ROOT)): sorted(
+            m for m in imported_modules(path) if _within(m, {"server"}) and not _within(m, BUILD_USES_OF_SERVER)
+        )
+        for path in sorted((ROOT / "trt_build").rglob("*.py"))
+    }
+    offending = {module: names for module, names in offending.items() if names}
+    assert not offending, f"trt_build may import only {sorted(BUILD_USES_OF_SERVER)} of server: {offending}"

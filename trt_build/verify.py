@@ -87,7 +87,6 @@ class Verification:
     built_bytes: int
     source_images_per_s: float
     built_images_per_s: float
-    built_batch_mode: str
     gate: Gate
     failures: tuple[str, ...]
 
@@ -162,7 +161,6 @@ def verify(
     built_artifact: Path,
     images: np.ndarray,
     gate: Gate,
-    built_batch_mode: str = "batched",
 ) -> Verification:
     source_probs = predict_all(source, images, 32, "source model")
     built_probs = predict_all(built, images, 32, "built model")
@@ -177,7 +175,6 @@ def verify(
         built_bytes=directory_bytes(built_artifact),
         source_images_per_s=images_per_second(source, images),
         built_images_per_s=images_per_second(built, images),
-        built_batch_mode=built_batch_mode,
         gate=gate,
         failures=failures,
     )

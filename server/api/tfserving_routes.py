@@ -26,7 +26,12 @@ from server.tfserving_codec import DEFAULT_TOP_K, ModelInput, TFServingRequest, 
 
 router = APIRouter(prefix="/v1/models", tags=["tensorflow serving rest"])
 
-TF_DTYPES = {"uint8": "DT_UINT8", "float16": "DT_HALF", "float32": "DT_FLOAT"}
+# Every ``TensorDtype`` a manifest may hold, as TF Serving names it.
+TF_DTYPES = {
+    "bool": "DT_BOOL", "uint8": "DT_UINT8", "uint16": "DT_UINT16", "uint32": "DT_UINT32", "uint64": "DT_UINT64",
+    "int8": "DT_INT8", "int16": "DT_INT16", "int32": "DT_INT32", "int64": "DT_INT64",
+    "float16": "DT_HALF", "float32": "DT_FLOAT", "float64": "DT_DOUBLE",
+}  # fmt: skip
 
 
 def _model(request: Request, name: str, version: str | None, label: str | None = None) -> ModelDescription:
@@ -43,9 +48,10 @@ async def _run(
     body = await request.body()
     spec = ModelInput(model.manifest.input.name, model.manifest.item_shape, model.manifest.signature)
     parsed = await service.offload(partial(parse_request, body, spec, max_images=model.max_images), json=body)
-    top_k = parsed.top_k
-    if classify and top_k is None:
-        top_k = min(DEFAULT_TOP_K, service.limits.max_top_k)
+    # Only :classify ranks classes; :predict answers the whole output and ignores a top_k.
+    top_k = None
+    if classify:
+        top_k = min(DEFAULT_TOP_K, service.limits.max_top_k) if parsed.top_k is None else parsed.top_k
     images = parsed.images
     work = service.infer(
         model_name=model.name,
@@ -77,7 +83,7 @@ def _status(model: ModelDescription) -> Response:
 
 def _tensor_info(name: str, dtype: str, shape: list[int]) -> dict[str, Any]:
     return {
-        "dtype": TF_DTYPES.get(dtype, dtype),
+        "dtype": TF_DTYPES[dtype],
         "tensor_shape": {"dim": [{"size": str(d), "name": ""} for d in shape], "unknown_rank": False},
         "name": name,
     }

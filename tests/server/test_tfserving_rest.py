@@ -80,3 +80,14 @@ def test_errors_are_tf_serving_shaped(client: httpx.Client, photo_bytes: dict[st
     assert not_image.status_code == 400 and "error" in not_image.json()
     # The project's own routes next to TF Serving's are unchanged.
     assert client.get("/v1/models").json()["default"] == MODEL
+
+
+def test_predict_answers_the_whole_output_whatever_top_k_says(
+    client: httpx.Client, photo_bytes: dict[str, bytes]
+) -> None:
+    """top_k belongs to :classify; :predict neither ranks nor refuses it."""
+    for top_k in (3, 0):
+        body = {"instances": [b64(photo_bytes["coffee"])], "top_k": top_k}
+        response = client.post("/v1/models/efficientnet_lite0:predict", json=body)
+        assert response.status_code == 200, response.text
+        assert len(response.json()["predictions"][0]) == 1000
