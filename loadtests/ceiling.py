@@ -9,27 +9,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
+from loadtests.in_process import GENEROUS_LIMITS, median_seconds
 from loadtests.payloads import jpeg_payloads
-from model_contract.imaging import DecodeLimits, image_to_tensor
+from model_contract.imaging import image_to_tensor
 from model_contract.manifest import ModelManifest
 from server.runtimes import RuntimeOptions, load_runtime
 
 BATCH_SIZES = (1, 2, 4, 8, 16, 32)
-
-
-def _median_seconds(fn: object, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()  # type: ignore[operator]
-        times.append(time.perf_counter() - started)
-    return float(np.median(times))
 
 
 def measure(version_dir: Path, repeats: int) -> dict[str, object]:
@@ -37,17 +29,17 @@ def measure(version_dir: Path, repeats: int) -> dict[str, object]:
     runtime = load_runtime(manifest, version_dir, RuntimeOptions())
     spec = manifest.preprocessing
     payloads = jpeg_payloads()
-    limits = DecodeLimits(max_pixels=50_000_000, max_decoded_bytes=1 << 30)
 
-    decode_s = _median_seconds(lambda: [image_to_tensor(b, spec, limits) for b in payloads], repeats * 4) / len(
-        payloads
-    )
-    tensors = [image_to_tensor(b, spec, limits) for b in payloads]
+    def decode(data: bytes) -> np.ndarray:
+        return image_to_tensor(data, spec, GENEROUS_LIMITS)
+
+    decode_s = median_seconds(lambda: [decode(b) for b in payloads], repeats * 4) / len(payloads)
+    tensors = [decode(b) for b in payloads]
     model: dict[int, float] = {}
     for n in BATCH_SIZES:
         batch = np.stack([tensors[i % len(tensors)] for i in range(n)])
         runtime.predict(batch)  # warm this shape
-        model[n] = _median_seconds(lambda batch=batch: runtime.predict(batch), repeats)
+        model[n] = median_seconds(partial(runtime.predict, batch), repeats)
     best = max(BATCH_SIZES, key=lambda n: n / model[n])
 
     # The pipeline at the best batch size: decode a batch on all cores, then run it.
@@ -55,9 +47,9 @@ def measure(version_dir: Path, repeats: int) -> dict[str, object]:
     batch_payloads = [payloads[i % len(payloads)] for i in range(best)]
 
     def pipeline() -> None:
-        runtime.predict(np.stack(list(pool.map(lambda b: image_to_tensor(b, spec, limits), batch_payloads))))
+        runtime.predict(np.stack(list(pool.map(decode, batch_payloads))))
 
-    pipeline_s = _median_seconds(pipeline, repeats)
+    pipeline_s = median_seconds(pipeline, repeats)
     pool.shutdown()
     return {
         "decode_preprocess_ms_per_image": round(decode_s * 1000, 2),

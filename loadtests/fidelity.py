@@ -21,15 +21,14 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from model_contract.imaging import DecodeLimits, image_to_tensor
+from loadtests.in_process import GENEROUS_LIMITS, median_seconds
+from model_contract.imaging import image_to_tensor
 from model_contract.manifest import ModelManifest
 from model_contract.preprocess import PreprocessSpec, reference_pipeline
 from server.runtimes import RuntimeOptions, load_runtime
@@ -37,7 +36,6 @@ from trt_build.eval_images import packaged_photo_paths
 
 # Photo to upscale, and the shorter side to upscale it to.
 UPSCALED = (("chelsea.png", 2000), ("coffee.png", 3000), ("astronaut.png", 4000))
-LIMITS = DecodeLimits(max_pixels=50_000_000, max_decoded_bytes=1 << 30)
 
 
 def packaged_photos() -> dict[str, bytes]:
@@ -78,16 +76,6 @@ class Row:
     fast_images_per_s: float
 
 
-def _images_per_s(decode: Callable[[], object], repeats: int) -> float:
-    decode()  # warm
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        decode()
-        times.append(time.perf_counter() - started)
-    return round(1.0 / float(np.median(times)), 1)
-
-
 def measure(version_dir: Path, repeats: int) -> list[Row]:
     manifest = ModelManifest.read(version_dir)
     runtime = load_runtime(manifest, version_dir, RuntimeOptions(preferred_runtime="tensorflow"))
@@ -97,14 +85,20 @@ def measure(version_dir: Path, repeats: int) -> list[Row]:
     for name, data in fidelity_photos().items():
         tensors = [
             reference_pipeline(data, exact),
-            image_to_tensor(data, exact, LIMITS),
-            image_to_tensor(data, fast, LIMITS),
+            image_to_tensor(data, exact, GENEROUS_LIMITS),
+            image_to_tensor(data, fast, GENEROUS_LIMITS),
         ]
         reference, served_exact, served_fast = runtime.predict(np.stack(tensors))
         top1 = int(reference.argmax())
 
         def timed(spec: PreprocessSpec, data: bytes = data) -> float:
-            return _images_per_s(lambda: image_to_tensor(data, spec, LIMITS), repeats)
+            """Images/s of one thread decoding and preprocessing ``data``."""
+
+            def decode() -> object:
+                return image_to_tensor(data, spec, GENEROUS_LIMITS)
+
+            decode()  # warm
+            return round(1.0 / median_seconds(decode, repeats), 1)
 
         rows.append(
             Row(

@@ -10,37 +10,29 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from loadtests.in_process import GENEROUS_LIMITS, median_seconds
 from loadtests.payloads import jpeg_payloads
-from model_contract.imaging import DecodeLimits, image_to_tensor
+from model_contract.imaging import image_to_tensor
 from model_contract.manifest import ModelManifest
 from server.runtimes import RuntimeOptions, load_runtime
-
-
-def _median_seconds(run: Any, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - started)
-    return float(np.median(times))
 
 
 def measure(model: Path, runtime_name: str, dtype: str, batch_sizes: list[int], repeats: int) -> list[dict[str, Any]]:
     manifest = ModelManifest.read(model)
     runtime: Any = load_runtime(manifest, model, RuntimeOptions(preferred_runtime=runtime_name, compute_dtype=dtype))
     spec = manifest.preprocessing
-    tensors = [image_to_tensor(b, spec, DecodeLimits(50_000_000, 1 << 30)) for b in jpeg_payloads()]
+    tensors = [image_to_tensor(b, spec, GENEROUS_LIMITS) for b in jpeg_payloads()]
     rows = []
     for n in batch_sizes:
         batch = np.stack([tensors[i % len(tensors)] for i in range(n)])
         runtime.predict(batch)  # compile / warm this shape
-        from_host = _median_seconds(lambda batch=batch: runtime.predict(batch), repeats)
+        from_host = median_seconds(partial(runtime.predict, batch), repeats)
         row: dict[str, Any] = {
             "runtime": runtime_name,
             "dtype": dtype,
@@ -55,7 +47,7 @@ def measure(model: Path, runtime_name: str, dtype: str, batch_sizes: list[int], 
                 runtime.run_on_device(x).block_until_ready()
 
             resident()
-            seconds = _median_seconds(resident, repeats)
+            seconds = median_seconds(resident, repeats)
             row["on_device_ms"] = round(seconds * 1000, 3)
             row["on_device_images_per_s"] = round(n / seconds, 1)
         rows.append(row)

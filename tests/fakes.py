@@ -160,9 +160,10 @@ def fake_manifest(name: str = "m", version: int = 1, classes: int = 10, runtime:
 
 
 class FakeModel:
-    """A ``ServedModel`` on a real micro-batcher and the test's clock, over a runner the test
-    can hold (``hold=True``) and poison. An image's output puts most of its mass on class
-    ``first pixel % classes`` and the rest on the class after it; ``poison`` fails its batch.
+    """A ``ServedModel`` on a real micro-batcher and the test's clock. Each batch goes through a
+    ``FakeRunner`` over the images' first pixels, which the test can hold (``hold=True``) and
+    poison (an image whose first pixel is ``poison`` fails its batch). An image's output puts
+    most of its mass on class ``first pixel % classes`` and the rest on the class after it.
     """
 
     def __init__(
@@ -182,10 +183,7 @@ class FakeModel:
         self.manifest = manifest
         self.runtime = runtime
         self.ready = True
-        self.hold = hold
-        self.poison = poison
-        self.batches: list[int] = []  # size of every batch that reached the "model"
-        self._gates: list[asyncio.Event] = []
+        self.runner = FakeRunner(hold=hold, poison=poison)
         self._results = results
         config = BatchingConfig(max_batch_size=max_batch_size, max_queue_size=max_queue_size)
         self._batcher: Any = MicroBatcher(self._run, config, clock=clock)
@@ -211,15 +209,14 @@ class FakeModel:
     def max_batch_size(self) -> int:
         return int(self._batcher.config.max_batch_size)
 
+    @property
+    def batches(self) -> list[int]:
+        """The size of every batch that reached the "model"."""
+        return [len(call) for call in self.runner.calls]
+
     async def _run(self, items: list[np.ndarray]) -> list[np.ndarray]:
-        self.batches.append(len(items))
-        if self.hold:
-            gate = asyncio.Event()
-            self._gates.append(gate)
-            await gate.wait()
         first = [int(item[0, 0, 0]) for item in items]
-        if self.poison is not None and self.poison in first:
-            raise RuntimeError("poisoned input")
+        await self.runner(first)  # held while the test holds it; raises if poisoned
         classes = len(self.manifest.labels)
         out = np.zeros((len(items), classes), np.float32)
         out[np.arange(len(items)), [f % classes for f in first]] = 0.75
@@ -228,11 +225,7 @@ class FakeModel:
 
     def release(self) -> None:
         """Let the oldest held batch finish."""
-        self._gates.pop(0).set()
-
-    @property
-    def held(self) -> int:
-        return len(self._gates)
+        self.runner.release()
 
     async def infer_many(self, tensors: Sequence[np.ndarray], deadline: float | None) -> list[np.ndarray]:
         result: list[np.ndarray] = await self._batcher.submit_many(tensors, deadline=deadline)

@@ -18,8 +18,7 @@ from server.api.access import host_allowed
 from server.api_keys import ApiKeys, Client, digest, parse_key_file
 from server.cpu_budget import CpuBudgets
 from tests.fakes import GatedRuntime
-from tests.server.test_admission import heavy_png, v2_bytes
-from tests.server.test_api_fake_runtime import MODEL, fake_app, is_ready, png, until
+from tests.helpers import MODEL, fake_app, heavy_png, is_ready, png, until, v2_bytes
 
 ADMIN = "s3cret-admin-token"
 ALICE, BOB = "alice-key-0123456789", "bob-key-0123456789"

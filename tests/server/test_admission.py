@@ -6,17 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import io
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx
-import numpy as np
-import orjson
 import pytest
-from PIL import Image
 from pydantic import ValidationError
 
 from model_contract.errors import ServiceError
@@ -24,35 +18,14 @@ from server.api.admit import declared_length
 from server.api.error_handlers import HTTP_STATUS
 from server.settings import BatchingSettings, LimitSettings
 from tests.fakes import GatedRuntime
-from tests.server.test_api_fake_runtime import MODEL, fake_app, png, queue_depth, start_blocking_call, until
+from tests.helpers import MODEL, heavy_png, png, queue_depth, serving, start_blocking_call, until, v2_bytes
 
 IMAGE = {"Content-Type": "image/png"}
-
-
-@asynccontextmanager
-async def serving(
-    tmp_path: Path, runtime: GatedRuntime, **settings: Any
-) -> AsyncIterator[tuple[httpx.AsyncClient, Any]]:
-    app = fake_app(tmp_path, runtime, **settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
-            await until(lambda: app.state.service.readiness().ready)
-            yield client, app
 
 
 def decoded(app: Any) -> float:
     sample = app.state.metrics.registry.get_sample_value
     return sum(sample("imgserve_images_decoded_total", {"model": MODEL, "outcome": o}) or 0 for o in ("ok", "refused"))
-
-
-def v2_bytes(images: list[bytes]) -> tuple[bytes, dict[str, str]]:
-    raw = b"".join(len(i).to_bytes(4, "little") + i for i in images)
-    header = orjson.dumps(
-        {"inputs": [{"name": "images", "datatype": "BYTES", "shape": [len(images)],
-                     "parameters": {"binary_data_size": len(raw)}}]}
-    )  # fmt: skip
-    return header + raw, {"Inference-Header-Content-Length": str(len(header))}
 
 
 def too_many_requests(count: int) -> Iterator[tuple[str, str, dict[str, Any]]]:
@@ -195,15 +168,6 @@ def test_budgets_smaller_than_one_request_are_a_configuration_error() -> None:
         LimitSettings(max_body_bytes=1000, max_body_bytes_in_flight=999)
     with pytest.raises(ValidationError, match="max_images_in_progress"):
         LimitSettings(max_images_per_request=10, max_images_in_progress=9)
-
-
-def heavy_png(seed: int) -> bytes:
-    """A 1600x1600 gradient: a small file that takes tens of milliseconds to decode."""
-    ramp = np.linspace(0, 255, 1600, dtype=np.float32)
-    pixels = (ramp[None, :, None] + seed) % 256 * np.ones((1600, 1, 3), np.float32)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels.astype(np.uint8)).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def test_a_bad_image_withdraws_its_siblings_decodes(tmp_path: Path) -> None:

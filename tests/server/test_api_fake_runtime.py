@@ -5,11 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import io
-import time
-from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,91 +13,25 @@ import httpx
 import numpy as np
 import orjson
 import pytest
-from PIL import Image
 
-from batching.clock import Clock
-from loadtests.batching_bench import write_model
 from model_contract.manifest import ModelManifest
 from server.app import create_app
-from server.runtimes import RuntimeOptions
 from server.settings import BatchingSettings, LimitSettings, Settings
 from tests.fakes import GatedRuntime, ManualClock
+from tests.helpers import (
+    MODEL,
+    fake_app,
+    is_ready,
+    png,
+    poll,
+    post,
+    queue_depth,
+    serving,
+    start_blocking_call,
+    until,
+    write_fake_model,
+)
 from tests.live_server import live_server
-
-MODEL = "fake"
-
-
-def write_fake_model(repository: Path, config: dict[str, Any] | None = None) -> None:
-    write_model(repository, MODEL, "fake", image_size=8, resize_shorter_side=8, classes=10, config=config)
-
-
-def png(value: int) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(np.full((8, 8, 3), value, np.uint8)).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def fake_app(
-    tmp_path: Path,
-    runtime: GatedRuntime,
-    model_config: dict[str, Any] | None = None,
-    clock: Clock | None = None,
-    **settings: Any,
-) -> Any:
-    write_fake_model(tmp_path, model_config)
-    config = Settings(model_repository=tmp_path, default_model=MODEL, **settings)
-
-    def factory(manifest: ModelManifest, path: Path, options: RuntimeOptions) -> GatedRuntime:
-        return runtime
-
-    return create_app(config, runtime_factory=factory, clock=clock)
-
-
-async def until(condition: Any, rounds: int = 500) -> None:
-    """Wait (bounded) for a condition the server reaches on its own threads (loading a model,
-    running a batch): only there does real time pass; deadlines move on a ManualClock."""
-    for _ in range(rounds):
-        if condition():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition never became true")
-
-
-def is_ready(app: Any) -> bool:
-    return bool(app.state.service.readiness().ready)
-
-
-@asynccontextmanager
-async def serving(
-    tmp_path: Path, runtime: GatedRuntime, wait_ready: bool = True, **settings: Any
-) -> AsyncIterator[tuple[httpx.AsyncClient, Any]]:
-    app = fake_app(tmp_path, runtime, **settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
-            if wait_ready:
-                await until(lambda: is_ready(app))
-            yield client, app
-
-
-async def start_blocking_call(client: httpx.AsyncClient, runtime: GatedRuntime) -> asyncio.Future[httpx.Response]:
-    """Shut the gate and send one request; return once the runtime is stuck inside it."""
-    runtime.gate.clear()
-    calls = runtime.entered
-    in_flight = post(client, 1)
-    await until(lambda: runtime.entered == calls + 1)
-    return in_flight
-
-
-def post(
-    client: httpx.AsyncClient, value: int, headers: dict[str, str] | None = None
-) -> asyncio.Future[httpx.Response]:
-    headers = {"Content-Type": "image/png", **(headers or {})}
-    return asyncio.ensure_future(client.post("/v1/classify", content=png(value), headers=headers))
-
-
-def queue_depth(app: Any) -> float:
-    return app.state.metrics.registry.get_sample_value("imgserve_queue_depth", {"model": MODEL}) or 0.0
 
 
 def test_full_queue_answers_429_with_retry_after_and_serves_the_rest(tmp_path: Path) -> None:
@@ -238,15 +168,6 @@ def test_a_models_config_file_overrides_the_server_batching_defaults(tmp_path: P
                 assert runtime.batch_sizes == [1, 2]
 
     asyncio.run(scenario())
-
-
-def poll(condition: Any, rounds: int = 500) -> None:
-    """Wait (bounded) for a condition a live server reaches on its own threads."""
-    for _ in range(rounds):
-        if condition():
-            return
-        time.sleep(0.01)
-    raise AssertionError("condition never became true")
 
 
 def test_a_client_that_disconnects_while_queued_never_reaches_the_model(tmp_path: Path) -> None:

@@ -1,6 +1,7 @@
 """Property tests of the two request codecs (v2 and TF Serving): whatever the bytes, the codec
 returns a request within its limits or raises a client error (4xx). Nothing else escapes,
-and nothing is converted before the declared sizes are checked."""
+and nothing is converted before the declared sizes are checked. A codec only parses the top-k
+a client asks for, as the integer it sent; its range is the service's one check (check_top_k)."""
 
 from __future__ import annotations
 
@@ -11,10 +12,10 @@ from typing import Any, Callable
 import numpy as np
 import orjson
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
-from model_contract.errors import ServiceError
+from model_contract.errors import ErrorKind, ServiceError
 from server.api.error_handlers import HTTP_STATUS
 from server.tfserving_codec import ModelInput, parse_request
 from server.top_k import check_top_k
@@ -54,15 +55,15 @@ def client_error_or_result(call: Callable[[], Any]) -> Any:
         return None
 
 
-def admitted_top_k(k: int) -> bool:
-    """What the service's one top-k check, which every protocol's parsed top-k goes through,
-    makes of ``k``: admitted, or refused as a client error."""
-    try:
+def assert_top_k_checked(k: int) -> None:
+    """The service's one top-k check, which every protocol's parsed top-k goes through, admits
+    ``k`` from 1 to MAX_TOP_K and refuses any other as an invalid parameter (a 4xx)."""
+    if 1 <= k <= MAX_TOP_K:
         check_top_k(k, MAX_TOP_K)
-    except ServiceError as exc:
-        assert 400 <= HTTP_STATUS[exc.kind] < 500
-        return False
-    return True
+        return
+    with pytest.raises(ServiceError) as refused:
+        check_top_k(k, MAX_TOP_K)
+    assert refused.value.kind is ErrorKind.INVALID_PARAMETER and 400 <= HTTP_STATUS[refused.value.kind] < 500
 
 
 def valid_v2_request() -> dict[str, Any]:
@@ -119,8 +120,14 @@ def test_v2_any_json_is_a_request_or_a_client_error(value: Any) -> None:
 
 
 @given(st.sampled_from(V2_FIELDS), hostile_values)
+@example(("outputs", 0, "parameters", "classification"), MAX_TOP_K)
+@example(("outputs", 0, "parameters", "classification"), MAX_TOP_K + 1)
+@example(("outputs", 0, "parameters", "classification"), 2**31 - 1)
+@example(("outputs", 0, "parameters", "classification"), True)
+@example(("outputs", 0, "parameters", "classification"), 3.0)
 def test_v2_one_hostile_field_is_a_client_error_or_still_within_limits(path: tuple[Any, ...], value: Any) -> None:
-    body = orjson.dumps(replaced(valid_v2_request(), path, value))
+    document = replaced(valid_v2_request(), path, value)
+    body = orjson.dumps(document)
     parsed = client_error_or_result(lambda: parse_infer_request(body, None, LIMITS))
     if parsed is None:
         return
@@ -128,8 +135,11 @@ def test_v2_one_hostile_field_is_a_client_error_or_still_within_limits(path: tup
     elements = len(tensor.elements) if tensor.datatype == "BYTES" else tensor.array.size
     assert elements <= LIMITS.max_elements
     assert parsed.timeout_us is None or (math.isfinite(parsed.timeout_us) and parsed.timeout_us > 0)
-    asked = [o.classification for o in parsed.outputs if o.classification]
-    assert all(0 < k <= MAX_TOP_K for k in asked if admitted_top_k(k))
+    for sent, output in zip(document.get("outputs") or [], parsed.outputs, strict=True):
+        asked = (sent.get("parameters") or {}).get("classification", 0)  # 0: no classification
+        assert type(asked) is int and type(output.classification) is int and output.classification == asked
+        if output.classification:
+            assert_top_k_checked(output.classification)
     images = client_error_or_result(lambda: model_images(parsed, "images", ITEM_SHAPE))
     if isinstance(images, np.ndarray):
         assert images.dtype == np.uint8 and images.shape[1:] == ITEM_SHAPE and len(images) <= MAX_IMAGES
@@ -211,13 +221,26 @@ def test_tf_any_bytes_is_a_request_or_a_client_error(body: bytes) -> None:
 
 
 @given(st.sampled_from(TF_FIELDS), hostile_values)
+@example(("top_k",), MAX_TOP_K)
+@example(("top_k",), MAX_TOP_K + 1)
+@example(("top_k",), 0)
+@example(("top_k",), -1)
+@example(("top_k",), None)
+@example(("top_k",), True)
+@example(("top_k",), 3.0)
 def test_tf_one_hostile_field_is_a_client_error_or_still_within_limits(path: tuple[Any, ...], value: Any) -> None:
-    body = orjson.dumps(replaced(valid_tf_request(), path, value))
+    document = replaced(valid_tf_request(), path, value)
+    body = orjson.dumps(document)
     parsed = client_error_or_result(lambda: parse_request(body, TF_MODEL, max_images=MAX_IMAGES))
     if parsed is None:
         return
     assert 1 <= len(parsed.images) <= MAX_IMAGES
-    assert parsed.top_k is None or not admitted_top_k(parsed.top_k) or 1 <= parsed.top_k <= MAX_TOP_K
+    sent = document.get("top_k")
+    if parsed.top_k is None:
+        assert sent is None
+    else:
+        assert type(sent) is int and type(parsed.top_k) is int and parsed.top_k == sent
+        assert_top_k_checked(parsed.top_k)
     if isinstance(parsed.images, np.ndarray):
         assert parsed.images.dtype == np.uint8 and parsed.images.shape[1:] == ITEM_SHAPE
 

@@ -19,8 +19,9 @@ import httpx
 import numpy as np
 import pytest
 
+from loadtests.in_process import GENEROUS_LIMITS
 from loadtests.server_process import free_port, server_process
-from model_contract.imaging import DecodeLimits, image_to_tensor
+from model_contract.imaging import image_to_tensor
 from model_contract.manifest import ModelManifest
 from server.model_repository import latest_versions
 from server.runtimes import RuntimeOptions, load_runtime
@@ -62,7 +63,7 @@ def tensorflow_probabilities(model_repository: Path, photo_bytes: dict[str, byte
     manifest: ModelManifest = version.manifest
     runtime = load_runtime(manifest, version.path, RuntimeOptions())
     spec = manifest.preprocessing
-    batch = np.stack([image_to_tensor(photo_bytes[name], spec, DecodeLimits(50_000_000, 1 << 30)) for name in PHOTOS])
+    batch = np.stack([image_to_tensor(photo_bytes[name], spec, GENEROUS_LIMITS) for name in PHOTOS])
     return dict(zip(PHOTOS, runtime.predict(batch), strict=True))
 
 

@@ -4,38 +4,19 @@ broken version, unload, the memory budget, and polling. Fake runtimes make it fa
 from __future__ import annotations
 
 import asyncio
-import io
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
-from PIL import Image
 
-from loadtests.batching_bench import write_model
 from model_contract.manifest import ModelManifest
 from server.app import create_app
 from server.runtimes import RuntimeOptions
 from server.settings import BatchingSettings, Settings
 from tests.fakes import GatedRuntime, ManualClock
-from tests.server.test_api_fake_runtime import queue_depth, until
-
-MODEL = "fake"
-
-
-def png(value: int) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(np.full((8, 8, 3), value, np.uint8)).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def add_version(repository: Path, version: int, config: dict[str, Any] | None = None) -> None:
-    write_model(
-        repository, MODEL, "fake", image_size=8, resize_shorter_side=8, classes=10, version=version, config=config
-    )
-
+from tests.helpers import MODEL, png, queue_depth, until, write_fake_model
 
 ADMIN_TOKEN = "repository-admin-token"
 
@@ -82,7 +63,7 @@ async def classify(client: httpx.AsyncClient, value: int = 3) -> httpx.Response:
 
 def test_version_policy_latest_two_serves_the_two_newest(tmp_path: Path) -> None:
     for v in (1, 2, 3):
-        add_version(tmp_path, v, config={"version_policy": {"latest": 2}})
+        write_fake_model(tmp_path, version=v, config={"version_policy": {"latest": 2}})
 
     async def scenario() -> None:
         async with serving(tmp_path) as client:
@@ -97,7 +78,7 @@ def test_version_policy_latest_two_serves_the_two_newest(tmp_path: Path) -> None
 
 def test_specific_versions_policy(tmp_path: Path) -> None:
     for v in (1, 2, 3):
-        add_version(tmp_path, v, config={"version_policy": {"specific": [1, 3]}})
+        write_fake_model(tmp_path, version=v, config={"version_policy": {"specific": [1, 3]}})
 
     async def scenario() -> None:
         async with serving(tmp_path) as client:
@@ -107,7 +88,7 @@ def test_specific_versions_policy(tmp_path: Path) -> None:
 
 
 def test_a_new_version_takes_over_under_load_without_a_failed_request(tmp_path: Path) -> None:
-    add_version(tmp_path, 1)
+    write_fake_model(tmp_path, version=1)
 
     async def scenario() -> None:
         async with serving(tmp_path) as client:
@@ -126,7 +107,7 @@ def test_a_new_version_takes_over_under_load_without_a_failed_request(tmp_path: 
 
             users = [asyncio.ensure_future(user()) for _ in range(8)]
             await until(lambda: versions.count(1) >= 8)  # under load
-            add_version(tmp_path, 2)
+            write_fake_model(tmp_path, version=2)
             loaded = await client.post(f"/v2/repository/models/{MODEL}/load")
             assert loaded.status_code == 200, loaded.text
             await until(lambda: versions.count(2) >= 8)  # still under load, now on the new version
@@ -140,11 +121,11 @@ def test_a_new_version_takes_over_under_load_without_a_failed_request(tmp_path: 
 
 
 def test_a_version_that_fails_to_load_leaves_the_serving_one_and_says_why(tmp_path: Path) -> None:
-    add_version(tmp_path, 1)
+    write_fake_model(tmp_path, version=1)
 
     async def scenario() -> None:
         async with serving(tmp_path, broken_versions=frozenset({2})) as client:
-            add_version(tmp_path, 2)
+            write_fake_model(tmp_path, version=2)
             failed = await client.post(f"/v2/repository/models/{MODEL}/load")
             assert failed.status_code == 400 and "corrupt" in failed.json()["error"]
             assert (await classify(client)).json()["version"] == 1
@@ -156,7 +137,7 @@ def test_a_version_that_fails_to_load_leaves_the_serving_one_and_says_why(tmp_pa
 
 
 def test_unload_then_load_again(tmp_path: Path) -> None:
-    add_version(tmp_path, 1)
+    write_fake_model(tmp_path, version=1)
 
     async def scenario() -> None:
         async with serving(tmp_path) as client:
@@ -172,7 +153,7 @@ def test_unload_then_load_again(tmp_path: Path) -> None:
 
 
 def test_a_model_beyond_the_memory_budget_is_not_loaded(tmp_path: Path) -> None:
-    add_version(tmp_path, 1)
+    write_fake_model(tmp_path, version=1)
 
     async def scenario() -> None:
         async with serving(tmp_path, max_model_bytes=10) as client:
@@ -187,12 +168,12 @@ def test_a_model_beyond_the_memory_budget_is_not_loaded(tmp_path: Path) -> None:
 
 
 def test_polling_picks_up_a_new_version(tmp_path: Path) -> None:
-    add_version(tmp_path, 1)
+    write_fake_model(tmp_path, version=1)
 
     async def scenario() -> None:
         clock = ManualClock()
         async with serving(tmp_path, repository_poll_s=60, clock=clock) as client:
-            add_version(tmp_path, 2)
+            write_fake_model(tmp_path, version=2)
             clock.advance(60)  # the poll is due: no real minute passes
             service = client.app.state.service  # type: ignore[attr-defined]
             await until(lambda: [m.version for m in service.models()] == [2])
@@ -202,7 +183,7 @@ def test_polling_picks_up_a_new_version(tmp_path: Path) -> None:
 
 
 def test_a_cache_hit_returns_the_identical_body_without_running_the_model(tmp_path: Path) -> None:
-    add_version(tmp_path, 1, config={"cache": {"max_entries": 100, "max_bytes": 100_000}})
+    write_fake_model(tmp_path, version=1, config={"cache": {"max_entries": 100, "max_bytes": 100_000}})
     runtimes: list[GatedRuntime] = []
 
     async def scenario() -> None:
@@ -218,7 +199,7 @@ def test_a_cache_hit_returns_the_identical_body_without_running_the_model(tmp_pa
             assert (lookups("miss"), lookups("hit")) == (1, 1)
             assert runtimes[0].seen.count(5) == 1  # the model ran once
             # A new version starts with an empty cache: never another version's answer.
-            add_version(tmp_path, 2)
+            write_fake_model(tmp_path, version=2)
             await client.post(f"/v2/repository/models/{MODEL}/load")
             third = await classify(client, 5)
             assert third.json()["version"] == 2 and runtimes[1].seen.count(5) == 1
@@ -227,7 +208,7 @@ def test_a_cache_hit_returns_the_identical_body_without_running_the_model(tmp_pa
 
 
 def test_unload_drains_queued_requests_before_releasing_the_model(tmp_path: Path) -> None:
-    add_version(tmp_path, 1, config={"batching": {"max_batch_size": 1}})
+    write_fake_model(tmp_path, version=1, config={"batching": {"max_batch_size": 1}})
     runtimes: list[GatedRuntime] = []
 
     async def scenario() -> None:

@@ -16,8 +16,8 @@ from schemathesis.checks import not_a_server_error
 from server.app import create_app
 from server.settings import Settings
 from tests.fakes import GatedRuntime
+from tests.helpers import fake_app
 from tests.live_server import live_server
-from tests.server.test_api_fake_runtime import fake_app
 
 ADMIN = "openapi-fuzz-admin"
 

@@ -4,7 +4,6 @@ and every other model (and every other version of the same model) keeps serving.
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import threading
 from collections.abc import AsyncIterator, Callable
@@ -13,9 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
 import pytest
-from PIL import Image
 
 import server.registry
 from loadtests.batching_bench import write_model
@@ -28,7 +25,7 @@ from server.registry import ModelRegistry
 from server.runtimes import RuntimeOptions, load_runtime
 from server.settings import BatchingSettings, Settings
 from tests.fakes import GatedRuntime
-from tests.server.test_api_fake_runtime import until
+from tests.helpers import png, until
 
 
 def add_model(repository: Path, name: str, version: int = 1, config: Any = None) -> Path:
@@ -291,12 +288,6 @@ def test_the_repository_scan_leaves_the_event_loop_free(tmp_path: Path, monkeypa
     asyncio.run(scenario())
 
 
-def png() -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(np.full((8, 8, 3), 3, np.uint8)).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def test_the_app_serves_the_good_model_and_names_the_broken_ones(tmp_path: Path) -> None:
     add_model(tmp_path, "good")
     add_model(tmp_path, "typo", config={"batchng": {"max_batch_size": 2}})
@@ -316,7 +307,7 @@ def test_the_app_serves_the_good_model_and_names_the_broken_ones(tmp_path: Path)
                 await until(lambda: bool(app.state.service.models()))  # the background load
                 listed = (await client.get("/v1/models")).json()["models"]
                 assert [(m["name"], m["version"]) for m in listed] == [("good", 1)]
-                answer = await client.post("/v1/classify", content=png(), headers={"Content-Type": "image/png"})
+                answer = await client.post("/v1/classify", content=png(3), headers={"Content-Type": "image/png"})
                 assert answer.status_code == 200 and answer.json()["model"] == "good"
                 ready = (await client.get("/ready")).json()
                 assert ready["failed"] == ["escape", "typo"] and "absolute" not in str(ready)

@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.fakes import GatedRuntime
-from tests.server.test_admission import serving
-from tests.server.test_api_fake_runtime import MODEL
+from tests.helpers import MODEL, serving
 
 VERSIONS = ["%C2%B2", "9" * 5000, "1.0", "-1", "0x1", "01"]
 

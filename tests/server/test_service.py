@@ -4,7 +4,6 @@ runner the test holds), a manual clock, no HTTP and no real model."""
 from __future__ import annotations
 
 import asyncio
-import io
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -12,7 +11,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from model_contract.errors import ErrorKind, ServiceError
 from server.admission import Admission
@@ -22,14 +20,9 @@ from server.service import Classification, ClassificationService
 from server.settings import LimitSettings
 from server.work_pool import WorkPool
 from tests.fakes import FakeCatalog, FakeModel, ManualClock, fake_manifest, settle
+from tests.helpers import png
 
 MAX_TOP_K = 20
-
-
-def png(value: int) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(np.full((8, 8, 3), value, np.uint8)).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def tensor(value: int) -> np.ndarray:

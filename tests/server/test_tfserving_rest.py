@@ -10,7 +10,8 @@ import httpx
 import numpy as np
 import pytest
 
-from model_contract.imaging import DecodeLimits, image_to_tensor
+from loadtests.in_process import GENEROUS_LIMITS
+from model_contract.imaging import image_to_tensor
 from model_contract.preprocess import PreprocessSpec
 from server.app import create_app
 from server.settings import BatchingSettings, Settings
@@ -44,7 +45,7 @@ def test_predict_row_form_with_b64_images(client: httpx.Client, photo_bytes: dic
 
 def test_predict_columnar_form_with_pixel_tensors(client: httpx.Client, photo_bytes: dict[str, bytes]) -> None:
     pixels = image_to_tensor(
-        photo_bytes["coffee"], PreprocessSpec(resize_shorter_side=256, crop_size=224), DecodeLimits(50_000_000, 1 << 30)
+        photo_bytes["coffee"], PreprocessSpec(resize_shorter_side=256, crop_size=224), GENEROUS_LIMITS
     )
     body = {"inputs": {"images": [pixels.tolist()]}}
     response = client.post(f"/v1/models/{MODEL}/versions/1:predict", json=body)

@@ -13,7 +13,8 @@ import tritonclient.http as triton
 from PIL import Image
 from tritonclient.utils import InferenceServerException
 
-from model_contract.imaging import DecodeLimits, image_to_tensor
+from loadtests.in_process import GENEROUS_LIMITS
+from model_contract.imaging import image_to_tensor
 from model_contract.preprocess import PreprocessSpec
 from server.app import create_app
 from server.settings import BatchingSettings, Settings
@@ -41,9 +42,7 @@ def client(base_url: str) -> Iterator[triton.InferenceServerClient]:
 @pytest.fixture(scope="module")
 def coffee_and_cat(photo_bytes: dict[str, bytes]) -> np.ndarray:
     spec = PreprocessSpec(resize_shorter_side=256, crop_size=224)
-    return np.stack(
-        [image_to_tensor(photo_bytes[name], spec, DecodeLimits(50_000_000, 1 << 30)) for name in ("coffee", "chelsea")]
-    )
+    return np.stack([image_to_tensor(photo_bytes[name], spec, GENEROUS_LIMITS) for name in ("coffee", "chelsea")])
 
 
 def test_health_server_and_model_metadata(client: triton.InferenceServerClient) -> None:

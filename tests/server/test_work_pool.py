@@ -19,6 +19,7 @@ from server.cpu_budget import CpuAccount, CpuBudgets, current_account
 from server.v2_codec import ProtocolError, TensorLimits, parse_infer_request
 from server.work_pool import YIELDING_NICENESS, WorkPool
 from tests.fakes import settle
+from tests.helpers import until
 
 
 class Jobs:
@@ -45,14 +46,6 @@ class Jobs:
             raise ValueError(f"job {i} is bad")
 
         return call
-
-
-async def until(condition: Callable[[], bool]) -> None:
-    for _ in range(1000):
-        if condition():
-            return
-        await asyncio.sleep(0.005)
-    raise AssertionError("condition never became true")
 
 
 def test_results_come_back_in_order() -> None:

@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model_contract.imaging import DecodeLimits, image_to_tensor
+from loadtests.in_process import GENEROUS_LIMITS
+from model_contract.imaging import image_to_tensor
 from model_contract.manifest import ModelManifest
 from server.model_repository import latest_versions
 from server.runtimes import RuntimeOptions, load_runtime
@@ -23,7 +24,7 @@ def served(model_repository: Path) -> tuple[ModelManifest, object]:
 def _probabilities(served: tuple[ModelManifest, object], files: list[Path]) -> np.ndarray:
     manifest, runtime = served
     spec = manifest.preprocessing
-    batch = np.stack([image_to_tensor(f.read_bytes(), spec, DecodeLimits(50_000_000, 1 << 30)) for f in files])
+    batch = np.stack([image_to_tensor(f.read_bytes(), spec, GENEROUS_LIMITS) for f in files])
     return runtime.predict(batch)  # type: ignore[attr-defined,no-any-return]
 
 

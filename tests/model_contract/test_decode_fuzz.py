@@ -4,7 +4,7 @@
 The budget comes from ``IMGSERVE_FUZZ_MUTANTS`` (mutants per seed file, default 3: the file runs
 in seconds; ``make fuzz`` raises it) and ``IMGSERVE_FUZZ_SEED`` (default "0"; change it to explore
 new mutants). A failure names the encoding, photo, seed string and mutations; replay one with
-``tests.server.image_mutations.replay``.
+``tests.model_contract.image_mutations.replay``.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from model_contract.imaging import image_to_tensor
 from model_contract.preprocess import PreprocessSpec
 from server.api.error_handlers import HTTP_STATUS
 from server.settings import LimitSettings
-from tests.server.image_mutations import PNG_SIGNATURE, corpus, mutate
+from tests.model_contract.image_mutations import PNG_SIGNATURE, corpus, mutate
 
 # Pillow warns about odd files (and warns before it refuses a bomb); the server runs with those
 # warnings on, as warnings, so the fuzzer must too. Warnings from our own code still fail.

@@ -31,7 +31,8 @@ MEASURE = textwrap.dedent(
     from concurrent.futures import ThreadPoolExecutor
     import numpy as np
     from PIL import Image
-    from model_contract.imaging import DecodeLimits, image_to_tensor
+    from loadtests.in_process import GENEROUS_LIMITS
+    from model_contract.imaging import image_to_tensor
     from model_contract.preprocess import PreprocessSpec
 
     def status(key):
@@ -51,12 +52,12 @@ MEASURE = textwrap.dedent(
 
     case = json.loads(sys.argv[1])
     images = [png(mode, width, height) for mode, width, height in case["images"]]
-    spec, limits = PreprocessSpec(resize_shorter_side=256, crop_size=224), DecodeLimits(10**9, 10**12)
+    spec = PreprocessSpec(resize_shorter_side=256, crop_size=224)
     with open("/proc/self/clear_refs", "w") as clear:
         clear.write("5")  # the peak (VmHWM) starts again from here
     before = status("VmRSS")
     with ThreadPoolExecutor(case["threads"]) as pool:
-        list(pool.map(lambda data: image_to_tensor(data, spec, limits).shape, images * case["repeat"]))
+        list(pool.map(lambda data: image_to_tensor(data, spec, GENEROUS_LIMITS).shape, images * case["repeat"]))
     peak, after = status("VmHWM"), status("VmRSS")
     print(json.dumps({"before": before, "peak": peak, "after": after}))
     """
