@@ -23,7 +23,7 @@ from server.registry import ModelRegistry
 from server.runtimes import RuntimeOptions
 from server.settings import BatchingSettings
 from tests.fakes import GatedRuntime
-from tests.server.test_api_fake_runtime import until
+from tests.helpers import until
 
 
 class StuckOnClose(GatedRuntime):
