@@ -4,7 +4,7 @@ release). Running batches is the ``BatchRunner``'s job, caching the ``CachedResu
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +16,7 @@ from model_contract.preprocess import PreprocessSpec
 from server.batch_runner import BatchRunner
 from server.metrics import ModelBatchMetrics
 from server.result_cache import CachedResults
+from server.serving import Compute, Offload
 
 log = logging.getLogger(__name__)
 
@@ -82,10 +83,10 @@ class ModelInstance:
     async def infer_many(self, tensors: Sequence[np.ndarray], deadline: float | None) -> list[np.ndarray]:
         return await self._batcher.submit_many(tensors, deadline=deadline)
 
-    async def remembered(self, encoded: bytes, compute: Callable[[], Awaitable[np.ndarray]]) -> np.ndarray:
+    async def remembered(self, encoded: bytes, compute: Compute, offload: Offload) -> np.ndarray:
         if self._results is None:
             return await compute()
-        return await self._results.remembered(encoded, compute)
+        return await self._results.remembered(encoded, compute, offload)
 
     async def close(self, drain_timeout: float) -> None:
         """Stop intake, drain the queue within ``drain_timeout``, then release the runtime

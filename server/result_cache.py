@@ -7,13 +7,14 @@ the version as well, so an entry can never answer for another one.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from functools import partial
 
 import numpy as np
 from prometheus_client import Counter
+
+from server.serving import Compute, Offload
 
 # Smaller images are hashed on the event loop: a thread hop costs more than hashing 64 KB.
 HASH_ON_LOOP_BYTES = 64 * 1024
@@ -72,13 +73,10 @@ class CachedResults:
         self._hits = hits
         self._misses = misses
 
-    async def remembered(self, encoded: bytes, compute: Callable[[], Awaitable[np.ndarray]]) -> np.ndarray:
-        if len(encoded) > HASH_ON_LOOP_BYTES:
-            # A 20 MB upload takes ~20 ms to hash; hashlib releases the GIL, so a thread does it
-            # while the event loop goes on.
-            key = await asyncio.to_thread(ResultCache.key, self._model, self._version, encoded)
-        else:
-            key = ResultCache.key(self._model, self._version, encoded)
+    async def remembered(self, encoded: bytes, compute: Compute, offload: Offload) -> np.ndarray:
+        key_of = partial(ResultCache.key, self._model, self._version, encoded)
+        # A 20 MB upload takes ~20 ms to hash: off the event loop, on the caller's work pool.
+        key = await offload(key_of) if len(encoded) > HASH_ON_LOOP_BYTES else key_of()
         stored = self._cache.get(key)
         if stored is not None:
             self._hits.inc()

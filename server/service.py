@@ -247,7 +247,7 @@ class ClassificationService:
                         (probabilities,) = await model.infer_many([tensor], deadline)
                 return probabilities
 
-            return self._classification(model, await model.remembered(data, decode_and_infer), k)
+            return self._classification(model, await model.remembered(data, decode_and_infer, self._pool.run), k)
 
         return await self._on_model(model_name, None, work)
 

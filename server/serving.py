@@ -15,6 +15,10 @@ import numpy as np
 from model_contract.manifest import ModelManifest
 from model_contract.preprocess import PreprocessSpec
 
+Compute = Callable[[], Awaitable[np.ndarray]]
+Offload = Callable[[Callable[[], bytes]], Awaitable[bytes]]
+"""Runs a call off the event loop and returns its result."""
+
 
 class ServedModel(Protocol):
     """One served version of a model."""
@@ -59,9 +63,11 @@ class ServedModel(Protocol):
         """
         ...
 
-    async def remembered(self, encoded: bytes, compute: Callable[[], Awaitable[np.ndarray]]) -> np.ndarray:
+    async def remembered(self, encoded: bytes, compute: Compute, offload: Offload) -> np.ndarray:
         """The output for one encoded image: a stored one when this version caches results and
-        has seen these bytes, else ``compute()``'s (decode and infer), which is then stored."""
+        has seen these bytes, else ``compute()``'s (decode and infer), which is then stored.
+        Hashing a large image is CPU work: it runs through ``offload`` (the caller's work pool,
+        which charges it to the client)."""
         ...
 
 

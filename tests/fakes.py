@@ -231,10 +231,10 @@ class FakeModel:
         result: list[np.ndarray] = await self._batcher.submit_many(tensors, deadline=deadline)
         return result
 
-    async def remembered(self, encoded: bytes, compute: Any) -> np.ndarray:
+    async def remembered(self, encoded: bytes, compute: Any, offload: Any) -> np.ndarray:
         if self._results is None:
             return await compute()  # type: ignore[no-any-return]
-        return await self._results.remembered(encoded, compute)  # type: ignore[no-any-return]
+        return await self._results.remembered(encoded, compute, offload)  # type: ignore[no-any-return]
 
     async def retire(self) -> None:
         """As a reload does: stop intake; anything sent from now on gets ``BatcherClosed``."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from functools import partial
 
 import numpy as np
@@ -55,12 +56,20 @@ def test_keys_follow_the_model_the_version_and_the_bytes() -> None:
     assert key("m1", 1, b"photo") != key("m", 1, b"1photo")  # no name runs into the bytes
 
 
-@pytest.mark.parametrize("size", [100, HASH_ON_LOOP_BYTES + 1], ids=["hashed-on-the-loop", "hashed-in-a-thread"])
-def test_remembered_computes_once_per_image_whatever_its_size(size: int) -> None:
+@pytest.mark.parametrize(
+    ("size", "offloaded"), [(100, 0), (HASH_ON_LOOP_BYTES + 1, 3)], ids=["hashed-on-the-loop", "hashed-off-the-loop"]
+)
+def test_remembered_computes_once_per_image_and_hashes_large_ones_off_the_loop(size: int, offloaded: int) -> None:
     registry = CollectorRegistry()
     hits, misses = Counter("hits", "", registry=registry), Counter("misses", "", registry=registry)
     results = CachedResults("m", 1, ResultCache(max_entries=4, max_bytes=1000), hits, misses)
     computed: list[bytes] = []
+    hashed_off_the_loop: list[bytes] = []
+
+    async def offload(call: Callable[[], bytes]) -> bytes:
+        key = await asyncio.to_thread(call)
+        hashed_off_the_loop.append(key)
+        return key
 
     async def scenario() -> list[np.ndarray]:
         async def compute(image: bytes) -> np.ndarray:
@@ -68,8 +77,10 @@ def test_remembered_computes_once_per_image_whatever_its_size(size: int) -> None
             return row(len(computed))
 
         first, second = b"a" * size, b"b" * size
-        return [await results.remembered(image, partial(compute, image)) for image in (first, second, first)]
+        images = (first, second, first)
+        return [await results.remembered(image, partial(compute, image), offload) for image in images]
 
     answers = asyncio.run(scenario())
     assert len(computed) == 2 and answers[2][0] == answers[0][0] == 1 and answers[1][0] == 2
     assert (registry.get_sample_value("hits_total"), registry.get_sample_value("misses_total")) == (1, 2)
+    assert len(hashed_off_the_loop) == offloaded
