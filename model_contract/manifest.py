@@ -6,6 +6,7 @@ Every build writes a version through ``ModelManifest.write`` and everything that
 
 from __future__ import annotations
 
+import re
 from pathlib import Path, PurePath
 from typing import Any, Literal
 
@@ -14,6 +15,10 @@ from pydantic import BaseModel, Field
 from model_contract.preprocess import PreprocessSpec
 
 MANIFEST_FILE = "manifest.json"
+# A version's folder name, and a version as a URL gives it: ASCII digits, no sign, no leading
+# zero (so "7" and "007" cannot both be version 7), and short enough for int(): str.isdigit()
+# would accept "²", and int() refuses 5,000 digits.
+VERSION_NAME = re.compile(r"[1-9][0-9]{0,17}")
 MAX_FILE_BYTES = 16 * 1024 * 1024
 """Largest manifest or model config read; a real one is a few tens of kilobytes."""
 
@@ -45,6 +50,11 @@ def inside_folder(folder: Path, relative: str) -> Path:
 TensorDtype = Literal[
     "bool", "uint8", "uint16", "uint32", "uint64", "int8", "int16", "int32", "int64", "float16", "float32", "float64"
 ]
+
+
+def version_number(text: str) -> int | None:
+    """The version ``text`` names (a folder's name, a URL's segment), or None if it names none."""
+    return int(text) if VERSION_NAME.fullmatch(text) else None
 
 
 class TensorSpec(BaseModel):

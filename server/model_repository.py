@@ -8,20 +8,16 @@ what is wrong, per model, and skips only that.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydantic import ValidationError
 
-from model_contract.manifest import MANIFEST_FILE, ModelManifest
+from model_contract.manifest import MANIFEST_FILE, ModelManifest, version_number
 from server.model_config import MODEL_CONFIG_FILE, ModelConfig
 
 __all__ = ["ModelConfig", "ModelVersion", "RepositoryScan", "latest_versions", "scan_repository", "served_versions"]
 
-# ASCII only, no sign, no leading zero (so "7" and "007" cannot both be version 7), and short
-# enough for int(): str.isdigit() would accept "²", which int() refuses.
-VERSION_NAME = re.compile(r"[1-9][0-9]{0,17}")
 _ERRORS_SHOWN = 3
 
 
@@ -52,7 +48,9 @@ def describe(exc: Exception) -> str:
 
 def _version_folders(model_dir: Path) -> dict[int, Path]:
     return {
-        int(p.name): p for p in model_dir.iterdir() if VERSION_NAME.fullmatch(p.name) and ModelManifest.is_version(p)
+        int(p.name): p
+        for p in model_dir.iterdir()
+        if version_number(p.name) is not None and ModelManifest.is_version(p)
     }
 
 

@@ -20,7 +20,7 @@ from model_contract.errors import ErrorKind, ServiceError, echo
 from server.batch_runner import BatchRunner
 from server.metrics import Metrics
 from server.model_instance import RELEASE_TIMEOUT_S, ModelInstance
-from server.model_repository import VERSION_NAME, ModelVersion, RepositoryScan, scan_repository
+from server.model_repository import ModelVersion, RepositoryScan, scan_repository
 from server.result_cache import CachedResults, ResultCache
 from server.runtimes import RuntimeOptions, choose_runtime
 from server.runtimes.base import RuntimeFactory
@@ -216,13 +216,6 @@ class ModelRegistry:
             if versions is None:
                 raise ServiceError(ErrorKind.MODEL_NOT_FOUND, f"model {name!r} is not loaded")
             await asyncio.gather(*(m.close(self._drain_timeout_s) for m in versions.values()))
-
-    def get_text_version(self, name: str, version: str | None) -> ModelInstance:
-        """``get`` with the version as a URL gives it: ASCII digits, as version folders are
-        named (``"²".isdigit()`` is true, and int() refuses 5,000 digits)."""
-        if version is not None and not VERSION_NAME.fullmatch(version):
-            raise ServiceError(ErrorKind.MODEL_NOT_FOUND, f"model {echo(name)} has no version {echo(version)}")
-        return self.get(name, None if version is None else int(version))
 
     def get(self, name: str, version: int | None = None) -> ModelInstance:
         versions = self._serving.get(name)

@@ -22,9 +22,9 @@ import numpy as np
 
 from batching import BatcherClosed, BatchingError
 from batching.clock import Clock
-from model_contract.errors import ErrorKind, ServiceError
+from model_contract.errors import ErrorKind, ServiceError, echo
 from model_contract.imaging import image_to_tensor
-from model_contract.manifest import ModelManifest
+from model_contract.manifest import ModelManifest, version_number
 from server.admission import Admission
 from server.errors import from_batching_error
 from server.metrics import Metrics
@@ -132,7 +132,12 @@ class ClassificationService:
 
     def model(self, name: str, version: str | None = None) -> ModelDescription:
         """A ready served version, the newest unless ``version`` (as a URL gives it) says which."""
-        return self._describe(self._catalog.get_text_version(name, version))
+        if version is None:
+            return self._describe(self._catalog.get(name))
+        number = version_number(version)
+        if number is None:
+            raise ServiceError(ErrorKind.MODEL_NOT_FOUND, f"model {echo(name)} has no version {echo(version)}")
+        return self._describe(self._catalog.get(name, number))
 
     def models(self) -> list[ModelDescription]:
         return [self._describe(m) for m in self._catalog.models]

@@ -101,10 +101,6 @@ class ModelCatalog(Protocol):
         """A ready version (the newest when ``version`` is None), or a ``ServiceError``."""
         ...
 
-    def get_text_version(self, name: str, version: str | None) -> ServedModel:
-        """``get`` with the version as a URL gives it (digits, or anything a client sent)."""
-        ...
-
     async def reload(self, only: str | None = None) -> None:
         """Bring the served versions in line with the repository, or one model of it."""
         ...

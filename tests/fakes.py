@@ -273,9 +273,6 @@ class FakeCatalog:
             raise ServiceError(ErrorKind.MODEL_NOT_FOUND, f"no model named {name!r}")
         return max(versions, key=lambda m: m.version)
 
-    def get_text_version(self, name: str, version: str | None) -> Any:
-        return self.get(name, None if version is None else int(version))
-
     async def reload(self, only: str | None = None) -> None:
         self.reloads.append(only)
 
