@@ -13,7 +13,9 @@ decoded (``DecodeLimits``): at full scale in exact mode, at the draft's scale in
 JPEG that fast mode accepts may be refused in exact mode). Images that need more than an 8-bit
 conversion (alpha, 16- and 32-bit samples) are first cut to the central square the model sees
 and reduced by an integer factor, a band at a time, so their conversions run on a small image:
-the decoded image is then the only full-size buffer. This holds in both modes; in exact mode the
+the decoded image is then the only full-size buffer. In exact mode an 8-bit image is not turned
+(EXIF) or converted (greyscale stays L) at full size either: the crop is resampled from the image
+as stored and turned and converted at 224x224. This holds in both modes; in exact mode the
 reduced square is resampled with the reference's geometry of the whole image, so such an image
 (with a central square of 3x ``resize_shorter_side`` or more; smaller ones are not reduced)
 comes within rounding of the reference, as a reduction before resampling allows, not within 1.
@@ -36,7 +38,13 @@ from PIL import ExifTags, Image, ImageMode, UnidentifiedImageError
 
 from model_contract.errors import ErrorKind, ServiceError, echo
 from model_contract.memory import RELEASE_AFTER_BYTES, release_freed_memory
-from model_contract.preprocess import PreprocessSpec, center_crop_resize, exact_resize_crop
+from model_contract.preprocess import (
+    PreprocessSpec,
+    center_crop_resize,
+    exact_resize_crop,
+    reference_crop_box,
+    resample_box,
+)
 
 SUPPORTED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF"})
 # Modes that convert to RGB exactly as they always have: the served model's accuracy rests on it.
@@ -276,20 +284,64 @@ class _Decoded:
     """Where the image's top-left corner lies in the upright source."""
     scale: int = 1
     """Source pixels per image pixel, along each axis."""
+    turn: Image.Transpose | None = None
+    """The turn that makes ``image`` upright, when it is still as stored (exact mode, 8-bit)."""
 
 
 def decode(data: bytes, limits: DecodeLimits, spec: PreprocessSpec) -> Image.Image:
     """Decode to upright RGB as the spec's decode mode does: 8-bit images whole (in fast mode,
     a large JPEG at the reduced scale that keeps ``resize_shorter_side`` pixels), alpha and
     high-bit-depth ones as their reduced central square (``shrink``)."""
-    return _decoded(data, limits, spec)[0].image
+    return _upright_rgb(_open(data, limits, spec), spec.resize_shorter_side).image
+
+
+def _open(data: bytes, limits: DecodeLimits, spec: PreprocessSpec) -> Image.Image:
+    return open_image(data, limits, spec.resize_shorter_side if spec.decode == "fast" else None)
 
 
 def _decoded(data: bytes, limits: DecodeLimits, spec: PreprocessSpec) -> tuple[_Decoded, int]:
-    """``decode``, where its image lies in the source, and the bytes the source took once decoded."""
-    image = open_image(data, limits, spec.resize_shorter_side if spec.decode == "fast" else None)
+    """What the crop is taken from, and the bytes the source took once decoded. In exact mode an
+    8-bit image stays as stored, neither turned nor converted: the crop is resampled from it and
+    only the crop is turned (a full-size copy of a 40-megapixel photo would double its memory)."""
+    image = _open(data, limits, spec)
     size = decoded_bytes(image)
+    if spec.decode == "exact" and not _needs_shrinking(image):
+        return _as_stored(image), size
     return _upright_rgb(image, spec.resize_shorter_side), size
+
+
+def _as_stored(image: Image.Image) -> _Decoded:
+    with _client_data():
+        image.load()
+        turn = _orientation(image)
+    if image.mode not in ("RGB", "L"):  # resampled as they are, converted once small
+        image = image.convert("RGB")
+    return _Decoded(image, _upright_size(image.size, turn), turn=turn)
+
+
+def _stored_box(
+    box: tuple[float, float, float, float], upright_size: tuple[int, int], turn: Image.Transpose
+) -> tuple[float, float, float, float]:
+    """A box in the upright image, in the stored image's coordinates (before ``turn``)."""
+    swap, backwards_x, backwards_y = _TURN_AXES[turn]
+    left, top, right, bottom = box
+    width, height = upright_size
+    if backwards_x:
+        left, right = width - right, width - left
+    if backwards_y:
+        top, bottom = height - bottom, height - top
+    return (top, left, bottom, right) if swap else (left, top, right, bottom)
+
+
+def _exact_tensor(decoded: _Decoded, spec: PreprocessSpec) -> np.ndarray:
+    """The reference's crop, resampled from the image as decoded; then turned upright, and made
+    RGB, at 224x224."""
+    if decoded.turn is None:
+        crop = exact_resize_crop(decoded.image, spec, decoded.source_size, decoded.origin, decoded.scale)
+        return crop if decoded.image.mode == "RGB" else np.asarray(Image.fromarray(crop).convert("RGB"))
+    box = _stored_box(reference_crop_box(decoded.source_size, spec), decoded.source_size, decoded.turn)
+    upright = resample_box(decoded.image, box, spec).transpose(decoded.turn)
+    return np.asarray(upright.convert("RGB"), dtype=np.uint8)
 
 
 def _upright_size(size: tuple[int, int], turn: Image.Transpose | None) -> tuple[int, int]:
@@ -331,10 +383,7 @@ def image_to_tensor(data: bytes, spec: PreprocessSpec, limits: DecodeLimits) -> 
     """The whole host-side pipeline for one image: (crop, crop, 3) uint8, decoded and resized as
     ``spec.decode`` says."""
     decoded, source_bytes = _decoded(data, limits, spec)
-    if spec.decode == "exact":
-        tensor = exact_resize_crop(decoded.image, spec, decoded.source_size, decoded.origin, decoded.scale)
-    else:
-        tensor = center_crop_resize(decoded.image, spec)
+    tensor = _exact_tensor(decoded, spec) if spec.decode == "exact" else center_crop_resize(decoded.image, spec)
     del decoded
     if source_bytes >= RELEASE_AFTER_BYTES:
         release_freed_memory()  # the large buffers just freed would otherwise stay in glibc's heaps

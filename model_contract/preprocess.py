@@ -103,6 +103,15 @@ def reference_pipeline(data: bytes, spec: PreprocessSpec) -> np.ndarray:
         return reference_resize_crop(_reference_rgb(upright), spec)
 
 
+def reference_crop_box(size: tuple[int, int], spec: PreprocessSpec) -> tuple[float, float, float, float]:
+    """The region of a ``size`` image that the reference's crop shows, in that image's pixels."""
+    width, height = size
+    (resized_width, resized_height), (left, top) = reference_geometry(size, spec)
+    x_scale, y_scale = width / resized_width, height / resized_height
+    crop = spec.crop_size
+    return (left * x_scale, top * y_scale, (left + crop) * x_scale, (top + crop) * y_scale)
+
+
 def exact_resize_crop(
     image: Image.Image,
     spec: PreprocessSpec,
@@ -116,19 +125,23 @@ def exact_resize_crop(
 
     ``image`` may be a window of a larger source of ``source_size`` (the geometry is the whole
     source's): its pixel (x, y) starts at source pixel ``origin + (x, y) * scale``."""
-    width, height = source_size or image.size
-    (resized_width, resized_height), (left, top) = reference_geometry((width, height), spec)
-    x_scale, y_scale = width / resized_width, height / resized_height
-    crop = spec.crop_size
-    source_box = (left * x_scale, top * y_scale, (left + crop) * x_scale, (top + crop) * y_scale)
+    left, top, right, bottom = reference_crop_box(source_size or image.size, spec)
     box = (
-        max(0.0, (source_box[0] - origin[0]) / scale),
-        max(0.0, (source_box[1] - origin[1]) / scale),
-        min(float(image.width), (source_box[2] - origin[0]) / scale),
-        min(float(image.height), (source_box[3] - origin[1]) / scale),
-    )  # clamped: float rounding can put an edge of a full-width crop a hair outside
-    out = image.resize((crop, crop), RESAMPLING[spec.interpolation], box=box)
-    return np.asarray(out, dtype=np.uint8)
+        (left - origin[0]) / scale,
+        (top - origin[1]) / scale,
+        (right - origin[0]) / scale,
+        (bottom - origin[1]) / scale,
+    )
+    return np.asarray(resample_box(image, box, spec), dtype=np.uint8)
+
+
+def resample_box(image: Image.Image, box: tuple[float, float, float, float], spec: PreprocessSpec) -> Image.Image:
+    """The ``box`` region of ``image`` resampled to the crop, with the spec's filter and no
+    integer reduction first."""
+    left, top, right, bottom = box
+    # Clamped: float rounding can put an edge of a full-width crop a hair outside the image.
+    inside = (max(0.0, left), max(0.0, top), min(float(image.width), right), min(float(image.height), bottom))
+    return image.resize((spec.crop_size, spec.crop_size), RESAMPLING[spec.interpolation], box=inside)
 
 
 def center_crop_resize(image: Image.Image, spec: PreprocessSpec) -> np.ndarray:

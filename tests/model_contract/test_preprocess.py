@@ -107,3 +107,20 @@ def test_exact_decode_of_a_shrunk_image_lands_where_the_reference_crops(orientat
     reference = reference_pipeline(data, spec).astype(np.int16)
     exact = image_to_tensor(data, spec, GENEROUS_LIMITS).astype(np.int16)
     assert np.abs(exact - reference).max() <= 3 and np.abs(exact - reference).mean() < 0.4
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "CMYK"])
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exact_decode_of_a_turned_photo_gives_the_references_tensors(mode: str, orientation: int) -> None:
+    # In exact mode an 8-bit image is never turned or converted at full size: the crop is
+    # resampled from the image as stored (the reference's box mapped back through the EXIF turn),
+    # then turned and made RGB. Same filter at the same positions, so within 1 of the reference
+    # (Pillow's two resampling passes swap order with the axes, and round in between).
+    chelsea = Image.open(photo_path(PHOTOS["chelsea"]["file"])).convert("RGB")  # type: ignore[arg-type]
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = encode(chelsea.resize((901, 600), Image.Resampling.LANCZOS).convert(mode), "JPEG", quality=92, exif=exif)
+    reference = reference_pipeline(data, EXACT).astype(np.int16)
+    exact = image_to_tensor(data, EXACT, GENEROUS_LIMITS).astype(np.int16)
+    assert np.abs(exact - reference).max() <= 1
+    assert np.mean(exact != reference) < 0.2
