@@ -2,6 +2,7 @@
 
     python -m loadtests.bench                 # what `make bench` runs: a few minutes
     python -m loadtests.bench --clients 1,8,32,128 --rates 100,200 --duration 20
+    python -m loadtests.bench --peers --clients 16,64 --duration 10   # beside PyTriton and MLServer
 
 It measures the in-process ceiling (decode + preprocess + model, no HTTP), then starts
 each configuration as its own server process on 127.0.0.1 and drives it in a closed loop
@@ -9,26 +10,25 @@ each configuration as its own server process on 127.0.0.1 and drives it in a clo
 each point it waits for the machine to be quiet. It writes ``bench.json`` (every figure and
 the machine), ``bench.md`` (the table) and ``bench.png`` (throughput against p99) to
 ``--out-dir``. Cores, concurrency and the server's environment are parameters, so the
-same command runs on a GPU host.
+same command runs on a GPU host. ``--peers`` runs ``loadtests.peers`` instead: a toy model on
+imgserve, PyTriton and MLServer side by side.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
+from loadtests import peers
 from loadtests.measure import measure_point
 from loadtests.payloads import preprocessed_photos, upload_requests, v2_binary_body
 from loadtests.report import markdown_table, plot
 from loadtests.server_process import free_port, server_process
-from loadtests.system import wait_until_quiet
+from loadtests.system import machine, wait_until_quiet
 from model_contract.manifest import ModelManifest
 
 
@@ -41,25 +41,6 @@ def configs(model: Path, extra_env: dict[str, str]) -> dict[str, tuple[list[str]
         "imgserve_fixed_timeout_10ms": (imgserve, {**env, "IMGSERVE_BATCHING__MAX_QUEUE_DELAY_MS": "10"}),
         "imgserve_no_batching": (imgserve, {**env, "IMGSERVE_BATCHING__MAX_BATCH_SIZE": "1"}),
         "naive": ([python, "-m", "loadtests.naive_server", "--model", str(model)], {}),
-    }
-
-
-def machine() -> dict[str, Any]:
-    model_name = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if "model name" in line
-        ),
-        platform.processor(),
-    )
-    memory_kb = int(Path("/proc/meminfo").read_text().split()[1])
-    return {
-        "cpus": os.cpu_count(),
-        "cpu_model": model_name,
-        "memory_gib": round(memory_kb / 2**20, 1),
-        "python": platform.python_version(),
-        "date": time.strftime("%Y-%m-%d"),
     }
 
 
@@ -95,7 +76,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=Path("models/efficientnet_lite0/1"), help="model version folder")
     parser.add_argument("--configs", default="imgserve,imgserve_fixed_timeout_10ms,imgserve_no_batching,naive")
-    parser.add_argument("--clients", default="1,8,32", help="closed-loop concurrencies")
+    parser.add_argument("--clients", help="closed-loop concurrencies (default 1,8,32; with --peers 16,64)")
     parser.add_argument("--rates", default="", help="open-loop request rates (req/s), e.g. 50,100")
     parser.add_argument("--duration", type=float, default=8.0, help="seconds per point")
     parser.add_argument("--server-env", action="append", default=[], help="KEY=VALUE for the imgserve servers")
@@ -106,11 +87,21 @@ def main() -> None:
         help="JPEG uploads to /v1/classify, or preprocessed uint8 as v2 binary tensors (imgserve configs only)",
     )
     parser.add_argument("--out-dir", type=Path, default=Path("loadtests/results"))
+    parser.add_argument("--peers", action="store_true", help="the toy model on imgserve, PyTriton and MLServer")
+    peers.add_arguments(parser)
     args = parser.parse_args()
+    if args.peers:
+        clients = [int(c) for c in (args.clients or "16,64").split(",") if c]
+        servers = [s for s in args.servers.split(",") if s]
+        report = peers.run(
+            clients, args.duration, args.out_dir, base_python=args.base_python, cache=args.cache, servers=servers
+        )
+        print(peers.markdown(report["rows"]))
+        return
 
     extra_env = dict(item.split("=", 1) for item in args.server_env)
     chosen = {name: spec for name, spec in configs(args.model, extra_env).items() if name in args.configs.split(",")}
-    clients = [int(c) for c in args.clients.split(",") if c]
+    clients = [int(c) for c in (args.clients or "1,8,32").split(",") if c]
     rates = [float(r) for r in args.rates.split(",") if r]
     path, bodies = "/v1/classify", upload_requests()
     if args.payload == "v2-binary":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -9,6 +10,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import IO
 
 import httpx
@@ -27,10 +29,25 @@ def server_process(
     env: dict[str, str] | None = None,
     startup_s: float = 300,
     stderr: int | IO[bytes] | None = subprocess.DEVNULL,
+    *,
+    ready_path: str = "/ready",
+    cwd: Path | None = None,
+    own_group: bool = False,
+    stdout: int | IO[bytes] | None = subprocess.DEVNULL,
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """Yield the base URL on 127.0.0.1 once ``/ready`` answers 200, and the process."""
+    """Yield the base URL on 127.0.0.1 once ``ready_path`` answers 200, and the process.
+
+    With ``own_group`` the server leads a new process group (its PID is the group's ID), and
+    stopping signals the whole group: servers that run their model in child processes."""
     base_url = f"http://127.0.0.1:{port}"
-    process = subprocess.Popen(command, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL, stderr=stderr)
+    process = subprocess.Popen(
+        command,
+        env={**os.environ, **(env or {})},
+        cwd=cwd,
+        stdout=stdout,
+        stderr=stderr,
+        start_new_session=own_group,
+    )
     try:
         deadline = time.monotonic() + startup_s
         while True:
@@ -39,19 +56,32 @@ def server_process(
             if time.monotonic() > deadline:
                 raise RuntimeError(f"server not ready after {startup_s}s: {' '.join(command)}")
             try:
-                if httpx.get(f"{base_url}/ready", timeout=2).status_code == 200:
+                if httpx.get(f"{base_url}{ready_path}", timeout=2).status_code == 200:
                     break
             except httpx.TransportError:
                 pass
             time.sleep(0.2)
         yield base_url, process
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        _stop(process, own_group)
         if process.stderr:
             process.stderr.close()
+
+
+def _stop(process: subprocess.Popen[bytes], own_group: bool) -> None:
+    def send(sig: signal.Signals) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            if own_group:
+                os.killpg(process.pid, sig)
+            else:
+                process.send_signal(sig)
+
+    if process.poll() is None:
+        send(signal.SIGTERM)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            send(signal.SIGKILL)
+            process.wait()
+    if own_group:
+        send(signal.SIGKILL)  # what the leader left behind in its group, if anything
