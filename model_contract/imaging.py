@@ -13,9 +13,10 @@ decoded (``DecodeLimits``): at full scale in exact mode, at the draft's scale in
 JPEG that fast mode accepts may be refused in exact mode). Images that need more than an 8-bit
 conversion (alpha, 16- and 32-bit samples) are first cut to the central square the model sees
 and reduced by an integer factor, a band at a time, so their conversions run on a small image:
-the decoded image is then the only full-size buffer. In exact mode an 8-bit image is not turned
-(EXIF) or converted (greyscale stays L) at full size either: the crop is resampled from the image
-as stored and turned and converted at 224x224. This holds in both modes; in exact mode the
+the decoded image is then the only full-size buffer. In exact mode an RGB or greyscale image is
+not turned (EXIF) or converted at full size either: the crop is resampled from the image as
+stored, then turned and converted at 224x224 (other 8-bit modes, CMYK or palette, are converted
+to RGB first, bilevel to L). This holds in both modes; in exact mode the
 reduced square is resampled with the reference's geometry of the whole image, so such an image
 (with a central square of 3x ``resize_shorter_side`` or more; smaller ones are not reduced)
 comes within rounding of the reference, as a reduction before resampling allows, not within 1.
@@ -44,6 +45,7 @@ from model_contract.preprocess import (
     exact_resize_crop,
     reference_crop_box,
     resample_box,
+    resample_box_vertical_first,
 )
 
 SUPPORTED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF"})
@@ -301,8 +303,9 @@ def _open(data: bytes, limits: DecodeLimits, spec: PreprocessSpec) -> Image.Imag
 
 def _decoded(data: bytes, limits: DecodeLimits, spec: PreprocessSpec) -> tuple[_Decoded, int]:
     """What the crop is taken from, and the bytes the source took once decoded. In exact mode an
-    8-bit image stays as stored, neither turned nor converted: the crop is resampled from it and
-    only the crop is turned (a full-size copy of a 40-megapixel photo would double its memory)."""
+    RGB or greyscale image stays as stored, neither turned nor converted: the crop is resampled
+    from it and only the crop is turned (a full-size copy of a 40-megapixel photo would double
+    its memory)."""
     image = _open(data, limits, spec)
     size = decoded_bytes(image)
     if spec.decode == "exact" and not _needs_shrinking(image):
@@ -315,7 +318,8 @@ def _as_stored(image: Image.Image) -> _Decoded:
         image.load()
         turn = _orientation(image)
     if image.mode not in ("RGB", "L"):  # resampled as they are, converted once small
-        image = image.convert("RGB")
+        with _client_data():  # a MemoryError converting the client's image is its 413
+            image = image.convert("L" if image.mode == "1" else "RGB")
     return _Decoded(image, _upright_size(image.size, turn), turn=turn)
 
 
@@ -340,7 +344,9 @@ def _exact_tensor(decoded: _Decoded, spec: PreprocessSpec) -> np.ndarray:
         crop = exact_resize_crop(decoded.image, spec, decoded.source_size, decoded.origin, decoded.scale)
         return crop if decoded.image.mode == "RGB" else np.asarray(Image.fromarray(crop).convert("RGB"))
     box = _stored_box(reference_crop_box(decoded.source_size, spec), decoded.source_size, decoded.turn)
-    upright = resample_box(decoded.image, box, spec).transpose(decoded.turn)
+    on_its_side = _TURN_AXES[decoded.turn][0]
+    resample = resample_box_vertical_first if on_its_side else resample_box
+    upright = resample(decoded.image, box, spec).transpose(decoded.turn)
     return np.asarray(upright.convert("RGB"), dtype=np.uint8)
 
 

@@ -135,13 +135,31 @@ def exact_resize_crop(
     return np.asarray(resample_box(image, box, spec), dtype=np.uint8)
 
 
-def resample_box(image: Image.Image, box: tuple[float, float, float, float], spec: PreprocessSpec) -> Image.Image:
-    """The ``box`` region of ``image`` resampled to the crop, with the spec's filter and no
-    integer reduction first."""
+Box = tuple[float, float, float, float]
+
+
+def clamped(box: Box, size: tuple[int, int]) -> Box:
+    """``box`` kept inside an image of ``size``: float rounding can put an edge of a full-width
+    crop a hair outside it, which Pillow refuses."""
     left, top, right, bottom = box
-    # Clamped: float rounding can put an edge of a full-width crop a hair outside the image.
-    inside = (max(0.0, left), max(0.0, top), min(float(image.width), right), min(float(image.height), bottom))
-    return image.resize((spec.crop_size, spec.crop_size), RESAMPLING[spec.interpolation], box=inside)
+    return (max(0.0, left), max(0.0, top), min(float(size[0]), right), min(float(size[1]), bottom))
+
+
+def resample_box(image: Image.Image, box: Box, spec: PreprocessSpec) -> Image.Image:
+    """The ``box`` region of ``image`` resampled to the crop, with the spec's filter and no
+    integer reduction first (Pillow: a horizontal pass, then a vertical one)."""
+    size = (spec.crop_size, spec.crop_size)
+    return image.resize(size, RESAMPLING[spec.interpolation], box=clamped(box, image.size))
+
+
+def resample_box_vertical_first(image: Image.Image, box: Box, spec: PreprocessSpec) -> Image.Image:
+    """``resample_box`` with its two passes the other way round: for an image stored on its side,
+    whose vertical is the upright image's horizontal. Pillow rounds to 8 bits between passes, so
+    the order decides where a filter's overshoot at a sharp edge is clipped."""
+    left, top, right, bottom = clamped(box, image.size)
+    filter_ = RESAMPLING[spec.interpolation]
+    rows = image.resize((image.width, spec.crop_size), filter_, box=(0.0, top, float(image.width), bottom))
+    return rows.resize((spec.crop_size, spec.crop_size), filter_, box=(left, 0.0, right, float(spec.crop_size)))
 
 
 def center_crop_resize(image: Image.Image, spec: PreprocessSpec) -> np.ndarray:

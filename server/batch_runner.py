@@ -8,7 +8,7 @@ import contextlib
 import logging
 import threading
 from collections.abc import Callable
-from concurrent.futures import CancelledError, Future
+from concurrent.futures import Future
 from typing import Any, TypeVar
 
 import numpy as np
@@ -131,6 +131,12 @@ async def _ended_within(call: Callable[[], None], timeout_s: float, name: str) -
     return True
 
 
+def _cancelled_step_error() -> RuntimeError:
+    # An ordinary error, not CancelledError: the batcher answers its callers for an Exception,
+    # and a CancelledError (a BaseException) would leave them waiting.
+    return RuntimeError("the batch was cancelled by its worker's shutdown")
+
+
 def _then(first: Future[A], next_step: Callable[[A], Future[B]]) -> Future[B]:
     """A future of ``next_step(first's result)``'s result, started from the thread that
     completes ``first``; a failure of either step becomes its failure."""
@@ -138,7 +144,7 @@ def _then(first: Future[A], next_step: Callable[[A], Future[B]]) -> Future[B]:
 
     def settle(step: Future[B]) -> None:
         if step.cancelled():
-            result.set_exception(CancelledError())
+            result.set_exception(_cancelled_step_error())
         elif (error := step.exception()) is not None:
             result.set_exception(error)
         else:
@@ -150,7 +156,7 @@ def _then(first: Future[A], next_step: Callable[[A], Future[B]]) -> Future[B]:
         if not result.set_running_or_notify_cancel():
             return  # cancelled while the first step ran
         if done.cancelled():
-            result.set_exception(CancelledError())
+            result.set_exception(_cancelled_step_error())
         elif (error := done.exception()) is not None:
             result.set_exception(error)
         else:

@@ -29,12 +29,14 @@ class DaemonWorker(Executor):
     def _serve(self) -> None:
         while (work := self._work.get()) is not None:
             future, fn, args, kwargs = work
-            if not future.set_running_or_notify_cancel():
-                continue
-            try:
-                future.set_result(fn(*args, **kwargs))
-            except BaseException as exc:
-                future.set_exception(exc)
+            del work
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn(*args, **kwargs))
+                except BaseException as exc:
+                    future.set_exception(exc)
+            # An idle worker must not keep its last batch (and its result) alive.
+            del future, fn, args, kwargs
 
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
         with self._lock:

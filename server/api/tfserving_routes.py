@@ -48,7 +48,8 @@ async def _run(
     body = await request.body()
     spec = ModelInput(model.manifest.input.name, model.manifest.item_shape, model.manifest.signature)
     parsed = await service.offload(partial(parse_request, body, spec, max_images=model.max_images), json=body)
-    # Only :classify ranks classes; :predict answers the whole output and ignores a top_k.
+    # Only :classify ranks classes; :predict answers the whole output whatever top_k it names
+    # (the codec still refuses a top_k that is not an integer, on either).
     top_k = None
     if classify:
         top_k = min(DEFAULT_TOP_K, service.limits.max_top_k) if parsed.top_k is None else parsed.top_k

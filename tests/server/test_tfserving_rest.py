@@ -86,7 +86,7 @@ def test_errors_are_tf_serving_shaped(client: httpx.Client, photo_bytes: dict[st
 def test_predict_answers_the_whole_output_whatever_top_k_says(
     client: httpx.Client, photo_bytes: dict[str, bytes]
 ) -> None:
-    """top_k belongs to :classify; :predict neither ranks nor refuses it."""
+    """top_k belongs to :classify; :predict neither ranks nor refuses an integer one."""
     for top_k in (3, 0):
         body = {"instances": [b64(photo_bytes["coffee"])], "top_k": top_k}
         response = client.post("/v1/models/efficientnet_lite0:predict", json=body)
