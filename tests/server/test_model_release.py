@@ -4,7 +4,6 @@ in ``predict``) is logged and left behind, and shutdown still ends."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import subprocess
 import sys
@@ -95,22 +94,24 @@ def test_a_runtime_that_hangs_in_close_is_logged_and_shutdown_ends(
     assert any("did not release" in r.getMessage() for r in caplog.records)
 
 
+async def close_with_a_call_stuck_in_predict(repository: Path, runtime: GatedRuntime) -> None:
+    """Load, get one call stuck in predict (the gate stays shut), then close the registry: the
+    call fails as closed, and the close ends (drain 0.1 s, then release 0.2 s)."""
+    registry = registry_of(repository, runtime, release_timeout_s=0.2)
+    await registry.load_all()
+    runtime.gate.clear()
+    stuck = asyncio.ensure_future(registry.get("m").infer_many([np.zeros((8, 8, 3), np.uint8)], deadline=None))
+    await until(lambda: runtime.entered == 2)  # the warm-up call, then this one
+    await asyncio.wait_for(registry.close(), timeout=5)
+    with pytest.raises(BatcherClosed):
+        await stuck
+
+
 def test_a_runtime_stuck_in_predict_does_not_hold_shutdown(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     runtime = GatedRuntime()
-
-    async def scenario() -> None:
-        registry = registry_of(tmp_path, runtime, release_timeout_s=0.2)
-        await registry.load_all()
-        runtime.gate.clear()
-        stuck = asyncio.ensure_future(registry.get("m").infer_many([np.zeros((8, 8, 3), np.uint8)], deadline=None))
-        await until(lambda: runtime.entered == 2)  # the warm-up call, then this one
-        await asyncio.wait_for(registry.close(), timeout=5)  # drain 0.1 s, then release 0.2 s
-        with pytest.raises(BatcherClosed):
-            await stuck
-
     try:
         with caplog.at_level(logging.ERROR):
-            asyncio.run(scenario())
+            asyncio.run(close_with_a_call_stuck_in_predict(tmp_path, runtime))
     finally:
         runtime.gate.set()
     assert any("did not release" in r.getMessage() for r in caplog.records)
@@ -131,19 +132,7 @@ def test_close_runs_off_the_event_loop(tmp_path: Path, caplog: pytest.LogCapture
 
 def _stuck_forever(repository: str) -> None:
     """Run in a child process: a model stuck in predict for good, then shutdown, then exit."""
-    runtime = GatedRuntime()
-
-    async def scenario() -> None:
-        registry = registry_of(Path(repository), runtime, release_timeout_s=0.2)
-        await registry.load_all()
-        runtime.gate.clear()  # never set again
-        stuck = asyncio.ensure_future(registry.get("m").infer_many([np.zeros((8, 8, 3), np.uint8)], deadline=None))
-        await until(lambda: runtime.entered == 2)
-        await registry.close()
-        with contextlib.suppress(BatcherClosed):
-            await stuck
-
-    asyncio.run(scenario())
+    asyncio.run(close_with_a_call_stuck_in_predict(Path(repository), GatedRuntime()))  # gate never opened
     print("shut down", flush=True)
 
 
