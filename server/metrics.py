@@ -1,17 +1,99 @@
-"""Prometheus metrics, in a registry per app (so tests and several apps never collide)."""
+"""Prometheus metrics: a registry per app in one process, or one merged view of many processes.
+
+With no multiprocess directory in the environment (the default), each ``Metrics`` owns its
+registry, so tests and several apps in one process never collide.
+
+``imgserve serve --workers N`` runs several processes. The supervisor calls
+``prepare_multiprocess_dir`` before it spawns any child, so that every child imports
+prometheus_client with ``PROMETHEUS_MULTIPROC_DIR`` already set (the library picks its value
+class once, at import). Each process then writes its samples to its own files in that
+directory, ``Metrics.render()`` in any process returns the sum over all of them, and the
+supervisor calls ``forget_process(pid)`` when a child has died: that child's live gauges go
+away, its counters and histograms keep counting in the totals.
+"""
 
 from __future__ import annotations
 
+import os
+import time
+from pathlib import Path
 from typing import Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_PLAIN_0_0_4,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    values,
+)
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0)
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+"""The variable that turns on prometheus_client's multiprocess mode; it names the directory."""
+
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
+"""The media type of ``Metrics.render()``'s output, in either mode."""
+
+
+def prepare_multiprocess_dir(path: Path) -> Path:
+    """For the supervisor, before it spawns its first child: create ``path``, delete the sample
+    files an earlier run left there (their counts would add to this run's), and set
+    ``MULTIPROCESS_ENV`` in this process's environment, which spawned children inherit.
+    Returns the absolute path. The supervisor itself records no metrics."""
+    path = path.resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    for stale in path.glob("*.db"):
+        stale.unlink()
+    os.environ[MULTIPROCESS_ENV] = str(path)
+    return path
+
+
+def multiprocess_dir() -> Path | None:
+    """The directory of multiprocess mode, or None when this process runs alone."""
+    value = os.environ.get(MULTIPROCESS_ENV)
+    return Path(value) if value else None
+
+
+def forget_process(pid: int, directory: Path | None = None) -> None:
+    """For the supervisor, once a child has died (before or after its replacement starts):
+    drop the dead process's live gauges (queue depth, latency model, process start time) from
+    the merged view. Its counters and histograms stay: totals never go down."""
+    directory = directory or multiprocess_dir()
+    if directory is None:
+        raise RuntimeError(f"{MULTIPROCESS_ENV} is not set: there are no other processes to forget")
+    mark_process_dead(pid, str(directory))  # type: ignore[no-untyped-call]
+
+
+_process_metrics: dict[int, Metrics] = {}
+"""Multiprocess mode: the first Metrics of this process (by pid), whose instruments the next share."""
+
 
 class Metrics:
+    """The server's instruments. ``registry`` holds this process's own values (tests read
+    them there); ``render()`` is what /metrics serves: in multiprocess mode, the merged view of
+    every process that wrote to the directory.
+
+    In multiprocess mode all the Metrics of one process share one set of instruments: the
+    directory holds one file set per process, and two instruments writing the same sample
+    would overwrite each other's counts."""
+
     def __init__(self) -> None:
+        directory = multiprocess_dir()
+        if directory is not None and values.ValueClass is values.MutexValue:
+            raise RuntimeError(
+                f"{MULTIPROCESS_ENV} was set after prometheus_client was imported in this process; "
+                "it must be in the environment before (prepare_multiprocess_dir, then spawn)"
+            )
+        if directory is None and values.ValueClass is not values.MutexValue:
+            raise RuntimeError(f"prometheus_client runs in multiprocess mode but {MULTIPROCESS_ENV} is not set")
+        if directory is not None and (first := _process_metrics.get(os.getpid())) is not None:
+            vars(self).update(vars(first))
+            return
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
@@ -37,15 +119,24 @@ class Metrics:
         self.batch_run = Histogram(
             "imgserve_batch_run_seconds", "Time one model call takes.", ["model"], buckets=LATENCY_BUCKETS, registry=r
         )
-        self.queue_depth = Gauge("imgserve_queue_depth", "Images waiting for the model.", ["model"], registry=r)
+        # Multiprocess modes of the gauges. Every gauge is "live*": a dead process's values go
+        # with it (forget_process). Queue depth is a count of images waiting, so the processes'
+        # values add up: exact with the one model owner, and still right if several processes
+        # ever hold queues. A dead owner's queue died with it; its replacement starts at zero.
+        self.queue_depth = Gauge(
+            "imgserve_queue_depth", "Images waiting for the model.", ["model"], registry=r, multiprocess_mode="livesum"
+        )
         self.batch_failures = Counter(
             "imgserve_batch_failures_total", "Model calls that raised.", ["model"], registry=r
         )
+        # An estimate, not an amount: a sum or a maximum of two fits means nothing, the latest
+        # fit is the best one (its replacement's, once the dead owner is forgotten).
         self.latency_model = Gauge(
             "imgserve_batch_latency_model_seconds",
             "Fitted batch run time: seconds = per_image * n + fixed.",
             ["model", "term"],
             registry=r,
+            multiprocess_mode="livemostrecent",
         )
         self.padding = Counter(
             "imgserve_batch_padding_images_total",
@@ -71,12 +162,32 @@ class Metrics:
             ["model", "reason"],
             registry=r,
         )
+        # One sample per live process, labelled with its role (and its pid in multiprocess mode).
+        self.process_start = Gauge(
+            "imgserve_process_start_time_seconds",
+            "Unix time each live process started serving, by role.",
+            ["role"],
+            registry=r,
+            multiprocess_mode="liveall",
+        )
+        if directory is None:
+            self._exposition = r
+        else:
+            self._exposition = CollectorRegistry()
+            MultiProcessCollector(self._exposition, str(directory))  # type: ignore[no-untyped-call]
+            _process_metrics[os.getpid()] = self
 
     def batch_observer(self, model: str) -> ModelBatchMetrics:
         return ModelBatchMetrics(self, model)
 
+    def process_started(self, role: str) -> None:
+        """Say that this process, in ``role`` (supervisor, model-owner, worker-1...), is up."""
+        self.process_start.labels(role).set(time.time())
+
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        """The exposition text (``CONTENT_TYPE``): this app's metrics, or in multiprocess mode
+        every process's, counters and histograms summed, live gauges as their modes say."""
+        return generate_latest(self._exposition)
 
 
 class ModelBatchMetrics:
