@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
@@ -24,77 +23,52 @@ from server.api.tfserving_routes import router as tfserving_router
 from server.api.v2_routes import router as v2_router
 from server.api_keys import ApiKeys
 from server.cpu_budget import CpuBudgets
+from server.local_models import LocalModels, build_registry
 from server.metrics import Metrics
 from server.rate_limit import RateLimiter
-from server.registry import ModelRegistry
-from server.runtimes import RuntimeOptions, load_runtime
+from server.runtimes import load_runtime
 from server.runtimes.base import RuntimeFactory
 from server.service import ClassificationService
+from server.serving import ModelBackend
 from server.settings import Settings
 from server.work_pool import WorkPool
 
-log = logging.getLogger(__name__)
-
-
-async def _poll(registry: ModelRegistry, interval_s: float, clock: Clock, stopping: asyncio.Event) -> None:
-    """Rescan the repository every ``interval_s`` on ``clock`` until ``stopping`` is set."""
-    while True:
-        await clock.wait(stopping, clock.now() + interval_s)
-        if stopping.is_set():
-            return
-        try:
-            await registry.reload()
-        except Exception:
-            log.exception("repository poll failed")
+BackendFactory = Callable[[Metrics, Clock], ModelBackend]
+"""Makes the app's model backend, given the app's metrics and clock."""
 
 
 def create_app(
-    settings: Settings, runtime_factory: RuntimeFactory = load_runtime, clock: Clock | None = None
+    settings: Settings,
+    runtime_factory: RuntimeFactory = load_runtime,
+    clock: Clock | None = None,
+    *,
+    backend: BackendFactory | None = None,
+    admission: Admission | None = None,
+    rate_limiter: RateLimiter | None = None,
 ) -> FastAPI:
-    """The composition root: the one place that builds the concrete model registry. ``clock``
-    times request deadlines and every model's batcher alike (tests pass a manual one)."""
+    """The composition root. By default the models live in this process (a registry over
+    ``settings.model_repository``, run by ``runtime_factory``); a front-end worker passes
+    ``backend`` (the model owner's catalog) and the ``admission`` and ``rate_limiter`` it
+    shares with the other workers. ``clock`` times request deadlines and every model's batcher
+    alike (tests pass a manual one)."""
     clock = clock or MonotonicClock()
     metrics = Metrics()
-    registry = ModelRegistry(
-        settings.model_repository,
-        runtime_factory,
-        RuntimeOptions(
-            intra_op_threads=settings.inference_threads,
-            preferred_runtime=settings.runtime,
-            compute_dtype=settings.compute_dtype,
-            device=settings.device,
-        ),
-        settings.batching,
-        metrics,
-        drain_timeout_s=settings.drain_timeout_s,
-        max_model_bytes=settings.max_model_bytes,
-        clock=clock,
-    )
-
-    admission = Admission(settings.limits)
+    models = (backend or _local_backend(settings, runtime_factory))(metrics, clock)
+    admission = admission or Admission(settings.limits)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # A parse peaks at about 25x its JSON body's size (nested lists of Python objects).
         worker_memory = max(1 << 30, 64 * settings.limits.max_body_bytes)
         pool = WorkPool(threads=settings.decode_threads or os.cpu_count() or 1, worker_memory_bytes=worker_memory)
-        app.state.service = ClassificationService(registry, admission, pool, metrics, clock)
+        app.state.service = ClassificationService(models.catalog, admission, pool, metrics, clock)
         # Load in the background: /health answers at once, /ready turns true after warm-up.
-        background = [asyncio.create_task(registry.load_all(), name="load-models")]
-        stopping = asyncio.Event()
-        if settings.repository_poll_s > 0:
-            polling = _poll(registry, settings.repository_poll_s, clock, stopping)
-            background.append(asyncio.create_task(polling, name="poll-repository"))
+        models.start()
         try:
             yield
         finally:
             # Ordered: stop loading and polling, drain each model's queue, release models, then threads.
-            stopping.set()
-            for task in background:
-                task.cancel()
-                with suppress(asyncio.CancelledError):
-                    await task
-            await registry.close()
+            await models.close()
             await asyncio.to_thread(pool.shutdown)
 
     app = FastAPI(
@@ -113,8 +87,16 @@ def create_app(
     app.include_router(v2_router)
     app.include_router(tfserving_router)
     install_error_handlers(app)
-    _add_middleware(app, settings, admission, metrics)
+    _add_middleware(app, settings, admission, metrics, rate_limiter or RateLimiter(settings.rate_limit))
     return app
+
+
+def _local_backend(settings: Settings, runtime_factory: RuntimeFactory) -> BackendFactory:
+    def local(metrics: Metrics, clock: Clock) -> ModelBackend:
+        registry = build_registry(settings, runtime_factory, metrics, clock)
+        return LocalModels(registry, settings.repository_poll_s, clock)
+
+    return local
 
 
 def _public_paths(settings: Settings) -> frozenset[str]:
@@ -126,7 +108,9 @@ def _public_paths(settings: Settings) -> frozenset[str]:
     return frozenset(public)
 
 
-def _add_middleware(app: FastAPI, settings: Settings, admission: Admission, metrics: Metrics) -> None:
+def _add_middleware(
+    app: FastAPI, settings: Settings, admission: Admission, metrics: Metrics, rate_limiter: RateLimiter
+) -> None:
     """Cheapest refusal first. Each added layer wraps the ones before it, so this runs
     bottom-up: metrics, trusted host, CORS, access control, admission, then the body deadline."""
     app.add_middleware(BodyDeadline, timeout_s=settings.http.body_timeout_s)
@@ -135,7 +119,7 @@ def _add_middleware(app: FastAPI, settings: Settings, admission: Admission, metr
         AccessControl,
         admin_token=settings.admin_token.get_secret_value() if settings.admin_token else None,
         api_keys=ApiKeys(settings.api_keys_file) if settings.api_keys_file else None,
-        rate_limiter=RateLimiter(settings.rate_limit),
+        rate_limiter=rate_limiter,
         cpu_budgets=CpuBudgets(),
         cpu_limit=settings.cpu_limit,
         public_paths=_public_paths(settings),

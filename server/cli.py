@@ -4,42 +4,32 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 from typing import Any
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import math
-
     import uvicorn
 
     from server.app import create_app
-    from server.http_protocol import bounded_http_protocol
+    from server.http_server import uvicorn_config
+    from server.process_logging import configure_logging, uvicorn_log_config
     from server.settings import Settings
+    from server.supervisor import Supervisor, default_workers
 
     overrides: dict[str, Any] = {
         k: v for k, v in {"host": args.host, "port": args.port, "model_repository": args.model_repository}.items() if v
     }
     settings = Settings(**overrides)
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        access_log=args.access_log,
-        # Slow and oversized clients: header limits, header and idle timeouts (server/http_protocol.py).
-        http=bounded_http_protocol(settings.http),
-        timeout_keep_alive=math.ceil(settings.http.keep_alive_timeout_s),  # the protocol arms the exact value
-        ws="none",  # no WebSocket routes: an upgrade would hand the connection to a protocol without those limits
-        # uvicorn answers 503 once connections >= limit, counting the asking one: +1 serves max_connections.
-        limit_concurrency=settings.http.max_connections + 1,
-        # Shutdown waits this long for requests in progress, half-sent bodies included, then cancels them.
-        timeout_graceful_shutdown=math.ceil(settings.drain_timeout_s),
-        server_header=False,
-    )
+    workers = default_workers() if args.workers is None else args.workers
+    role = "supervisor" if workers else "server"
+    configure_logging(settings.log_level, role)
+    if workers:
+        return Supervisor(settings, workers, access_log=args.access_log).run()
+    log_config = uvicorn_log_config(settings.log_level, role)
+    config = uvicorn_config(create_app(settings), settings, access_log=args.access_log, log_config=log_config)
+    uvicorn.Server(config).run()
     return 0
 
 
@@ -80,6 +70,12 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     serve.add_argument("--port", type=int, help="port (default 8000, or IMGSERVE_PORT)")
     serve.add_argument("--model-repository", type=Path, help="model repository (default ./models)")
     serve.add_argument("--access-log", action="store_true", help="log every request (costs throughput)")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        help="front-end processes beside one model-owner process (default: the CPU cores less one, 1 to 16); "
+        "0 runs everything in this one process",
+    )
     serve.set_defaults(run=_serve)
 
     health = commands.add_parser("health", help="exit 0 if the server on IMGSERVE_HOST:IMGSERVE_PORT is ready")

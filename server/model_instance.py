@@ -73,6 +73,11 @@ class ModelInstance:
     def max_batch_size(self) -> int:
         return self.batching.max_batch_size
 
+    @property
+    def cache_limits(self) -> tuple[int, int] | None:
+        """(max_entries, max_bytes) of this version's result cache; None: it caches nothing."""
+        return None if self._results is None else self._results.limits
+
     async def warm_up(self) -> None:
         """Warm every batch shape, then start taking traffic."""
         await self._runner.warm_up()

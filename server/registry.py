@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from batching.clock import Clock, MonotonicClock
-from model_contract.errors import ErrorKind, ServiceError, echo
+from model_contract.errors import ErrorKind, ServiceError
 from server.batch_runner import BatchRunner
 from server.metrics import Metrics
 from server.model_instance import RELEASE_TIMEOUT_S, ModelInstance
@@ -24,6 +25,7 @@ from server.model_repository import ModelVersion, RepositoryScan, scan_repositor
 from server.result_cache import CachedResults, ResultCache
 from server.runtimes import RuntimeOptions, choose_runtime
 from server.runtimes.base import RuntimeFactory
+from server.serving import pick_version
 from server.settings import BatchingSettings
 
 log = logging.getLogger(__name__)
@@ -41,7 +43,11 @@ class ModelRegistry:
         max_model_bytes: int = 0,
         clock: Clock | None = None,
         release_timeout_s: float = RELEASE_TIMEOUT_S,
+        on_change: Callable[[], None] | None = None,
     ) -> None:
+        """``on_change``: called, on the event loop, whenever what is served (versions,
+        readiness, errors) may have changed; a new version's routing before the version it
+        replaced is retired."""
         self._repository = repository
         self._runtime_factory = runtime_factory
         self._runtime_options = runtime_options
@@ -57,6 +63,7 @@ class ModelRegistry:
         self._repository_error: str | None = None
         self._lock = asyncio.Lock()
         self._loaded_once = False
+        self._on_change = on_change or (lambda: None)
 
     @property
     def models(self) -> list[ModelInstance]:
@@ -84,6 +91,12 @@ class ModelRegistry:
     async def load_all(self) -> None:
         await self.reload()
         self._loaded_once = True
+        self._on_change()
+
+    @property
+    def loaded_once(self) -> bool:
+        """The first scan of the repository has finished loading."""
+        return self._loaded_once
 
     def _resident_bytes(self) -> int:
         return sum(_artifact_bytes(m.path) for m in self.models)
@@ -159,8 +172,11 @@ class ModelRegistry:
             if only and only not in scan.versions and only not in scan.errors:
                 raise ServiceError(ErrorKind.MODEL_NOT_FOUND, f"no model named {only!r} in the repository")
             everything = set(scan.versions) | set(scan.errors) | set(self._serving) | set(self._errors)
-            for name in [only] if only else sorted(everything):
-                await self._update(name, scan)
+            try:
+                for name in [only] if only else sorted(everything):
+                    await self._update(name, scan)
+            finally:
+                self._on_change()
 
     async def _update(self, name: str, scan: RepositoryScan) -> None:
         problems = scan.errors.get(name, [])
@@ -206,6 +222,7 @@ class ModelRegistry:
             self._serving[name] = updated
         else:
             self._serving.pop(name, None)
+        self._on_change()
         retired = [m for v, m in current.items() if updated.get(v) is not m]
         await asyncio.gather(*(m.close(self._drain_timeout_s) for m in retired))
         return failed
@@ -215,28 +232,17 @@ class ModelRegistry:
             versions = self._serving.pop(name, None)
             if versions is None:
                 raise ServiceError(ErrorKind.MODEL_NOT_FOUND, f"model {name!r} is not loaded")
+            self._on_change()
             await asyncio.gather(*(m.close(self._drain_timeout_s) for m in versions.values()))
 
     def get(self, name: str, version: int | None = None) -> ModelInstance:
-        versions = self._serving.get(name)
-        if not versions:
-            if not self._loaded_once:
-                raise ServiceError(ErrorKind.NOT_READY, "models are still loading", retry_after=1)
-            raise ServiceError(ErrorKind.MODEL_NOT_FOUND, f"no model named {echo(name)}")
-        if version is None:
-            model = versions[max(versions)]
-        elif version in versions:
-            model = versions[version]
-        else:
-            raise ServiceError(ErrorKind.MODEL_NOT_FOUND, f"model {echo(name)} has no loaded version {version}")
-        if not model.ready:
-            raise ServiceError(ErrorKind.NOT_READY, f"model {echo(name)} is warming up", retry_after=1)
-        return model
+        return pick_version(self._serving.get(name, {}), name, version, self._loaded_once)
 
     async def close(self) -> None:
         async with self._lock:
             await asyncio.gather(*(m.close(self._drain_timeout_s) for m in self.models))
             self._serving.clear()
+            self._on_change()
 
 
 def _artifact_bytes(path: Path) -> int:

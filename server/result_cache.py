@@ -42,6 +42,11 @@ class ResultCache:
         return len(self._entries)
 
     @property
+    def limits(self) -> tuple[int, int]:
+        """(max_entries, max_bytes): enough to make another cache like it."""
+        return self._max_entries, self._max_bytes
+
+    @property
     def size_bytes(self) -> int:
         return self._bytes
 
@@ -72,6 +77,10 @@ class CachedResults:
         self._cache = cache
         self._hits = hits
         self._misses = misses
+
+    @property
+    def limits(self) -> tuple[int, int]:
+        return self._cache.limits
 
     async def remembered(self, encoded: bytes, compute: Compute, offload: Offload) -> np.ndarray:
         key_of = partial(ResultCache.key, self._model, self._version, encoded)

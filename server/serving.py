@@ -8,10 +8,11 @@ model process behind IPC, a remote shard) only has to provide these two interfac
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import numpy as np
 
+from model_contract.errors import ErrorKind, ServiceError, echo
 from model_contract.manifest import ModelManifest
 from model_contract.preprocess import PreprocessSpec
 
@@ -106,3 +107,39 @@ class ModelCatalog(Protocol):
         ...
 
     async def unload(self, name: str) -> None: ...
+
+
+class ModelBackend(Protocol):
+    """Where the models are, with the lifecycle the app runs: in this process
+    (``server.local_models.LocalModels``) or in the model-owner process
+    (``server.ipc.remote.RemoteCatalog``)."""
+
+    @property
+    def catalog(self) -> ModelCatalog: ...
+
+    def start(self) -> None:
+        """Begin loading (or connecting) in the background; returns at once."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+M = TypeVar("M", bound=ServedModel)
+
+
+def pick_version(versions: Mapping[int, M], name: str, version: int | None, loaded_once: bool) -> M:
+    """The ready version a request asked for (the newest when ``version`` is None), or why
+    not: one rule, whichever process holds the models."""
+    if not versions:
+        if not loaded_once:
+            raise ServiceError(ErrorKind.NOT_READY, "models are still loading", retry_after=1)
+        raise ServiceError(ErrorKind.MODEL_NOT_FOUND, f"no model named {echo(name)}")
+    if version is None:
+        model = versions[max(versions)]
+    elif version in versions:
+        model = versions[version]
+    else:
+        raise ServiceError(ErrorKind.MODEL_NOT_FOUND, f"model {echo(name)} has no loaded version {version}")
+    if not model.ready:
+        raise ServiceError(ErrorKind.NOT_READY, f"model {echo(name)} is warming up", retry_after=1)
+    return model

@@ -11,23 +11,22 @@ import pytest
 from httpx import Client
 from PIL import Image
 
-from server.app import create_app
 from server.settings import BatchingSettings, LimitSettings, Settings
 from tests.conftest import PHOTOS
-from tests.live_server import live_server
+from tests.served import TOPOLOGIES, served
 
 CAT_CLASSES = PHOTOS["chelsea"]["top1"]
 MAX_BODY = 2_000_000
 
 
-@pytest.fixture(scope="module")
-def client(model_repository: Path) -> Iterator[Client]:
+@pytest.fixture(scope="module", params=TOPOLOGIES)
+def client(request: pytest.FixtureRequest, model_repository: Path) -> Iterator[Client]:
     settings = Settings(
         model_repository=model_repository,
         batching=BatchingSettings(max_batch_size=4),
         limits=LimitSettings(max_body_bytes=MAX_BODY, max_image_pixels=20_000_000, max_images_per_request=8),
     )
-    with live_server(create_app(settings)) as base_url, Client(base_url=base_url, timeout=60) as test_client:
+    with served(settings, request.param) as base_url, Client(base_url=base_url, timeout=60) as test_client:
         yield test_client
 
 

@@ -15,18 +15,17 @@ import orjson
 import pytest
 from PIL import Image
 
-from server.app import create_app
 from server.settings import BatchingSettings, Settings
 from tests.conftest import PHOTOS
-from tests.live_server import live_server
+from tests.served import TOPOLOGIES, served
 
 MODEL = "efficientnet_lite0"
 
 
-@pytest.fixture(scope="module")
-def base_url(model_repository: Path) -> Iterator[str]:
+@pytest.fixture(scope="module", params=TOPOLOGIES)
+def base_url(request: pytest.FixtureRequest, model_repository: Path) -> Iterator[str]:
     settings = Settings(model_repository=model_repository, batching=BatchingSettings(max_batch_size=4))
-    with live_server(create_app(settings)) as url:
+    with served(settings, request.param) as url:
         yield url
 
 

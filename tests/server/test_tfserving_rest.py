@@ -13,19 +13,18 @@ import pytest
 from loadtests.in_process import GENEROUS_LIMITS
 from model_contract.imaging import image_to_tensor
 from model_contract.preprocess import PreprocessSpec
-from server.app import create_app
 from server.settings import BatchingSettings, Settings
 from tests.conftest import PHOTOS
-from tests.live_server import live_server
+from tests.served import TOPOLOGIES, served
 
 MODEL = "efficientnet_lite0"
 ESPRESSO = 967
 
 
-@pytest.fixture(scope="module")
-def client(model_repository: Path) -> Iterator[httpx.Client]:
+@pytest.fixture(scope="module", params=TOPOLOGIES)
+def client(request: pytest.FixtureRequest, model_repository: Path) -> Iterator[httpx.Client]:
     settings = Settings(model_repository=model_repository, batching=BatchingSettings(max_batch_size=4))
-    with live_server(create_app(settings)) as url, httpx.Client(base_url=url, timeout=60) as http:
+    with served(settings, request.param) as url, httpx.Client(base_url=url, timeout=60) as http:
         yield http
 
 

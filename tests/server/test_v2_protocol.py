@@ -16,19 +16,18 @@ from tritonclient.utils import InferenceServerException
 from loadtests.in_process import GENEROUS_LIMITS
 from model_contract.imaging import image_to_tensor
 from model_contract.preprocess import PreprocessSpec
-from server.app import create_app
 from server.settings import BatchingSettings, Settings
 from tests.conftest import PHOTOS
-from tests.live_server import live_server
+from tests.served import TOPOLOGIES, served
 
 MODEL = "efficientnet_lite0"
 ESPRESSO = 967
 
 
-@pytest.fixture(scope="module")
-def base_url(model_repository: Path) -> Iterator[str]:
+@pytest.fixture(scope="module", params=TOPOLOGIES)
+def base_url(request: pytest.FixtureRequest, model_repository: Path) -> Iterator[str]:
     settings = Settings(model_repository=model_repository, batching=BatchingSettings(max_batch_size=4))
-    with live_server(create_app(settings), ready_path="/v2/health/ready") as url:
+    with served(settings, request.param, ready_path="/v2/health/ready") as url:
         yield url
 
 

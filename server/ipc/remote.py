@@ -1,0 +1,311 @@
+"""The worker's side of the boundary: the model catalog and served models of the model-owner
+process, behind the same interfaces (``server/serving.py``) as the in-process registry.
+
+``RemoteCatalog`` keeps one connection to the owner, reconnecting when it drops. While the
+owner is away (restarting, warming up), every model is unavailable: requests get 503 with
+Retry-After, and those in flight when it went get the same.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from batching import Overloaded
+from model_contract.errors import ErrorKind, ServiceError
+from model_contract.manifest import ModelManifest
+from model_contract.preprocess import PreprocessSpec
+from server.ipc import frames
+from server.ipc.errors import decode_error
+from server.ipc.slots import SlotRing, SlotsExhausted
+from server.ipc.snapshot import CatalogSnapshot, VersionInfo, read_snapshot
+from server.metrics import Metrics
+from server.result_cache import CachedResults, ResultCache
+from server.serving import Compute, Offload, pick_version
+
+log = logging.getLogger(__name__)
+
+RETRY_AFTER_S = 1.0
+# Between attempts to reach the owner: fast at first (a restart takes a moment), then calmer.
+RECONNECT_DELAYS_S = (0.05, 0.1, 0.2, 0.5)
+
+
+def _owner_away() -> ServiceError:
+    return ServiceError(ErrorKind.UNAVAILABLE, "the model process is restarting", retry_after=RETRY_AFTER_S)
+
+
+def _dropped() -> ServiceError:
+    return ServiceError(ErrorKind.SHUTTING_DOWN, "the model process dropped the request", retry_after=RETRY_AFTER_S)
+
+
+class _Request:
+    """A request sent to the owner, until the owner answers for it (even after its caller
+    gave up: the slots it names stay taken until then)."""
+
+    def __init__(self, future: asyncio.Future[tuple[frames.Header, bytes]], release: Callable[[], None]) -> None:
+        self.future = future
+        self.release = release
+
+
+class OwnerLink:
+    def __init__(self, socket_path: Path, on_snapshot: Callable[[CatalogSnapshot | None], None]) -> None:
+        self._path = socket_path
+        self._on_snapshot = on_snapshot
+        self._writer: asyncio.StreamWriter | None = None
+        self._ids = itertools.count(1)
+        self._requests: dict[int, _Request] = {}
+        self._manifests: dict[tuple[str, int], ModelManifest] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self._writer is not None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._stay_connected(), name="model-owner-link")
+
+    async def _stay_connected(self) -> None:
+        for attempt in itertools.count():
+            try:
+                reader, writer = await asyncio.open_unix_connection(str(self._path))
+            except OSError:
+                await asyncio.sleep(RECONNECT_DELAYS_S[min(attempt, len(RECONNECT_DELAYS_S) - 1)])
+                continue
+            if attempt:
+                log.info("connected to the model owner")
+            self._writer = writer
+            try:
+                await self._read(reader)
+            except (asyncio.IncompleteReadError, ConnectionError):
+                log.warning("lost the model owner; answering 503 until it is back")
+            except frames.FrameError:
+                log.exception("the model owner sent a malformed frame; reconnecting")
+            finally:
+                self._writer = None
+                writer.close()
+                self._on_snapshot(None)
+                self._fail_all(_owner_away())
+
+    async def _read(self, reader: asyncio.StreamReader) -> None:
+        while True:
+            header, payload = await frames.receive(reader)
+            if header.get("op") == "catalog":
+                self._on_snapshot(read_snapshot(header, self._manifests))
+                continue
+            request = self._requests.pop(header.get("id", -1), None)
+            if request is None:
+                continue
+            request.release()
+            if request.future.done():
+                continue  # its caller gave up
+            if header.get("op") == "error":
+                request.future.set_exception(decode_error(header["error"]))
+            elif header.get("op") == "cancelled":
+                request.future.set_exception(_dropped())
+            else:
+                request.future.set_result((header, payload))
+
+    def _fail_all(self, error: Exception) -> None:
+        requests, self._requests = self._requests, {}
+        for request in requests.values():
+            request.release()
+            if not request.future.done():
+                request.future.set_exception(error)
+
+    async def call(
+        self, header: frames.Header, release: Callable[[], None] = lambda: None
+    ) -> tuple[frames.Header, bytes]:
+        """Send ``header`` and wait for its answer. If the caller is cancelled, the owner is
+        told to drop the work (queued images never run); ``release`` runs once the owner has
+        answered for it, or the connection is gone."""
+        if self._writer is None:
+            release()
+            raise _owner_away()
+        request_id = next(self._ids)
+        future: asyncio.Future[tuple[frames.Header, bytes]] = asyncio.get_running_loop().create_future()
+        self._requests[request_id] = _Request(future, release)
+        frames.send(self._writer, {**header, "id": request_id})
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            if not future.done() and self._writer is not None:
+                frames.send(self._writer, {"op": "cancel", "id": request_id})
+            future.cancel()
+            raise
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
+class RemoteModel:
+    """One version served by the owner (a ``ServedModel``). Its result cache is this worker's."""
+
+    def __init__(self, info: VersionInfo, link: OwnerLink, ring: Callable[[], SlotRing], results: CachedResults | None):
+        self._info = info
+        self._link = link
+        self._ring = ring
+        self._results = results
+
+    @property
+    def name(self) -> str:
+        return self._info.name
+
+    @property
+    def version(self) -> int:
+        return self._info.version
+
+    @property
+    def manifest(self) -> ModelManifest:
+        return self._info.manifest
+
+    @property
+    def ready(self) -> bool:
+        return self._info.ready
+
+    @property
+    def runtime(self) -> str:
+        return self._info.runtime
+
+    @property
+    def max_queue_size(self) -> int:
+        return self._info.max_queue_size
+
+    @property
+    def max_batch_size(self) -> int:
+        return self._info.max_batch_size
+
+    @property
+    def preprocessing(self) -> PreprocessSpec:
+        return self._info.manifest.preprocessing
+
+    async def infer_many(self, tensors: Sequence[np.ndarray], deadline: float | None) -> list[np.ndarray]:
+        ring = self._ring()
+        try:
+            slots = ring.put(list(tensors))
+        except SlotsExhausted:
+            raise Overloaded(RETRY_AFTER_S, ring.count - ring.free, ring.count, "no free tensor slot") from None
+        header = {
+            "op": "infer",
+            "model": self.name,
+            "version": self.version,
+            "ring": ring.name,
+            "ring_slots": ring.count,
+            "slots": slots,
+            "deadline": deadline,
+        }
+        answer, payload = await self._link.call(header, release=lambda: ring.release(slots))
+        rows = np.frombuffer(payload, dtype=np.dtype(answer["dtype"])).reshape(answer["shape"])
+        return list(rows)
+
+    async def remembered(self, encoded: bytes, compute: Compute, offload: Offload) -> np.ndarray:
+        if self._results is None:
+            return await compute()
+        return await self._results.remembered(encoded, compute, offload)
+
+
+class RemoteCatalog:
+    """The owner's models, as this worker last heard of them (a ``ModelCatalog``), with the
+    lifecycle the app runs (``start``, ``close``)."""
+
+    def __init__(self, socket_path: Path, metrics: Metrics) -> None:
+        self._metrics = metrics
+        self._link = OwnerLink(socket_path, self._update)
+        self._snapshot: CatalogSnapshot | None = None
+        self._serving: dict[str, dict[int, RemoteModel]] = {}
+        self._rings: dict[tuple[str, int], SlotRing] = {}
+        self._caches: dict[tuple[str, int], CachedResults] = {}
+
+    @property
+    def catalog(self) -> RemoteCatalog:
+        return self
+
+    def start(self) -> None:
+        self._link.start()
+
+    async def close(self) -> None:
+        await self._link.close()
+        for ring in self._rings.values():
+            ring.close()
+        self._rings.clear()
+
+    def _ring_for(self, info: VersionInfo) -> Callable[[], SlotRing]:
+        key = (info.name, info.version)
+
+        def ring() -> SlotRing:
+            if key not in self._rings:
+                # Enough for the owner's whole queue plus the batches running beside it: the
+                # owner's queue bound refuses first.
+                count = info.max_queue_size + 3 * info.max_batch_size
+                self._rings[key] = SlotRing(info.manifest.item_shape, np.dtype(info.manifest.input.dtype), count)
+            return self._rings[key]
+
+        return ring
+
+    def _results_for(self, info: VersionInfo) -> CachedResults | None:
+        if info.cache_limits is None:
+            return None
+        key = (info.name, info.version)
+        if key not in self._caches:
+            max_entries, max_bytes = info.cache_limits
+            self._caches[key] = CachedResults(
+                info.name,
+                info.version,
+                ResultCache(max_entries, max_bytes),
+                hits=self._metrics.cache.labels(info.name, "hit"),
+                misses=self._metrics.cache.labels(info.name, "miss"),
+            )
+        return self._caches[key]
+
+    def _update(self, snapshot: CatalogSnapshot | None) -> None:
+        self._snapshot = snapshot
+        serving: dict[str, dict[int, RemoteModel]] = {}
+        for info in snapshot.versions if snapshot else []:
+            model = RemoteModel(info, self._link, self._ring_for(info), self._results_for(info))
+            serving.setdefault(info.name, {})[info.version] = model
+        self._serving = serving
+        if snapshot is not None:
+            # A retired version's cache goes with it; its ring once nothing is in flight in it.
+            live = {(i.name, i.version) for i in snapshot.versions}
+            self._caches = {k: v for k, v in self._caches.items() if k in live}
+            for key in [k for k, ring in self._rings.items() if k not in live and ring.free == ring.count]:
+                self._rings.pop(key).close()
+
+    @property
+    def models(self) -> list[RemoteModel]:
+        return [m for versions in self._serving.values() for m in versions.values()]
+
+    @property
+    def ready(self) -> bool:
+        return bool(self._serving) and all(m.ready for m in self.models)
+
+    @property
+    def errors(self) -> dict[str, str]:
+        return dict(self._snapshot.errors) if self._snapshot else {}
+
+    @property
+    def failed_models(self) -> list[str]:
+        return list(self._snapshot.failed_models) if self._snapshot else []
+
+    @property
+    def repository_readable(self) -> bool:
+        return self._snapshot.repository_readable if self._snapshot else True
+
+    def get(self, name: str, version: int | None = None) -> RemoteModel:
+        if self._snapshot is None:
+            raise _owner_away()
+        return pick_version(self._serving.get(name, {}), name, version, self._snapshot.loaded_once)
+
+    async def reload(self, only: str | None = None) -> None:
+        await self._link.call({"op": "reload", "only": only})
+
+    async def unload(self, name: str) -> None:
+        await self._link.call({"op": "unload", "name": name})
