@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Protocol
 
 from model_contract.errors import ErrorKind, ServiceError
 from server.settings import LimitSettings
@@ -21,25 +22,60 @@ from server.settings import LimitSettings
 RETRY_AFTER_S = 1.0
 
 
+class Count(Protocol):
+    """Where a budget keeps what is taken: this process (``LocalCount``) or shared by the server's
+    worker processes (``server.shared_limits``). Used from one thread, the event loop's."""
+
+    def try_take(self, amount: int, capacity: int) -> bool:
+        """Add ``amount`` if the total stays within ``capacity``; False, and nothing added, if not."""
+        ...
+
+    def give(self, amount: int) -> None: ...
+
+    def in_use(self) -> int: ...
+
+
+class LocalCount:
+    """The count of one process."""
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def try_take(self, amount: int, capacity: int) -> bool:
+        if self.value + amount > capacity:
+            return False
+        self.value += amount
+        return True
+
+    def give(self, amount: int) -> None:
+        self.value -= amount
+
+    def in_use(self) -> int:
+        return self.value
+
+
 class Budget:
     """A counter with a capacity. ``take`` is all or nothing, and never waits."""
 
-    def __init__(self, what: str, capacity: int) -> None:
+    def __init__(self, what: str, capacity: int, count: Count | None = None) -> None:
         self.what = what
         self.capacity = capacity
-        self.in_use = 0
+        self._count = count if count is not None else LocalCount()
+
+    @property
+    def in_use(self) -> int:
+        return self._count.in_use()
 
     def take(self, amount: int) -> None:
-        if self.in_use + amount > self.capacity:
+        if not self._count.try_take(amount, self.capacity):
             raise ServiceError(
                 ErrorKind.OVERLOADED,
                 f"server overloaded: {self.what} at {self.in_use} of {self.capacity}",
                 retry_after=RETRY_AFTER_S,
             )
-        self.in_use += amount
 
     def give(self, amount: int) -> None:
-        self.in_use -= amount
+        self._count.give(amount)
 
     @contextmanager
     def held(self, amount: int) -> Iterator[None]:
@@ -51,11 +87,20 @@ class Budget:
 
 
 class Admission:
-    def __init__(self, limits: LimitSettings) -> None:
+    def __init__(
+        self,
+        limits: LimitSettings,
+        *,
+        requests: Count | None = None,
+        body_bytes: Count | None = None,
+        images: Count | None = None,
+    ) -> None:
+        """Counts left out are this process's own; ``server.shared_limits`` passes counts shared
+        by all the server's workers, so a limit holds for the server, not for each worker."""
         self.limits = limits
-        self.requests = Budget("requests in progress", limits.max_requests_in_progress)
-        self.body_bytes = Budget("bytes of request bodies in flight", limits.max_body_bytes_in_flight)
-        self.images = Budget("images in progress", limits.max_images_in_progress)
+        self.requests = Budget("requests in progress", limits.max_requests_in_progress, requests)
+        self.body_bytes = Budget("bytes of request bodies in flight", limits.max_body_bytes_in_flight, body_bytes)
+        self.images = Budget("images in progress", limits.max_images_in_progress, images)
 
     def max_images(self, queue_capacity: int) -> int:
         """Most images one request may carry: more than the limit per request, or than the

@@ -1,8 +1,10 @@
 """Requests per client, counted by the ``limits`` library, with the numbers a client needs to
 pace itself (the IETF RateLimit header fields and Retry-After).
 
-Sliding-window counters kept in memory: O(1) per client, approximate at window edges, and
-expired by the library so a stream of new client addresses does not grow without bound.
+Sliding-window counters: O(1) per client, approximate at window edges. Kept in this process's
+memory by default (``LocalWindows``, expired by the library so a stream of new client addresses
+does not grow without bound), or in memory shared by the server's worker processes so that a
+limit holds for the server, not for each worker (``server.shared_rate_limit``).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from typing import Protocol
 
 import limits
 from limits.storage import MemoryStorage
@@ -33,12 +36,35 @@ class RateLimitState:
         }
 
 
+class WindowCounter(Protocol):
+    """Counts one client's requests under one limit."""
+
+    def hit(self, item: limits.RateLimitItem, identity: str) -> RateLimitState:
+        """Count one request of ``identity`` unless it breaks ``item``; the state after it."""
+        ...
+
+
+class LocalWindows:
+    """The ``limits`` library's sliding-window counters in this process's memory."""
+
+    def __init__(self) -> None:
+        self._limiter = SlidingWindowCounterRateLimiter(MemoryStorage())
+
+    def hit(self, item: limits.RateLimitItem, identity: str) -> RateLimitState:
+        allowed = self._limiter.hit(item, identity)
+        stats = self._limiter.get_window_stats(item, identity)
+        # The library reports the reset as wall-clock epoch seconds.
+        reset_s = max(1, math.ceil(stats.reset_time - time.time()))
+        return RateLimitState(allowed, item.amount, stats.remaining, reset_s, item.get_expiry())
+
+
 class RateLimiter:
-    def __init__(self, spec: str | None) -> None:
-        """``spec``: the limit for clients without one of their own (None: unlimited)."""
+    def __init__(self, spec: str | None, windows: WindowCounter | None = None) -> None:
+        """``spec``: the limit for clients without one of their own (None: unlimited);
+        ``windows``: where the counts are kept, this process's memory unless given."""
         self._default = spec
         self._parsed: dict[str, list[limits.RateLimitItem]] = {}
-        self._limiter = SlidingWindowCounterRateLimiter(MemoryStorage())
+        self._windows = windows if windows is not None else LocalWindows()
 
     def _items(self, spec: str) -> list[limits.RateLimitItem]:
         if spec not in self._parsed:
@@ -53,15 +79,8 @@ class RateLimiter:
             return None
         states = []
         for item in self._items(spec):
-            allowed = self._limiter.hit(item, identity)
-            state = self._state(item, identity, allowed)
-            if not allowed:
+            state = self._windows.hit(item, identity)
+            if not state.allowed:
                 return state
             states.append(state)
         return min(states, key=lambda s: s.remaining)
-
-    def _state(self, item: limits.RateLimitItem, identity: str, allowed: bool) -> RateLimitState:
-        stats = self._limiter.get_window_stats(item, identity)
-        # The library reports the reset as wall-clock epoch seconds.
-        reset_s = max(1, math.ceil(stats.reset_time - time.time()))
-        return RateLimitState(allowed, item.amount, stats.remaining, reset_s, item.get_expiry())
