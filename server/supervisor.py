@@ -33,6 +33,7 @@ from typing import Any
 from server.ipc.processes import run_owner, run_worker, worker_settings
 from server.metrics import forget_process, prepare_multiprocess_dir
 from server.settings import Settings
+from server.shared_limits import SharedLimits
 
 log = logging.getLogger(__name__)
 
@@ -79,11 +80,12 @@ def listen(host: str, port: int, backlog: int = 2048) -> socket.socket:
 
 
 class Supervisor:
-    def __init__(self, settings: Settings, workers: int, access_log: bool = False, shared: Any = None) -> None:
+    def __init__(self, settings: Settings, workers: int, access_log: bool = False) -> None:
         self._settings = settings
         self._workers = workers
         self._access_log = access_log
-        self._shared = shared
+        # The in-progress budgets and rate-limit counts of all workers together: global limits.
+        self._shared = SharedLimits.create(workers, settings.limits)
         self._context = multiprocessing.get_context("spawn")
         self._stopping = False
 
@@ -112,9 +114,9 @@ class Supervisor:
             )
             for i in range(self._workers)
         ]
-        if self._shared is not None:
-            for i, worker in enumerate(workers):
-                worker.on_exit.append(lambda _pid, i=i: self._shared.forget_worker(i))  # type: ignore[misc]
+        for i, worker in enumerate(workers):
+            # What a killed worker held is freed before its replacement starts.
+            worker.on_exit.append(lambda _pid, i=i: self._shared.forget_worker(i))  # type: ignore[misc]
         children = [owner, *workers]
         address = f"http://{settings.host}:{settings.port}"
         log.info("serving on %s with %d workers and a model owner", address, len(workers))
@@ -129,6 +131,8 @@ class Supervisor:
             wake_read.close()
             wake_write.close()
             shutil.rmtree(run_dir, ignore_errors=True)
+            self._shared.close()
+            self._shared.unlink()
         return 0
 
     def _spawn(self, name: str, target: Callable[..., None], *args: Any) -> BaseProcess:

@@ -17,6 +17,7 @@ import uvicorn
 from batching.clock import Clock
 from server.process_logging import configure_logging, uvicorn_log_config
 from server.settings import Settings
+from server.shared_limits import SharedLimits
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,13 @@ def worker_settings(settings: Settings, workers: int, cores: int) -> Settings:
 
 
 def run_worker(
-    settings: Settings, index: int, sock: socket.socket, socket_path: Path, parent: int, shared: Any, access_log: bool
+    settings: Settings,
+    index: int,
+    sock: socket.socket,
+    socket_path: Path,
+    parent: int,
+    shared: SharedLimits,
+    access_log: bool,
 ) -> None:
     """A front-end worker's main: HTTP on the shared socket, models through the owner."""
     from server.app import create_app
@@ -73,15 +80,17 @@ def run_worker(
 
     role = f"worker-{index}"
     _start_process(settings, role)
-    limits: dict[str, Any] = {}
-    if shared is not None:
-        limits = {"admission": shared.admission(index), "rate_limiter": shared.rate_limiter(index, settings.rate_limit)}
 
     def backend(metrics: Metrics, _clock: Clock) -> RemoteCatalog:
         metrics.process_started(role)
         return RemoteCatalog(socket_path, metrics)
 
-    app = create_app(settings, backend=backend, **limits)
+    app = create_app(
+        settings,
+        backend=backend,
+        admission=shared.admission(index),
+        rate_limiter=shared.rate_limiter(index, settings.rate_limit),
+    )
     log_config = uvicorn_log_config(settings.log_level, role)
     server = uvicorn.Server(uvicorn_config(app, settings, access_log=access_log, log_config=log_config))
 

@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 
 from loadtests.batching_bench import write_model
-from server.settings import BatchingSettings, Settings
+from server.settings import BatchingSettings, LimitSettings, Settings
 from tests.helpers import png
 from tests.served import served_process
 
@@ -175,6 +175,27 @@ def test_the_queue_bound_is_global_across_workers(tmp_path: Path) -> None:
         assert statuses.count(200) <= 3 and statuses.count(200) >= 1
         assert statuses.count(429) == 12 - statuses.count(200), statuses
         assert all(float(r.headers["Retry-After"]) > 0 for r in answers if r.status_code == 429)
+
+
+def test_the_in_progress_limit_is_global_across_workers(tmp_path: Path) -> None:
+    # Two requests in progress for the whole server, not two per worker: the model queue has
+    # room for all eight, so only the in-progress budget can refuse.
+    limits = LimitSettings(max_requests_in_progress=2)
+    batching = BatchingSettings(max_batch_size=8, max_queue_size=16)
+    with cluster(tmp_path, workers=2, fixed_s=1.0, limits=limits, batching=batching) as (url, _):
+        answers = in_threads([lambda: infer(url) for _ in range(8)])
+        statuses = sorted(r.status_code for r in answers)
+        assert statuses == [200, 200] + [429] * 6, statuses
+        refused = [r for r in answers if r.status_code == 429]
+        assert all("requests in progress" in r.json()["error"]["message"] for r in refused)
+
+
+def test_the_rate_limit_is_global_across_workers(tmp_path: Path) -> None:
+    with cluster(tmp_path, workers=2, rate_limit="5/minute") as (url, _):
+        answers = [infer(url) for _ in range(12)]  # fresh connections: both workers answer
+        assert [r.status_code for r in answers] == [200] * 5 + [429] * 7
+        assert [r.headers["RateLimit-Remaining"] for r in answers[:5]] == ["4", "3", "2", "1", "0"]
+        assert all(int(r.headers["Retry-After"]) >= 1 for r in answers[5:])
 
 
 def test_a_deadline_that_passes_in_the_owners_queue_is_a_504(tmp_path: Path) -> None:
