@@ -209,6 +209,8 @@ class ClassificationService:
             yield
         except BatcherClosed:
             raise  # the version was retired under us: _on_model retries on its replacement
+        except ServiceError:
+            raise  # already the service's own (the model process is away, say)
         except BatchingError as exc:
             raise from_batching_error(exc) from exc
         except Exception as exc:

@@ -65,3 +65,7 @@ def model_repository() -> Path:
 @pytest.fixture(scope="session")
 def photo_bytes() -> dict[str, bytes]:
     return {name: photo_path(spec["file"]).read_bytes() for name, spec in PHOTOS.items()}  # type: ignore[arg-type]
+
+
+# Modules opt in with ``pytestmark = pytest.mark.usefixtures("split_models")``.
+from tests.helpers import split_models  # noqa: E402, F401

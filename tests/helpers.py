@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import io
+import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -14,17 +16,56 @@ from typing import Any
 import httpx
 import numpy as np
 import orjson
+import pytest
 from PIL import Image
 
 from batching.clock import Clock
 from loadtests.batching_bench import write_model
 from model_contract.manifest import ModelManifest
 from server.app import create_app
+from server.ipc.owner import OwnerServer
+from server.ipc.remote import RemoteCatalog
 from server.runtimes import RuntimeOptions
 from server.settings import Settings
 from tests.fakes import GatedRuntime
 
 MODEL = "fake"  # the fake model's name: 8x8 RGB images, 10 classes named class<i>
+
+# Whether ``fake_app`` puts its models behind the process boundary's protocol (a model owner
+# on a Unix socket and shared memory, in this event loop) instead of in the app. Modules that
+# run their tests both ways flip it with the ``split_models`` fixture below.
+SPLIT = False
+
+
+class InLoopSplit:
+    """The model owner and a worker's remote catalog in one event loop: every byte crosses the
+    socket and shared memory as between processes, with the test's fake runtime and clock."""
+
+    def __init__(self, settings: Settings, runtime_factory: Any, clock: Clock, metrics: Any, socket: Path) -> None:
+        # One registry for both sides, as /metrics merges them between processes.
+        self._owner = OwnerServer(settings, runtime_factory, clock, metrics)
+        self._socket = socket
+        self.catalog = RemoteCatalog(socket, metrics)
+
+    def start(self) -> None:
+        async def start() -> None:
+            await self._owner.start(self._socket)
+            self.catalog.start()
+
+        self._starting = asyncio.ensure_future(start())
+
+    async def close(self) -> None:
+        await self._starting
+        await self.catalog.close()
+        await self._owner.close()
+
+
+@pytest.fixture(params=["in-process", "split"])
+def split_models(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Use in a module (``pytestmark = pytest.mark.usefixtures("split_models")``) to run each of
+    its tests with the models in the app and behind the owner's protocol."""
+    monkeypatch.setattr(sys.modules[__name__], "SPLIT", request.param == "split")
+    return str(request.param)
 
 
 def png(value: int) -> bytes:
@@ -92,7 +133,15 @@ def fake_app(
     def factory(manifest: ModelManifest, path: Path, options: RuntimeOptions) -> GatedRuntime:
         return runtime
 
-    return create_app(config, runtime_factory=factory, clock=clock)
+    if not SPLIT:
+        return create_app(config, runtime_factory=factory, clock=clock)
+    # A short path: a Unix socket's path is limited to about 100 bytes.
+    socket = Path(tempfile.mkdtemp(prefix="imgserve-test-")) / "owner.sock"
+
+    def split(metrics: Any, app_clock: Clock) -> InLoopSplit:
+        return InLoopSplit(config, factory, app_clock, metrics, socket)
+
+    return create_app(config, clock=clock, backend=split)
 
 
 def is_ready(app: Any) -> bool:

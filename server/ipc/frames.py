@@ -39,7 +39,10 @@ async def receive(reader: asyncio.StreamReader) -> tuple[Header, bytes]:
     header_length, payload_length = _LENGTHS.unpack(await reader.readexactly(_LENGTHS.size))
     if header_length > MAX_HEADER_BYTES or payload_length > MAX_PAYLOAD_BYTES:
         raise FrameError(f"frame of {header_length} + {payload_length} bytes")
-    header = orjson.loads(await reader.readexactly(header_length))
+    try:
+        header = orjson.loads(await reader.readexactly(header_length))
+    except orjson.JSONDecodeError as exc:
+        raise FrameError(f"a frame's header is not JSON: {exc}") from None
     if not isinstance(header, dict):
         raise FrameError("a frame's header must be an object")
     payload = await reader.readexactly(payload_length) if payload_length else b""

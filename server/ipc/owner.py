@@ -3,7 +3,7 @@ so batching is global across the front-end workers and a device holds one copy o
 
 Each worker connects over a Unix socket. It sends ``infer`` (a model version, its ring's
 slots, the deadline), ``cancel`` (its client left: drop the images before they run),
-``reload`` and ``unload``; the owner answers each with ``result`` (the output rows as the
+``reload``, ``unload`` and ``forget_ring``; the owner answers each with ``result`` (the output rows as the
 payload), ``error`` (the typed error), ``cancelled`` or ``done``, and pushes a ``catalog``
 snapshot on connect and whenever the served versions change.
 """
@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from batching.clock import MonotonicClock
+from batching.clock import Clock, MonotonicClock
 from server.ipc import frames
 from server.ipc.errors import encode_error
 from server.ipc.slots import AttachedRing
@@ -94,6 +94,11 @@ class ModelOwner:
 
     def _dispatch(self, worker: _Worker, header: frames.Header) -> None:
         op, request = header.get("op"), header.get("id")
+        if op == "forget_ring":  # the worker removed it (its version was retired): unmap it too
+            ring = worker.rings.pop(str(header.get("ring")), None)
+            if ring is not None:
+                ring.close()
+            return
         if not isinstance(request, int):
             raise frames.FrameError(f"a message without an id: {op!r}")
         if op == "cancel":
@@ -147,30 +152,55 @@ class ModelOwner:
             worker.writer.close()
 
 
-async def serve_models(settings: Settings, socket_path: Path, runtime_factory: RuntimeFactory = load_runtime) -> None:
+class OwnerServer:
+    """The models of ``settings`` served on a Unix socket: the owner's whole life, minus signals."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        runtime_factory: RuntimeFactory = load_runtime,
+        clock: Clock | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        clock = clock or MonotonicClock()
+        self._owner = ModelOwner()
+        registry = build_registry(settings, runtime_factory, metrics or Metrics(), clock, self._owner.broadcast)
+        self._owner.registry = registry
+        self._models = LocalModels(registry, settings.repository_poll_s, clock)
+        self._server: asyncio.AbstractServer | None = None
+        self._path: Path | None = None
+
+    async def start(self, socket_path: Path) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            socket_path.unlink()  # a previous owner's, killed before it could clean up
+        self._path = socket_path
+        self._server = await asyncio.start_unix_server(self._owner.connection, str(socket_path))
+        self._models.start()
+
+    async def close(self) -> None:
+        """Stop listening, drain every model's queue, release the models, drop the workers."""
+        if self._server is not None:
+            self._server.close()
+        await self._models.close()
+        await self._owner.close()
+        if self._path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self._path.unlink()
+
+
+async def serve_models(settings: Settings, socket_path: Path) -> None:
     """Until SIGTERM or SIGINT: serve the repository's models to the workers that connect on
     ``socket_path``. Then stop listening, drain every model's queue and release the models."""
-    clock = MonotonicClock()
-    owner = ModelOwner()
     metrics = Metrics()
     metrics.process_started("model-owner")
-    registry = build_registry(settings, runtime_factory, metrics, clock, on_change=owner.broadcast)
-    owner.registry = registry
-    models = LocalModels(registry, settings.repository_poll_s, clock)
+    server = OwnerServer(settings, metrics=metrics)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
-    with contextlib.suppress(FileNotFoundError):
-        socket_path.unlink()  # a previous owner's, killed before it could clean up
-    server = await asyncio.start_unix_server(owner.connection, str(socket_path))
+    await server.start(socket_path)
     log.info("model owner listening on %s (pid %d)", socket_path, os.getpid())
-    models.start()
     try:
         await stopping.wait()
     finally:
-        server.close()
-        await models.close()
-        await owner.close()
-        with contextlib.suppress(FileNotFoundError):
-            socket_path.unlink()
+        await server.close()

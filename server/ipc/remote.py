@@ -37,6 +37,7 @@ RECONNECT_DELAYS_S = (0.05, 0.1, 0.2, 0.5)
 
 
 def _owner_away() -> ServiceError:
+    """For a request in flight when the owner went away."""
     return ServiceError(ErrorKind.UNAVAILABLE, "the model process is restarting", retry_after=RETRY_AFTER_S)
 
 
@@ -138,6 +139,11 @@ class OwnerLink:
                 frames.send(self._writer, {"op": "cancel", "id": request_id})
             future.cancel()
             raise
+
+    def notify(self, header: frames.Header) -> None:
+        """A message that needs no answer; dropped while the owner is away."""
+        if self._writer is not None:
+            frames.send(self._writer, header)
 
     async def close(self) -> None:
         if self._task is not None:
@@ -277,7 +283,9 @@ class RemoteCatalog:
             live = {(i.name, i.version) for i in snapshot.versions}
             self._caches = {k: v for k, v in self._caches.items() if k in live}
             for key in [k for k, ring in self._rings.items() if k not in live and ring.free == ring.count]:
-                self._rings.pop(key).close()
+                ring = self._rings.pop(key)
+                self._link.notify({"op": "forget_ring", "ring": ring.name})
+                ring.close()
 
     @property
     def models(self) -> list[RemoteModel]:
@@ -301,7 +309,8 @@ class RemoteCatalog:
 
     def get(self, name: str, version: int | None = None) -> RemoteModel:
         if self._snapshot is None:
-            raise _owner_away()
+            # As while one process loads its models: not ready yet, come back shortly.
+            raise ServiceError(ErrorKind.NOT_READY, "the models are loading", retry_after=RETRY_AFTER_S)
         return pick_version(self._serving.get(name, {}), name, version, self._snapshot.loaded_once)
 
     async def reload(self, only: str | None = None) -> None:

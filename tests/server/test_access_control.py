@@ -20,6 +20,9 @@ from server.cpu_budget import CpuBudgets
 from tests.fakes import GatedRuntime
 from tests.helpers import MODEL, fake_app, heavy_png, is_ready, png, until, v2_bytes
 
+# Each test runs with the models in the app and behind the model owner's protocol.
+pytestmark = pytest.mark.usefixtures("split_models")
+
 ADMIN = "s3cret-admin-token"
 ALICE, BOB = "alice-key-0123456789", "bob-key-0123456789"
 IMAGE = {"Content-Type": "image/png"}

@@ -20,6 +20,9 @@ from server.settings import BatchingSettings, LimitSettings
 from tests.fakes import GatedRuntime
 from tests.helpers import MODEL, heavy_png, png, queue_depth, serving, start_blocking_call, until, v2_bytes
 
+# Each test runs with the models in the app and behind the model owner's protocol.
+pytestmark = pytest.mark.usefixtures("split_models")
+
 IMAGE = {"Content-Type": "image/png"}
 
 

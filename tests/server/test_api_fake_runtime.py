@@ -33,6 +33,9 @@ from tests.helpers import (
 )
 from tests.live_server import live_server
 
+# Each test runs with the models in the app and behind the model owner's protocol.
+pytestmark = pytest.mark.usefixtures("split_models")
+
 
 def test_full_queue_answers_429_with_retry_after_and_serves_the_rest(tmp_path: Path) -> None:
     async def scenario() -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from model_contract.manifest import ModelManifest
 from server.app import create_app
@@ -17,6 +18,9 @@ from server.runtimes import RuntimeOptions
 from server.settings import BatchingSettings, Settings
 from tests.fakes import GatedRuntime, ManualClock
 from tests.helpers import MODEL, png, queue_depth, until, write_fake_model
+
+# Each test runs with the models in the app and behind the model owner's protocol.
+pytestmark = pytest.mark.usefixtures("split_models")
 
 ADMIN_TOKEN = "repository-admin-token"
 

@@ -19,6 +19,9 @@ from tests.fakes import GatedRuntime
 from tests.helpers import fake_app
 from tests.live_server import live_server
 
+# Each test runs with the models in the app and behind the model owner's protocol.
+pytestmark = pytest.mark.usefixtures("split_models")
+
 ADMIN = "openapi-fuzz-admin"
 
 

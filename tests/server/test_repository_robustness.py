@@ -27,6 +27,9 @@ from server.settings import BatchingSettings, Settings
 from tests.fakes import GatedRuntime
 from tests.helpers import png, until
 
+# Each test runs with the models in the app and behind the model owner's protocol.
+pytestmark = pytest.mark.usefixtures("split_models")
+
 
 def add_model(repository: Path, name: str, version: int = 1, config: Any = None) -> Path:
     return write_model(

@@ -11,6 +11,9 @@ import pytest
 from tests.fakes import GatedRuntime
 from tests.helpers import MODEL, serving
 
+# Each test runs with the models in the app and behind the model owner's protocol.
+pytestmark = pytest.mark.usefixtures("split_models")
+
 VERSIONS = ["%C2%B2", "9" * 5000, "1.0", "-1", "0x1", "01"]
 
 

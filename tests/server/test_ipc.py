@@ -1,0 +1,122 @@
+"""The pieces of the process boundary on their own: frames, errors, shared-memory slots."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import struct
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from batching import BatcherClosed, BatchResultMismatch, DeadlineExceeded, Overloaded, RequestTooLarge
+from model_contract.errors import ErrorKind, ServiceError
+from server.ipc import frames
+from server.ipc.errors import ModelFailure, decode_error, encode_error
+from server.ipc.slots import AttachedRing, SlotRing, SlotsExhausted
+
+
+def read_all(data: bytes) -> list[tuple[frames.Header, bytes]]:
+    async def scenario() -> list[tuple[frames.Header, bytes]]:
+        reader = asyncio.StreamReader()
+        reader.feed_data(data)
+        reader.feed_eof()
+        out = []
+        while True:
+            try:
+                out.append(await frames.receive(reader))
+            except asyncio.IncompleteReadError:
+                return out
+
+    return asyncio.run(scenario())
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@given(st.lists(st.tuples(st.dictionaries(st.text(max_size=8), json_values, max_size=5), st.binary(max_size=64))))
+def test_frames_arrive_whole_and_in_order(messages: list[tuple[frames.Header, bytes]]) -> None:
+    wire = b"".join(b"".join(bytes(part) for part in frames.encode(h, p)) for h, p in messages)
+    assert read_all(wire) == messages
+
+
+@given(st.binary(max_size=200))
+def test_garbage_is_a_frame_error_or_the_end_never_anything_else(data: bytes) -> None:
+    with contextlib.suppress(frames.FrameError):  # the connection is then dropped
+        read_all(data)
+
+
+def test_a_frame_announcing_a_huge_header_is_refused_before_reading_it() -> None:
+    with pytest.raises(frames.FrameError):
+        read_all(struct.pack("!II", frames.MAX_HEADER_BYTES + 1, 0))
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        Overloaded(1.5, 10, 12, "queue full"),
+        RequestTooLarge(300, 256),
+        DeadlineExceeded("late"),
+        BatcherClosed("closing"),
+        BatchResultMismatch("3 results for 4 items"),
+    ],
+)
+def test_batching_errors_cross_as_themselves(error: Exception) -> None:
+    again = decode_error(encode_error(error))
+    assert type(again) is type(error)
+    assert str(again) == str(error)
+    if isinstance(error, Overloaded):
+        assert isinstance(again, Overloaded)
+        assert (again.retry_after, again.queued, again.capacity) == (1.5, 10, 12)
+
+
+@given(st.sampled_from(list(ErrorKind)), st.text(max_size=50), st.none() | st.floats(0, 60))
+def test_service_errors_cross_with_kind_message_and_retry_after(
+    kind: ErrorKind, message: str, retry: float | None
+) -> None:
+    again = decode_error(encode_error(ServiceError(kind, message, retry)))
+    assert isinstance(again, ServiceError)
+    assert (again.kind, again.message, again.retry_after) == (kind, ServiceError(kind, message).message, retry)
+
+
+def test_a_runtime_failure_crosses_as_a_model_failure_naming_it() -> None:
+    again = decode_error(encode_error(RuntimeError("poisoned input")))
+    assert isinstance(again, ModelFailure)
+    assert str(again) == "RuntimeError: poisoned input"
+
+
+def test_slots_carry_tensors_to_the_other_side_and_are_all_or_nothing() -> None:
+    ring = SlotRing((4, 4, 3), np.dtype(np.uint8), 3)
+    try:
+        tensors = [np.full((4, 4, 3), v, np.uint8) for v in (5, 6)]
+        slots = ring.put(tensors)
+        attached = AttachedRing(ring.name, (4, 4, 3), np.dtype(np.uint8), 3)
+        views = attached.views(slots)
+        assert [int(v[0, 0, 0]) for v in views] == [5, 6]
+        assert not views[0].flags.writeable
+        with pytest.raises(SlotsExhausted):
+            ring.put(tensors)  # two wanted, one free: none taken
+        assert ring.free == 1
+        ring.release(slots)
+        assert ring.free == 3
+        with pytest.raises(ValueError):
+            attached.views([3])
+        del views
+        attached.close()
+    finally:
+        ring.close()
+
+
+def test_a_ring_smaller_than_announced_is_refused() -> None:
+    ring = SlotRing((4, 4, 3), np.dtype(np.uint8), 2)
+    try:
+        with pytest.raises(ValueError):
+            AttachedRing(ring.name, (4, 4, 3), np.dtype(np.uint8), 100)
+    finally:
+        ring.close()
