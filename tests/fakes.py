@@ -40,7 +40,8 @@ class ManualClock:
         self._timers.append(entry)
         event_task = asyncio.ensure_future(event.wait())
         try:
-            await asyncio.wait({event_task, timer}, return_when=asyncio.FIRST_COMPLETED)
+            waiters: set[asyncio.Future[Any]] = {event_task, timer}
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         finally:
             event_task.cancel()
             self._timers.remove(entry)
