@@ -217,6 +217,12 @@ def cpu_ms_per_request(cpu_seconds: float, requests: float) -> float | None:
     return round(cpu_seconds * 1000 / requests, 3) if requests else None
 
 
+def own_and_children_cpu_seconds() -> float:
+    """This process's CPU and its finished children's (a wrk run, once it has exited)."""
+    usage = os.times()
+    return usage.user + usage.system + usage.children_user + usage.children_system
+
+
 def mean_batch(before: tuple[float, float], after: tuple[float, float]) -> float | None:
     """Images per batch between two ``batch_stats`` readings; None where no batch ran (or the
     server has no imgserve metrics)."""
@@ -228,20 +234,25 @@ def measure(
     base_url: str, server_pid: int, bodies: list[HttpRequest], clients: int, duration: float, path: str = INFER_PATH
 ) -> dict[str, Any]:
     """One closed-loop point on one server, after a warm-up and a wait for a quiet machine: wrk
-    figures, the CPU of the server's whole process tree (per request and in cores), and the mean
-    batch where the server reports imgserve's batch metrics."""
+    figures, the CPU of the server's whole process tree (per request and in cores), the load
+    generator's CPU in cores (wrk, or this process), and the mean batch where the server reports
+    imgserve's batch metrics."""
     url = f"{base_url}{path}"
     closed_loop(url, bodies, clients, min(3.0, duration))  # warm up
     wait_until_quiet()
     batches_before = batch_stats(base_url)  # outside the CPU window: /metrics costs the server CPU
+    generator_before = own_and_children_cpu_seconds()
     before = tree_cpu_seconds(server_pid)
     figures = closed_loop(url, bodies, clients, duration)
     cpu = tree_cpu_seconds(server_pid) - before
+    generator = own_and_children_cpu_seconds() - generator_before
     batch = mean_batch(batches_before, batch_stats(base_url))
+    seconds = float(figures["seconds"])
     return {
         **figures,
-        "server_cpu_cores": round(cpu / float(figures["seconds"]), 2),
+        "server_cpu_cores": round(cpu / seconds, 2),
         "server_cpu_ms_per_request": cpu_ms_per_request(cpu, float(figures["requests_ok"]) + figures["errors"]),
+        "generator_cpu_cores": round(generator / seconds, 2),
         **({} if batch is None else {"mean_batch_size": batch}),
     }
 

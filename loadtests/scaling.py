@@ -15,7 +15,8 @@ request: what the front end costs, since the model only sleeps) and the mean bat
 0.02 ms per image, at most 128 a batch, padded to powers of two, two batches in flight) and
 the real model on the runtime and device given (``--runtime``, ``--device``: the server's
 IMGSERVE_RUNTIME and IMGSERVE_DEVICE), with JPEG uploads and with preprocessed uint8 images as
-v2 binary tensors, at 32 clients per worker. Efficiency = req/s(N) / (N x req/s(1)).
+v2 binary tensors, at 32 clients per worker. Efficiency = req/s(N) / (N x req/s(1)); the load
+generator's CPU (in cores) says whether wrk, not the server, was the limit.
 
 ``--workers 0`` is one process (HTTP, decode and model together); N > 0 is N front-end
 processes beside a model-owner process under a supervisor, all in the server's process tree.
@@ -87,6 +88,7 @@ COLUMNS = {
     "server_cpu_ms_per_request": "CPU ms/req",
     "server_cpu_cores": "CPU cores",
     "mean_batch_size": "mean batch",
+    "generator_cpu_cores": "generator CPU",
     "errors": "errors",
 }
 _FIGURES = ("req_per_s", "p50_ms", "p99_ms")
@@ -104,7 +106,7 @@ TABLES = {
     "scaling": Table(
         "scaling", "1,2,4,8,12", "32", True, "simulated,real", "jpeg,v2", 2.0, 0.02, 128, True,
         ("model", "payload", "workers", "clients", *_FIGURES, "efficiency", "server_cpu_ms_per_request",
-         "mean_batch_size", "errors"),
+         "mean_batch_size", "generator_cpu_cores", "errors"),
     ),
 }  # fmt: skip
 

@@ -168,7 +168,7 @@ def test_efficiency_compares_like_loads_and_leaves_one_process_and_failures_alon
 def test_the_table_shows_the_chosen_columns_and_which_server_failed() -> None:
     rows = [
         row("simulated", "v2", 1, 900.5, clients=32, p50_ms=17.1, p99_ms=30.2, efficiency=1.0,
-            server_cpu_ms_per_request=0.8, mean_batch_size=12.5, errors=0),
+            server_cpu_ms_per_request=0.8, mean_batch_size=12.5, generator_cpu_cores=0.9, errors=0),
         row("real", "jpeg", 2, 80.0, clients=64, p50_ms=700.0, p99_ms=900.0, server_cpu_ms_per_request=None,
             errors=3),
         {"model": "real", "workers": 4, "error": "server not ready after 600s"},
@@ -176,13 +176,13 @@ def test_the_table_shows_the_chosen_columns_and_which_server_failed() -> None:
     table = scaling.markdown(rows, scaling.TABLES["scaling"].columns).splitlines()
     assert table[0] == (
         "| model | payload | workers | clients | req/s | p50 ms | p99 ms | efficiency | CPU ms/req | mean batch "
-        "| errors |"
+        "| generator CPU | errors |"
     )
-    assert table[1] == "|" + "---|" * 11
-    assert table[2] == "| simulated | v2 | 1 | 32 | 900.5 | 17.1 | 30.2 | 1.0 | 0.8 | 12.5 | 0 |"
-    assert table[3] == "| real | jpeg | 2 | 64 | 80.0 | 700.0 | 900.0 | - | - | - | 3 |"
+    assert table[1] == "|" + "---|" * 12
+    assert table[2] == "| simulated | v2 | 1 | 32 | 900.5 | 17.1 | 30.2 | 1.0 | 0.8 | 12.5 | 0.9 | 0 |"
+    assert table[3] == "| real | jpeg | 2 | 64 | 80.0 | 700.0 | 900.0 | - | - | - | - | 3 |"
     assert table[4].startswith("| real | - | 4 | failed: server not ready after 600s |")
-    assert table[4].count("|") == 12
+    assert table[4].count("|") == 13
 
 
 def test_the_corems_table_leads_with_workers_and_core_ms() -> None:
