@@ -3,6 +3,7 @@
     python -m loadtests.bench                 # what `make bench` runs: a few minutes
     python -m loadtests.bench --clients 1,8,32,128 --rates 100,200 --duration 20
     python -m loadtests.bench --peers --clients 16,64 --duration 10   # beside PyTriton and MLServer
+    python -m loadtests.bench --peers --imgserve-workers 0,2          # imgserve at 0 and 2 workers
 
 It measures the in-process ceiling (decode + preprocess + model, no HTTP), then starts
 each configuration as its own server process on 127.0.0.1 and drives it in a closed loop
@@ -91,11 +92,7 @@ def main() -> None:
     peers.add_arguments(parser)
     args = parser.parse_args()
     if args.peers:
-        clients = [int(c) for c in (args.clients or "16,64").split(",") if c]
-        servers = [s for s in args.servers.split(",") if s]
-        report = peers.run(
-            clients, args.duration, args.out_dir, base_python=args.base_python, cache=args.cache, servers=servers
-        )
+        report = peers.run_from_args(args, [int(c) for c in (args.clients or "16,64").split(",") if c])
         print(peers.markdown(report["rows"]))
         return
 

@@ -1,19 +1,24 @@
 """imgserve beside PyTriton and MLServer: the same toy model and the same requests, in one run.
 
     python -m loadtests.peers --clients 16,64 --duration 10
-    python -m loadtests.bench --peers --clients 16,64 --duration 10   # the same
+    python -m loadtests.peers --imgserve-workers 0,2 --clients 16,64 --duration 10
+    python -m loadtests.bench --peers --clients 16,64 --duration 10   # the same as the first
 
 The model sleeps 5 ms per batch (not per item), at most 16 items a batch, with each server's
 dynamic batching on: PyTriton's ``DynamicBatcher``, MLServer's adaptive batching, imgserve's
-batcher over its ``simulated`` runtime. Every server gets the same Open Inference Protocol v2
-JSON request, ``POST /v2/models/toy/infer`` with one UINT8 [1, 8, 8, 3] tensor, checked once
-(200 and an output) before it is measured in a closed loop (wrk) at each client count.
+batcher over its ``simulated`` runtime. imgserve runs once per ``--imgserve-workers`` count,
+each its own row: ``imgserve`` is one process (``serve --workers 0``), ``imgserve --workers N``
+is N front-end processes beside a model-owner process under a supervisor. Every server gets
+the same Open Inference Protocol v2 JSON request, ``POST /v2/models/toy/infer`` with one UINT8
+[1, 8, 8, 3] tensor, checked once (200 and an output) before it is measured in a closed loop
+(wrk) at each client count.
 
 PyTriton and MLServer are installed into their own virtual environments under
 ``~/.cache/imgserve-peers/`` (made on the first run, reused after), from a Python 3.11
 interpreter (``--base-python``). Each server runs as its own process group on 127.0.0.1 and is
 stopped by its PID. Server CPU is that of the server's whole process tree (Triton's and
-MLServer's model processes included) during the point, divided by the requests it served.
+MLServer's model processes, imgserve's supervisor, workers and model owner included) during the
+point, divided by the requests it served.
 Writes ``peers.json`` and ``peers.md`` to ``--out-dir``.
 """
 
@@ -34,7 +39,7 @@ from typing import Any
 import httpx
 
 from loadtests.batching_bench import write_model
-from loadtests.measure import closed_loop
+from loadtests.measure import batch_stats, closed_loop
 from loadtests.payloads import HttpRequest
 from loadtests.server_process import free_port, server_process
 from loadtests.system import machine, tree_cpu_seconds, wait_until_quiet
@@ -52,6 +57,7 @@ DISTRIBUTIONS = {"pytriton": "nvidia-pytriton", "mlserver": "mlserver"}
 SERVERS = ("pytriton", "mlserver", "imgserve")
 SCRIPTS = Path(__file__).parent / "peer_servers"
 READY_PATH = f"/v2/models/{MODEL}/ready"  # Triton is ready before its models are
+INFER_PATH = f"/v2/models/{MODEL}/infer"
 INSTALL_TIMEOUT_S = 1800
 
 
@@ -142,21 +148,49 @@ def mlserver_server(python: Path, port: int, workdir: Path) -> Server:
     return Server([str(python.parent / "mlserver"), "start", str(workdir)], port, {}, workdir)
 
 
-def imgserve_server(port: int, workdir: Path) -> Server:
+def imgserve_command(repository: Path, port: int, workers: int) -> list[str]:
+    """``imgserve serve`` on 127.0.0.1 with ``workers`` front-end processes (0: one process)."""
+    command = [sys.executable, "-m", "imgserve", "serve", "--model-repository", str(repository)]
+    return [*command, "--workers", str(workers), "--port", str(port)]
+
+
+def imgserve_server(port: int, workdir: Path, workers: int = 0) -> Server:
     """Writes a ``simulated`` model (5 ms a batch, nothing per image) to ``workdir``."""
     if not (workdir / MODEL).exists():
         params = {"fixed_seconds": BATCH_SECONDS, "per_image_seconds": 0.0}
         size = ITEM_SHAPE[0]
         write_model(workdir, MODEL, "simulated", image_size=size, resize_shorter_side=size, parameters=params)
-    command = [sys.executable, "-m", "imgserve", "serve", "--model-repository", str(workdir), "--port", str(port)]
     env = {"IMGSERVE_DEFAULT_MODEL": MODEL, "IMGSERVE_BATCHING__MAX_BATCH_SIZE": str(MAX_BATCH)}
-    return Server(command, port, env, workdir)
+    return Server(imgserve_command(workdir, port, workers), port, env, workdir)
 
 
-def build_server(name: str, port: int, workdir: Path, base_python: str, cache: Path) -> tuple[Server, str]:
+def imgserve_label(workers: int) -> str:
+    return "imgserve" if workers == 0 else f"imgserve --workers {workers}"
+
+
+def worker_counts(text: str) -> list[int]:
+    """``"0,2"`` to ``[0, 2]``: imgserve's front-end process counts, 0 for one process."""
+    counts = [int(w) for w in text.split(",") if w.strip()]
+    if not counts or any(w < 0 for w in counts):
+        raise ValueError(f"worker counts are whole numbers from 0: {text!r}")
+    return counts
+
+
+def entries(servers: list[str], imgserve_workers: list[int]) -> list[tuple[str, str, int]]:
+    """(row label, server name, imgserve workers) for each server to measure, in order."""
+    out: list[tuple[str, str, int]] = []
+    for name in servers:
+        counts = imgserve_workers if name == "imgserve" else [0]
+        out += [(imgserve_label(n) if name == "imgserve" else name, name, n) for n in counts]
+    return out
+
+
+def build_server(
+    name: str, port: int, workdir: Path, base_python: str, cache: Path, imgserve_workers: int = 0
+) -> tuple[Server, str]:
     """The server and its version; a peer's venv is made first if it is not there yet."""
     if name == "imgserve":
-        return imgserve_server(port, workdir), version(sys.executable, "imgserve")
+        return imgserve_server(port, workdir, imgserve_workers), version(sys.executable, "imgserve")
     python = ensure_venv(base_python, cache / name, PEER_PACKAGES[name])
     if name == "pytriton":
         server = pytriton_server(python, library_dir(base_python), port, workdir)
@@ -174,7 +208,7 @@ def infer_body() -> HttpRequest:
 
 
 def check_answer(base_url: str, body: HttpRequest) -> None:
-    response = httpx.post(f"{base_url}/v2/models/{MODEL}/infer", content=body[0], headers=body[1], timeout=30)
+    response = httpx.post(f"{base_url}{INFER_PATH}", content=body[0], headers=body[1], timeout=30)
     if response.status_code != 200 or not response.json().get("outputs"):
         raise RuntimeError(f"bad answer: {response.status_code} {response.text[:300]}")
 
@@ -183,18 +217,43 @@ def cpu_ms_per_request(cpu_seconds: float, requests: float) -> float | None:
     return round(cpu_seconds * 1000 / requests, 3) if requests else None
 
 
-def measure(base_url: str, server_pid: int, body: HttpRequest, clients: int, duration: float) -> dict[str, Any]:
-    """One closed-loop point on one server: wrk figures and the server tree's CPU per request."""
-    url = f"{base_url}/v2/models/{MODEL}/infer"
-    closed_loop(url, [body], clients, min(3.0, duration))  # warm up
+def own_and_children_cpu_seconds() -> float:
+    """This process's CPU and its finished children's (a wrk run, once it has exited)."""
+    usage = os.times()
+    return usage.user + usage.system + usage.children_user + usage.children_system
+
+
+def mean_batch(before: tuple[float, float], after: tuple[float, float]) -> float | None:
+    """Images per batch between two ``batch_stats`` readings; None where no batch ran (or the
+    server has no imgserve metrics)."""
+    batches = after[1] - before[1]
+    return round((after[0] - before[0]) / batches, 2) if batches > 0 else None
+
+
+def measure(
+    base_url: str, server_pid: int, bodies: list[HttpRequest], clients: int, duration: float, path: str = INFER_PATH
+) -> dict[str, Any]:
+    """One closed-loop point on one server, after a warm-up and a wait for a quiet machine: wrk
+    figures, the CPU of the server's whole process tree (per request and in cores), the load
+    generator's CPU in cores (wrk, or this process), and the mean batch where the server reports
+    imgserve's batch metrics."""
+    url = f"{base_url}{path}"
+    closed_loop(url, bodies, clients, min(3.0, duration))  # warm up
     wait_until_quiet()
+    batches_before = batch_stats(base_url)  # outside the CPU window: /metrics costs the server CPU
+    generator_before = own_and_children_cpu_seconds()
     before = tree_cpu_seconds(server_pid)
-    figures = closed_loop(url, [body], clients, duration)
+    figures = closed_loop(url, bodies, clients, duration)
     cpu = tree_cpu_seconds(server_pid) - before
+    generator = own_and_children_cpu_seconds() - generator_before
+    batch = mean_batch(batches_before, batch_stats(base_url))
+    seconds = float(figures["seconds"])
     return {
         **figures,
-        "server_cpu_cores": round(cpu / float(figures["seconds"]), 2),
+        "server_cpu_cores": round(cpu / seconds, 2),
         "server_cpu_ms_per_request": cpu_ms_per_request(cpu, float(figures["requests_ok"]) + figures["errors"]),
+        "generator_cpu_cores": round(generator / seconds, 2),
+        **({} if batch is None else {"mean_batch_size": batch}),
     }
 
 
@@ -215,34 +274,47 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _last_line(error: BaseException, tmp: str) -> str:
-    """The error's last line for the report, without this machine's paths."""
+FAILURES = (OSError, RuntimeError, subprocess.SubprocessError, httpx.HTTPError, ValueError)
+"""What a server that fails to start, answer or be measured raises: a failed row, not a stop."""
+
+
+def failure(label: str, error: BaseException, log: Path, tmp: str) -> str:
+    """Print the error and the server log's last lines; return the error's last line for the
+    report, without this machine's paths."""
+    tail = log.read_text(errors="replace").strip().splitlines()[-5:] if log.exists() else []
+    print(f"{label} failed: {error}\n" + "\n".join(tail), file=sys.stderr)
     lines = str(error).replace(tmp, "<tmp>").replace(str(Path.home()), "~").strip().splitlines()
     return (lines[-1] if lines else type(error).__name__)[:300]
 
 
 def run(
-    clients: list[int], duration: float, out_dir: Path, *, base_python: str, cache: Path, servers: list[str]
+    clients: list[int],
+    duration: float,
+    out_dir: Path,
+    *,
+    base_python: str,
+    cache: Path,
+    servers: list[str],
+    imgserve_workers: list[int] | None = None,
 ) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     versions: dict[str, str] = {}
+    imgserve_workers = imgserve_workers or [0]
     with tempfile.TemporaryDirectory(prefix="imgserve-peers-") as tmp:
-        for name in servers:
-            workdir = Path(tmp) / name
+        for i, (label, name, workers) in enumerate(entries(servers, imgserve_workers)):
+            workdir = Path(tmp) / f"{i}-{name}"
             workdir.mkdir()
             try:
-                server, versions[name] = build_server(name, free_port(), workdir, base_python, cache)
-                rows += measure_server(name, server, clients, duration)
-            except (OSError, RuntimeError, subprocess.SubprocessError, httpx.HTTPError, ValueError) as error:
-                log = workdir / "server.log"
-                tail = log.read_text(errors="replace").strip().splitlines()[-5:] if log.exists() else []
-                print(f"{name} failed: {error}\n" + "\n".join(tail), file=sys.stderr)
-                rows.append({"server": name, "error": _last_line(error, tmp)})
+                server, versions[name] = build_server(name, free_port(), workdir, base_python, cache, workers)
+                rows += measure_server(label, server, clients, duration)
+            except FAILURES as error:
+                rows.append({"server": label, "error": failure(label, error, workdir / "server.log", tmp)})
     report = {
         "machine": machine(),
         "model": {"batch_seconds": BATCH_SECONDS, "max_batch": MAX_BATCH, "peer_queue_delay_s": PEER_QUEUE_DELAY_S},
         "request": {"shape": [1, *ITEM_SHAPE], "datatype": "UINT8", "body_bytes": len(infer_body()[0])},
         "duration_s": duration,
+        "imgserve_workers": imgserve_workers,
         "versions": versions,
         "rows": rows,
     }
@@ -266,7 +338,7 @@ def measure_server(name: str, server: Server, clients: list[int], duration: floa
         check_answer(base_url, body)
         for n in clients:
             print(f"{name}: {n} clients ...", file=sys.stderr)
-            rows.append({"server": name, **measure(base_url, process.pid, body, n, duration)})
+            rows.append({"server": name, **measure(base_url, process.pid, [body], n, duration)})
     return rows
 
 
@@ -274,6 +346,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--base-python", default=default_base_python(), help="Python 3.11 that makes the venvs")
     parser.add_argument("--cache", type=Path, default=default_cache(), help="where the peers' venvs live")
     parser.add_argument("--servers", default=",".join(SERVERS), help="which of pytriton,mlserver,imgserve")
+    parser.add_argument(
+        "--imgserve-workers",
+        type=worker_counts,
+        default=[0],
+        help="imgserve's front-end process counts, a row each (0: one process), e.g. 0,2",
+    )
+
+
+def run_from_args(args: argparse.Namespace, clients: list[int]) -> dict[str, Any]:
+    """``run`` with the options of ``add_arguments`` (this command's and ``bench --peers``)."""
+    servers = [s for s in args.servers.split(",") if s]
+    return run(
+        clients,
+        args.duration,
+        args.out_dir,
+        base_python=args.base_python,
+        cache=args.cache,
+        servers=servers,
+        imgserve_workers=args.imgserve_workers,
+    )
 
 
 def main() -> None:
@@ -283,9 +375,7 @@ def main() -> None:
     parser.add_argument("--out-dir", type=Path, default=Path("loadtests/results"))
     add_arguments(parser)
     args = parser.parse_args()
-    clients = [int(c) for c in args.clients.split(",") if c]
-    servers = [s for s in args.servers.split(",") if s]
-    report = run(clients, args.duration, args.out_dir, base_python=args.base_python, cache=args.cache, servers=servers)
+    report = run_from_args(args, [int(c) for c in args.clients.split(",") if c])
     print(markdown(report["rows"]))
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from loadtests import peers
+from loadtests import bench, peers
 from model_contract.manifest import ModelManifest
 
 
@@ -76,7 +76,7 @@ def test_mlserver_gets_a_repository_with_adaptive_batching_on_loopback(tmp_path:
 def test_imgserve_serves_a_simulated_model_of_5ms_a_batch_up_to_16(tmp_path: Path) -> None:
     server = peers.imgserve_server(8125, tmp_path)
     assert server.command[:4] == [sys.executable, "-m", "imgserve", "serve"]
-    assert server.command[-2:] == ["--port", "8125"]
+    assert server.command[-4:] == ["--workers", "0", "--port", "8125"]  # one process, not the CLI's default
     assert server.env["IMGSERVE_BATCHING__MAX_BATCH_SIZE"] == "16" and server.env["IMGSERVE_DEFAULT_MODEL"] == "toy"
     manifest = ModelManifest.read(tmp_path / "toy" / "1")
     assert manifest.runtime == "simulated" and manifest.item_shape == (8, 8, 3)
@@ -106,3 +106,58 @@ def test_the_table_has_a_row_per_point_and_says_which_server_failed() -> None:
     assert table[0].startswith("| server | clients | req/s | p50 ms | p99 ms | errors | server CPU ms/req")
     assert table[2] == "| imgserve | 16 | 900.5 | 17.1 | 30.2 | 0 | 0.8 | 0.72 |"
     assert table[3].startswith("| mlserver | - | failed: server exited with 1")
+
+
+def test_imgserve_at_n_workers_runs_the_supervisor_with_n_front_end_processes(tmp_path: Path) -> None:
+    server = peers.imgserve_server(8126, tmp_path, workers=2)
+    assert server.command[-4:] == ["--workers", "2", "--port", "8126"]
+    assert peers.imgserve_label(0) == "imgserve" and peers.imgserve_label(2) == "imgserve --workers 2"
+
+
+def test_imgserve_gets_a_row_per_worker_count_and_the_peers_one_each() -> None:
+    assert peers.entries(["pytriton", "mlserver", "imgserve"], [0, 2]) == [
+        ("pytriton", "pytriton", 0),
+        ("mlserver", "mlserver", 0),
+        ("imgserve", "imgserve", 0),
+        ("imgserve --workers 2", "imgserve", 2),
+    ]
+    assert peers.entries(["mlserver"], [0, 2]) == [("mlserver", "mlserver", 0)]
+
+
+@pytest.mark.parametrize(("text", "counts"), [("0", [0]), ("0,2", [0, 2]), (" 1, 4 ,", [1, 4])])
+def test_worker_counts_are_whole_numbers_from_zero(text: str, counts: list[int]) -> None:
+    assert peers.worker_counts(text) == counts
+
+
+@pytest.mark.parametrize("text", ["", "-1", "1,x", ","])
+def test_other_worker_counts_are_refused(text: str) -> None:
+    with pytest.raises(ValueError):
+        peers.worker_counts(text)
+
+
+def test_mean_batch_is_images_over_batches_between_two_readings() -> None:
+    assert peers.mean_batch((100.0, 10.0), (180.0, 20.0)) == 8.0
+    assert peers.mean_batch((0.0, 0.0), (0.0, 0.0)) is None  # no batch ran, or no imgserve metrics
+
+
+def _captured_run(monkeypatch: pytest.MonkeyPatch, argv: list[str], main: object) -> dict[str, object]:
+    calls: list[dict[str, object]] = []
+
+    def fake_run(clients: list[int], duration: float, out_dir: Path, **options: object) -> dict[str, object]:
+        calls.append({"clients": clients, "duration": duration, **options})
+        return {"rows": []}
+
+    monkeypatch.setattr(peers, "run", fake_run)
+    monkeypatch.setattr(sys, "argv", argv)
+    main()  # type: ignore[operator]
+    [call] = calls
+    return call
+
+
+def test_the_worker_counts_reach_the_run_from_this_command_and_from_bench(monkeypatch: pytest.MonkeyPatch) -> None:
+    argv = ["--imgserve-workers", "0,2", "--servers", "imgserve", "--clients", "16", "--duration", "2"]
+    for main, prog in ((peers.main, ["peers"]), (bench.main, ["bench", "--peers"])):
+        call = _captured_run(monkeypatch, [*prog, *argv], main)
+        assert call["imgserve_workers"] == [0, 2] and call["servers"] == ["imgserve"]
+        assert call["clients"] == [16] and call["duration"] == 2.0
+    assert _captured_run(monkeypatch, ["peers"], peers.main)["imgserve_workers"] == [0]
