@@ -10,7 +10,7 @@ import httpx
 from loadtests import wrk
 from loadtests.closed_loop import run_closed_loop, run_open_loop
 from loadtests.payloads import HttpRequest
-from loadtests.system import children_cpu_seconds, process_cpu_seconds
+from loadtests.system import children_cpu_seconds, tree_cpu_seconds
 
 
 def batch_stats(base_url: str) -> tuple[float, float]:
@@ -55,7 +55,7 @@ def measure_point(
     if clients is not None:
         closed_loop(url, bodies, clients, min(warm_s, duration))
     images_before, batches_before = batch_stats(base_url)
-    server_before = process_cpu_seconds(server_pid) if server_pid else 0.0
+    server_before = tree_cpu_seconds(server_pid) if server_pid else 0.0
     generator_before = _own_cpu_seconds() + children_cpu_seconds()
     if clients is not None:
         figures: dict[str, object] = {"mode": "closed", **closed_loop(url, bodies, clients, duration)}
@@ -70,7 +70,7 @@ def measure_point(
     figures["generator"] = generator
     figures["generator_cpu"] = round((_own_cpu_seconds() + children_cpu_seconds() - generator_before) / seconds, 2)
     if server_pid:
-        figures["server_cpu"] = round((process_cpu_seconds(server_pid) - server_before) / seconds, 2)
+        figures["server_cpu"] = round((tree_cpu_seconds(server_pid) - server_before) / seconds, 2)
     images_after, batches_after = batch_stats(base_url)
     if batches_after > batches_before:
         figures["mean_batch_size"] = round((images_after - images_before) / (batches_after - batches_before), 2)
