@@ -4,6 +4,7 @@ It knows nothing of HTTP or of any ML framework: it batches items for an async c
 that takes a list of items and returns one result per item.
 """
 
+from batching.arrivals import ArrivalTracker
 from batching.batcher import BatchObserver, MicroBatcher
 from batching.clock import Clock, MonotonicClock
 from batching.config import BatchingConfig
@@ -16,9 +17,10 @@ from batching.errors import (
     RequestTooLarge,
 )
 from batching.latency import LatencyModel
-from batching.policy import BatchDecision, Pending, next_batch
+from batching.policy import BatchDecision, Outlook, Pending, next_batch
 
 __all__ = [
+    "ArrivalTracker",
     "BatchDecision",
     "BatchObserver",
     "BatchResultMismatch",
@@ -30,6 +32,7 @@ __all__ = [
     "LatencyModel",
     "MicroBatcher",
     "MonotonicClock",
+    "Outlook",
     "Overloaded",
     "Pending",
     "RequestTooLarge",

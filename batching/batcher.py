@@ -2,7 +2,9 @@
 
 Callers ``await submit(item)`` (or ``submit_many``). One background task forms batches with
 ``next_batch`` whenever fewer than ``max_concurrent_batches`` are running; while they run,
-new items queue up and leave together the moment a slot frees. A failing batch is bisected
+new items queue up and leave together the moment a slot frees (or a moment later, when the
+recent load says more are on their way and the fixed cost of a batch makes waiting for them
+pay: see ``next_batch`` and ``ArrivalTracker``). A failing batch is bisected
 so that one bad item fails alone. Admission is bounded twice: by queue size, and by time —
 a request the fitted latency model says cannot run before its deadline is refused at once.
 """
@@ -14,11 +16,12 @@ import contextlib
 import logging
 from typing import Awaitable, Callable, Generic, Protocol, Sequence, TypeVar
 
+from batching.arrivals import ArrivalTracker
 from batching.clock import Clock, MonotonicClock
 from batching.config import BatchingConfig
 from batching.errors import BatcherClosed, BatchResultMismatch, DeadlineExceeded, Overloaded, RequestTooLarge
 from batching.latency import LatencyModel
-from batching.policy import Pending, next_batch
+from batching.policy import Outlook, Pending, next_batch
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -91,6 +94,7 @@ class MicroBatcher(Generic[T, R]):
         self._pending: list[Pending[T]] = []
         self._running: dict[asyncio.Task[None], list[Pending[T]]] = {}
         self._queued_cost = 0
+        self._arrivals = ArrivalTracker(window=config.max_adaptive_delay)
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
@@ -154,6 +158,7 @@ class MicroBatcher(Generic[T, R]):
             self._pending.append(Pending(item, cost, now, deadline, future))
             futures.append(future)
         self._queued_cost += total
+        self._arrivals.arrival(now, total)
         self._observer.queue_depth(self._queued_cost)
         self._wakeup.set()
         return futures
@@ -199,7 +204,7 @@ class MicroBatcher(Generic[T, R]):
         while True:
             wake_at: float | None = None
             if len(self._running) < self._config.max_concurrent_batches:
-                decision = next_batch(self._pending, self._config, self._clock.now())
+                decision = next_batch(self._pending, self._config, self._clock.now(), self._outlook())
                 self._pending = decision.rest
                 self._queued_cost = sum(p.cost for p in self._pending)
                 self._observer.queue_depth(self._queued_cost)
@@ -220,12 +225,22 @@ class MicroBatcher(Generic[T, R]):
             self._wakeup.clear()
             await self._clock.wait(self._wakeup, wake_at)
 
+    def _outlook(self) -> Outlook | None:
+        freed_at = self._arrivals.freed_at
+        if freed_at is None or not self.latency.ready:
+            return None
+        arrivals = self._arrivals
+        return Outlook(freed_at, arrivals.expected, arrivals.surge, self.latency.per_item, self.latency.fixed)
+
     def _launch(self, batch: list[Pending[T]]) -> None:
         task = asyncio.get_running_loop().create_task(self._execute(batch))
         self._running[task] = batch
+        launched = self._clock.now()
 
         def finished(done: asyncio.Task[None]) -> None:
             self._running.pop(done, None)
+            now = self._clock.now()
+            self._arrivals.runner_freed(now, self._queued_cost, busy_seconds=now - launched)
             self._wakeup.set()
 
         task.add_done_callback(finished)

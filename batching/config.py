@@ -16,6 +16,15 @@ class BatchingConfig:
     arrive. 0 (the default) sends whatever is queued the moment the runner is free: requests
     batch up only while the model is busy, and a lone request on an idle server goes at once."""
 
+    max_adaptive_delay: float = 0.002
+    """Most seconds a partial batch may be held, once the runner is free, for items that
+    are on their way: callers just answered coming back, seen as a surge of arrivals each
+    time the runner frees. Held only while more items are expected, for at most the fitted
+    fixed cost times its share of the batch's predicted time (nothing when per-item cost
+    dominates), and never past a deadline or when nothing ran in the last moment: a lone
+    request on an idle server goes at once. 0 turns it off. Independent of
+    ``max_queue_delay``: a batch leaves when neither holds it."""
+
     max_queue_size: int = 256
     """Most cost units waiting in the queue; beyond it ``submit`` raises ``Overloaded``."""
 
@@ -32,6 +41,8 @@ class BatchingConfig:
             raise ValueError("max_batch_size must be at least 1")
         if self.max_queue_delay < 0:
             raise ValueError("max_queue_delay must not be negative")
+        if self.max_adaptive_delay < 0:
+            raise ValueError("max_adaptive_delay must not be negative")
         if self.max_queue_size < self.max_batch_size:
             raise ValueError("max_queue_size must hold at least one full batch")
         if self.max_concurrent_batches < 1:

@@ -20,6 +20,7 @@ class LatencyModel:
         self._w = self._n = self._t = self._nn = self._nt = 0.0
         self.per_item = 0.0
         self.fixed = 0.0
+        self._split: tuple[float, float] | None = None  # the last fit that could separate the terms
 
     @property
     def ready(self) -> bool:
@@ -44,6 +45,13 @@ class LatencyModel:
             slope = (self._nt / self._w - mean_n * mean_t) / var_n
             self.per_item = max(0.0, slope)
             self.fixed = max(0.0, mean_t - self.per_item * mean_n)
+            self._split = (self.per_item, self.fixed)
+        elif self._split is not None and sum(self._split) > 0:
+            # Sizes varied once but have long been the same (a steady load of full batches):
+            # keep the last split, rescaled to today's timings, rather than forget the fixed cost.
+            per_item, fixed = self._split
+            scale = mean_t / (per_item * mean_n + fixed)
+            self.per_item, self.fixed = per_item * scale, fixed * scale
         else:
             # Every batch had the same size: nothing separates the two terms yet. Charge it
             # all per item, which over-estimates larger batches: refusing a little early is

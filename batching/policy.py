@@ -47,13 +47,48 @@ class BatchDecision(Generic[T]):
     """With an empty batch: when to decide again if nothing arrives (None: on arrival)."""
 
 
-def next_batch(pending: Sequence[Pending[T]], config: BatchingConfig, now: float) -> BatchDecision[T]:
+@dataclass(frozen=True)
+class Outlook:
+    """What the batcher has learnt beyond the queue: estimates, handed in so that
+    ``next_batch`` stays a pure function. None of it is needed to batch correctly."""
+
+    freed_at: float
+    """When the runner last became free."""
+    expected: float
+    """Cost usually ready within ``max_adaptive_delay`` of the runner freeing, recently:
+    what was queued then plus what arrived in that time."""
+    surge: float
+    """Cost usually arriving in that time beyond what a steady stream would bring: callers
+    just answered coming back. Near 0 for independent arrivals, which a wait cannot gather
+    any faster."""
+    per_item: float
+    """Fitted batch run time: ``per_item · n + fixed`` seconds."""
+    fixed: float
+
+    def run_seconds(self, size: float) -> float:
+        return self.per_item * size + self.fixed
+
+
+def next_batch(
+    pending: Sequence[Pending[T]], config: BatchingConfig, now: float, outlook: Outlook | None = None
+) -> BatchDecision[T]:
     """Decide what leaves the queue now, for a runner that is free to take a batch.
 
     FIFO by arrival. A batch takes items while their summed cost fits ``max_batch_size``
-    (an item costlier than that goes alone). It leaves at once when full or when
-    ``max_queue_delay`` is 0; otherwise it may wait for more items until the oldest has
-    waited ``max_queue_delay``, but never past the earliest deadline among its items.
+    (an item costlier than that goes alone). A full batch leaves at once. A partial one may
+    be held for more items, by either of two rules, and leaves when neither holds it:
+
+    - ``max_queue_delay``: until the oldest item has waited that long;
+    - the adaptive wait (``max_adaptive_delay``, needs an ``outlook``): until
+      ``outlook.freed_at + W``, while ``outlook.expected`` says more items are coming and
+      ``outlook.surge`` says they come because the runner freed (answered callers returning),
+      where W is the fixed cost's share of the predicted batch time times the fixed cost,
+      capped by ``max_adaptive_delay``.
+      Waiting W idles the runner W; it pays when it saves a later batch's fixed cost, so W
+      stays below that cost and shrinks to nothing as per-item cost takes over.
+
+    Neither holds an item past its deadline: with an outlook, a held batch leaves early
+    enough to finish by its earliest deadline by the fitted run time.
     """
     live: list[Pending[T]] = []
     expired: list[Pending[T]] = []
@@ -77,10 +112,34 @@ def next_batch(pending: Sequence[Pending[T]], config: BatchingConfig, now: float
         taken += 1
     full = taken < len(live) or size >= config.max_batch_size
 
-    if not full and config.max_queue_delay > 0:
-        fill_until = live[0].enqueued_at + config.max_queue_delay
-        deadlines = [p.deadline for p in live[:taken] if p.deadline is not None]
-        wake_at = min([fill_until, *deadlines])
-        if now < wake_at:
-            return BatchDecision([], live, expired, abandoned, wake_at=wake_at)
+    if not full:
+        holds = []
+        if config.max_queue_delay > 0:
+            holds.append(live[0].enqueued_at + config.max_queue_delay)
+        expected_size = float(size)
+        if outlook is not None:
+            adaptive = _adaptive_hold(size, config, outlook)
+            if adaptive is not None:
+                holds.append(adaptive)
+                expected_size = min(float(config.max_batch_size), outlook.expected)
+        if holds:
+            wake_at = max(holds)
+            deadlines = [p.deadline for p in live[:taken] if p.deadline is not None]
+            if deadlines:
+                run = outlook.run_seconds(expected_size) if outlook is not None else 0.0
+                wake_at = min(wake_at, min(deadlines) - run)
+            if now < wake_at:
+                return BatchDecision([], live, expired, abandoned, wake_at=wake_at)
     return BatchDecision(live[:taken], live[taken:], expired, abandoned)
+
+
+def _adaptive_hold(size: int, config: BatchingConfig, outlook: Outlook) -> float | None:
+    """Until when a partial batch of ``size`` may wait for the items expected to arrive."""
+    expected = min(float(config.max_batch_size), outlook.expected)
+    if config.max_adaptive_delay <= 0 or expected - size < 0.5 or outlook.surge < 1.0:
+        return None  # not one more item expected (rounded), or none that waiting gathers sooner
+    run = outlook.run_seconds(expected)
+    if run <= 0:
+        return None
+    wait = min(config.max_adaptive_delay, outlook.fixed * (outlook.fixed / run))
+    return outlook.freed_at + wait

@@ -21,6 +21,13 @@ class BatchingSettings(BaseModel):
     max_queue_delay_ms: float = Field(
         0.0, ge=0, description="How long a partial batch may wait to fill once the model is free (0: never wait)."
     )
+    max_adaptive_delay_ms: float = Field(
+        2.0,
+        ge=0,
+        description="Most a partial batch may wait, once the model is free, for requests the recent load says are "
+        "on their way (clients just answered coming back); only when a batch's fixed cost dominates, never on an idle "
+        "server, never past a deadline (0: off).",
+    )
     max_queue_size: int = Field(256, ge=1, description="Most images queued per model; beyond it requests get 429.")
     max_concurrent_batches: int = Field(
         1, ge=1, description="Batches in flight per model; 2 overlaps assembling the next batch with running this one."
@@ -34,6 +41,7 @@ class BatchingSettings(BaseModel):
         return BatchingConfig(
             max_batch_size=self.max_batch_size,
             max_queue_delay=self.max_queue_delay_ms / 1000.0,
+            max_adaptive_delay=self.max_adaptive_delay_ms / 1000.0,
             max_queue_size=max(self.max_queue_size, self.max_batch_size),
             max_concurrent_batches=self.max_concurrent_batches,
             allowed_batch_sizes=tuple(self.allowed_batch_sizes),

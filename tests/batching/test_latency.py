@@ -50,3 +50,18 @@ def test_drain_time_counts_full_batches_and_the_remainder() -> None:
     assert model.drain_seconds(10, max_batch_size=4) == pytest.approx(0.040)
     assert model.drain_seconds(10, max_batch_size=4, concurrency=2) == pytest.approx(0.020)
     assert model.drain_seconds(0, max_batch_size=4) == 0.0
+
+
+def test_a_steady_run_of_same_sized_batches_keeps_the_last_known_split() -> None:
+    """Under steady load every batch may be full; the fixed cost must not fade away."""
+    model = LatencyModel(decay=0.5)
+    for size in (1, 8, 4):
+        model.observe(size, 0.005 + 0.0001 * size)
+    for _ in range(200):  # the varied sizes weigh nothing any more
+        model.observe(16, 0.005 + 0.0001 * 16)
+    assert model.fixed == pytest.approx(0.005, rel=1e-3)
+    assert model.per_item == pytest.approx(0.0001, rel=1e-3)
+    for _ in range(200):  # the device slows down: the kept split follows today's timings
+        model.observe(16, 2 * (0.005 + 0.0001 * 16))
+    assert model.predict(16) == pytest.approx(0.0132, rel=1e-3)
+    assert model.fixed > 0.005

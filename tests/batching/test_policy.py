@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from batching import BatchingConfig, Pending, next_batch
+from batching import BatchingConfig, Outlook, Pending, next_batch
 
 
 def queued(*arrivals: float, cost: int = 1, deadline: float | None = None) -> list[Pending[int]]:
@@ -86,7 +86,13 @@ def test_an_item_costlier_than_a_batch_goes_alone() -> None:
 
 
 @pytest.mark.parametrize(
-    "kwargs", [{"max_batch_size": 0}, {"max_queue_delay": -1.0}, {"max_batch_size": 8, "max_queue_size": 4}]
+    "kwargs",
+    [
+        {"max_batch_size": 0},
+        {"max_queue_delay": -1.0},
+        {"max_adaptive_delay": -0.001},
+        {"max_batch_size": 8, "max_queue_size": 4},
+    ],
 )
 def test_invalid_config_is_refused(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError):
@@ -108,3 +114,82 @@ def test_batches_pad_up_to_the_next_allowed_size() -> None:
 def test_allowed_sizes_must_increase_and_end_at_the_max(sizes: tuple[int, ...]) -> None:
     with pytest.raises(ValueError):
         BatchingConfig(max_batch_size=8, allowed_batch_sizes=sizes)
+
+
+# The adaptive wait: the batcher hands in an Outlook (when the runner freed, how much work is
+# usually ready soon after, the fitted latency model); the rules below need nothing else.
+
+ADAPTIVE = BatchingConfig(max_batch_size=16, max_adaptive_delay=0.002)
+
+
+def outlook(
+    freed_at: float = 10.0, expected: float = 16.0, surge: float = 8.0, per_item: float = 0.0, fixed: float = 0.005
+) -> Outlook:
+    return Outlook(freed_at=freed_at, expected=expected, surge=surge, per_item=per_item, fixed=fixed)
+
+
+def test_adaptive_wait_holds_a_partial_batch_for_the_items_on_their_way() -> None:
+    pending = queued(*[9.99] * 8)
+    waiting = next_batch(pending, ADAPTIVE, now=10.0, outlook=outlook())
+    assert waiting.batch == []
+    assert waiting.wake_at == pytest.approx(10.002)  # freed_at + the cap (the fixed cost is larger)
+    assert items(next_batch(pending, ADAPTIVE, now=10.002, outlook=outlook()).batch) == list(range(8))
+
+
+def test_adaptive_wait_ends_when_the_expected_items_are_in() -> None:
+    decision = next_batch(queued(*[10.0] * 12), ADAPTIVE, now=10.001, outlook=outlook(expected=12.2))
+    assert items(decision.batch) == list(range(12))
+
+
+def test_adaptive_wait_never_holds_what_usually_comes_alone() -> None:
+    """One client: one item is all that ever arrives after the runner frees."""
+    decision = next_batch(queued(10.0005), ADAPTIVE, now=10.0005, outlook=outlook(expected=1.0))
+    assert items(decision.batch) == [0]
+
+
+def test_adaptive_wait_never_holds_after_the_runner_has_been_idle() -> None:
+    decision = next_batch(queued(50.0), ADAPTIVE, now=50.0, outlook=outlook(freed_at=10.0))
+    assert items(decision.batch) == [0]
+
+
+def test_adaptive_wait_is_off_at_zero() -> None:
+    config = BatchingConfig(max_batch_size=16, max_adaptive_delay=0.0)
+    assert items(next_batch(queued(10.0), config, now=10.0, outlook=outlook()).batch) == [0]
+
+
+def test_adaptive_wait_is_nothing_when_per_item_cost_dominates() -> None:
+    decision = next_batch(queued(10.0), ADAPTIVE, now=10.0, outlook=outlook(per_item=0.001, fixed=0.0))
+    assert items(decision.batch) == [0]
+
+
+def test_adaptive_wait_shrinks_with_the_fixed_costs_share() -> None:
+    config = BatchingConfig(max_batch_size=16, max_adaptive_delay=1.0)
+    # 16 expected: 5 ms fixed + 8 ms per-item; the wait is 5 ms x 5/13.
+    decision = next_batch(queued(10.0), config, now=10.0, outlook=outlook(per_item=0.0005))
+    assert decision.wake_at == pytest.approx(10.0 + 0.005 * 0.005 / 0.013)
+
+
+def test_adaptive_wait_leaves_in_time_to_finish_by_the_earliest_deadline() -> None:
+    pending = [*queued(10.0), *queued(10.0, deadline=10.0065)]
+    waiting = next_batch(pending, ADAPTIVE, now=10.0, outlook=outlook())
+    # 10.0065 less the 5 ms a batch takes: 10.0015, before the 10.002 it would have waited.
+    assert waiting.wake_at == pytest.approx(10.0015)
+    assert len(next_batch(pending, ADAPTIVE, now=10.0015, outlook=outlook()).batch) == 2
+
+
+def test_an_item_too_close_to_its_deadline_is_never_held() -> None:
+    decision = next_batch(queued(10.0, deadline=10.004), ADAPTIVE, now=10.0, outlook=outlook())
+    assert items(decision.batch) == [0]
+
+
+def test_with_both_delays_a_batch_leaves_when_neither_holds_it() -> None:
+    config = BatchingConfig(max_batch_size=16, max_queue_delay=0.003, max_adaptive_delay=0.002)
+    assert next_batch(queued(10.0), config, now=10.0, outlook=outlook()).wake_at == pytest.approx(10.003)
+    late_runner = outlook(freed_at=10.002)
+    assert next_batch(queued(10.0), config, now=10.0025, outlook=late_runner).wake_at == pytest.approx(10.004)
+
+
+def test_adaptive_wait_never_holds_for_a_steady_stream() -> None:
+    """Independent callers arrive as fast whether the batch waits or not: waiting only adds latency."""
+    decision = next_batch(queued(*[9.99] * 4), ADAPTIVE, now=10.0, outlook=outlook(expected=6.0, surge=0.2))
+    assert len(decision.batch) == 4
