@@ -20,7 +20,9 @@ from typing import Any
 
 import numpy as np
 
+from batching import BatcherClosed
 from batching.clock import Clock, MonotonicClock
+from model_contract.errors import ErrorKind, ServiceError
 from server.ipc import frames
 from server.ipc.errors import encode_error
 from server.ipc.slots import AttachedRing
@@ -126,7 +128,15 @@ class ModelOwner:
 
     async def _infer(self, worker: _Worker, header: frames.Header) -> tuple[frames.Header, bytes]:
         assert self.registry is not None
-        model = self.registry.get(header["model"], header["version"])
+        try:
+            model = self.registry.get(header["model"], header["version"])
+        except ServiceError as exc:
+            if exc.kind is not ErrorKind.MODEL_NOT_FOUND:
+                raise
+            # Retired after the worker chose it (its snapshot is on the way): as in one process,
+            # the worker's service retries on the version that replaced it, if the client
+            # asked for the newest.
+            raise BatcherClosed(f"version {header['version']} was retired") from None
         ring = worker.rings.get(header["ring"])
         if ring is None:
             manifest = model.manifest

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import struct
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -16,6 +18,8 @@ from model_contract.errors import ErrorKind, ServiceError
 from server.ipc import frames
 from server.ipc.errors import ModelFailure, decode_error, encode_error
 from server.ipc.slots import AttachedRing, SlotRing, SlotsExhausted
+from tests import helpers
+from tests.fakes import GatedRuntime
 
 
 def read_all(data: bytes) -> list[tuple[frames.Header, bytes]]:
@@ -33,10 +37,12 @@ def read_all(data: bytes) -> list[tuple[frames.Header, bytes]]:
     return asyncio.run(scenario())
 
 
+def _containers(inner: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    return st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=4))
+
+
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=20),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
-    max_leaves=20,
+    st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=20), _containers, max_leaves=20
 )
 
 
@@ -120,3 +126,25 @@ def test_a_ring_smaller_than_announced_is_refused() -> None:
             AttachedRing(ring.name, (4, 4, 3), np.dtype(np.uint8), 100)
     finally:
         ring.close()
+
+
+def test_a_version_retired_after_a_worker_chose_it_is_retried_on_its_replacement(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(helpers, "SPLIT", True)
+
+    async def scenario() -> None:
+        app = helpers.fake_app(tmp_path, GatedRuntime())
+        async with app.router.lifespan_context(app):
+            service = app.state.service
+            await helpers.until(lambda: service.readiness().ready)
+            chosen = service._catalog.get(helpers.MODEL)  # what a request in flight picked: v1
+            helpers.write_fake_model(tmp_path, version=2)
+            await service.load(helpers.MODEL)  # v2 serves, v1 is retired
+            tensor = np.full((8, 8, 3), 3, np.uint8)
+            with pytest.raises(BatcherClosed):
+                await chosen.infer_many([tensor], None)
+            answer = await service.classify(helpers.png(3), model_name=helpers.MODEL, k=1)
+            assert (answer.version, answer.predictions[0].label) == (2, "class3")
+
+    asyncio.run(scenario())
