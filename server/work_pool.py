@@ -66,6 +66,11 @@ class WorkPool:
         (result,) = await self.run_all([call])
         return result
 
+    def run_here(self, call: Callable[[], T]) -> T:
+        """A call too small to be worth a thread, on the caller's thread; charged like the rest."""
+        account = current_account.get()
+        return charged(call, account)() if account is not None else call()
+
     async def run_all(self, calls: Sequence[Callable[[], T]]) -> list[T]:
         """Every call's result in order, or the first failure once none of them still runs.
         The CPU each call takes is charged to the request's client, when it has a budget."""

@@ -118,7 +118,7 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
     )
     parse = partial(_parse, body, header_length, limits, model.manifest)
     json_part = body if header_length is None else body[:header_length]  # binary data parses fast
-    infer_request, images = await service.offload(parse, json=json_part)
+    infer_request, images = await service.offload(parse, json=json_part, body_bytes=len(body))
     timeout_us = infer_request.timeout_us
     top_k = max((out.classification for out in infer_request.outputs), default=0)
     work = service.infer(
