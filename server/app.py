@@ -63,7 +63,7 @@ def create_app(
         pool = WorkPool(threads=settings.decode_threads or os.cpu_count() or 1, worker_memory_bytes=worker_memory)
         app.state.service = ClassificationService(models.catalog, admission, pool, metrics, clock)
         # Load in the background: /health answers at once, /ready turns true after warm-up.
-        models.start()
+        await models.start()
         try:
             yield
         finally:

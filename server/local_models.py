@@ -70,7 +70,7 @@ class LocalModels:
     def catalog(self) -> ModelRegistry:
         return self.registry
 
-    def start(self) -> None:
+    async def start(self) -> None:
         self._background.append(asyncio.create_task(self.registry.load_all(), name="load-models"))
         if self._poll_s > 0:
             polling = _poll(self.registry, self._poll_s, self._clock, self._stopping)

@@ -117,8 +117,8 @@ class ModelBackend(Protocol):
     @property
     def catalog(self) -> ModelCatalog: ...
 
-    def start(self) -> None:
-        """Begin loading (or connecting) in the background; returns at once."""
+    async def start(self) -> None:
+        """Begin loading (or connecting) in the background; returns within seconds."""
         ...
 
     async def close(self) -> None: ...

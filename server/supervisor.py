@@ -14,6 +14,7 @@ drains the workers first (their requests in progress still reach the owner), the
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import multiprocessing
@@ -25,12 +26,14 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
-from server.ipc.processes import run_owner, run_worker, worker_settings
+from server.ipc.processes import ring_prefix, run_owner, run_worker, worker_settings
+from server.ipc.slots import remove_rings
 from server.metrics import forget_process, prepare_multiprocess_dir
 from server.settings import Settings
 from server.shared_limits import SharedLimits
@@ -86,55 +89,63 @@ class Supervisor:
         self._settings = settings
         self._workers = workers
         self._access_log = access_log
-        # The in-progress budgets and rate-limit counts of all workers together: global limits.
-        self._shared = SharedLimits.create(workers, settings.limits)
         self._context = multiprocessing.get_context("spawn")
         self._stopping = False
 
     def run(self) -> int:
         settings = self._settings
-        run_dir = Path(tempfile.mkdtemp(prefix="imgserve-"))
-        owner_socket = run_dir / "owner.sock"
-        # Before any child starts: each reads it when it first imports prometheus_client.
-        prepare_multiprocess_dir(run_dir / "metrics")
-        sock = listen(settings.host, settings.port)
-        wake_read, wake_write = socket.socketpair()
-        wake_write.setblocking(False)
-        previous = signal.set_wakeup_fd(wake_write.fileno())
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, self._stop)
         parent = os.getpid()
-        cores = os.cpu_count() or 1
-        shares = worker_settings(settings, self._workers, cores)
-        owner = _Child("model-owner", lambda: self._spawn("model-owner", run_owner, settings, owner_socket, parent))
-        workers = [
-            _Child(
-                f"worker-{i}",
-                lambda i=i: self._spawn(  # type: ignore[misc]
-                    f"worker-{i}", run_worker, shares, i, sock, owner_socket, parent, self._shared, self._access_log
-                ),
-            )
-            for i in range(self._workers)
-        ]
-        for i, worker in enumerate(workers):
-            # What a killed worker held is freed before its replacement starts.
-            worker.on_exit.append(lambda _pid, i=i: self._shared.forget_worker(i))  # type: ignore[misc]
-        children = [owner, *workers]
-        address = f"http://{settings.host}:{settings.port}"
-        log.info("serving on %s with %d workers and a model owner", address, len(workers))
-        try:
-            for child in children:
-                child.launch()
-            self._supervise(children, wake_read)
-        finally:
-            self._shutdown(workers, owner)
-            signal.set_wakeup_fd(previous)
-            sock.close()
-            wake_read.close()
-            wake_write.close()
-            shutil.rmtree(run_dir, ignore_errors=True)
-            self._shared.close()
-            self._shared.unlink()
+        with contextlib.ExitStack() as cleanup:  # unwound in reverse, whatever fails on the way
+            run_dir = Path(tempfile.mkdtemp(prefix="imgserve-"))
+            cleanup.callback(shutil.rmtree, run_dir, ignore_errors=True)
+            # The in-progress budgets and rate-limit counts of all workers together: global limits.
+            shared = SharedLimits.create(self._workers, settings.limits)
+            cleanup.callback(shared.unlink)
+            cleanup.callback(shared.close)
+            cleanup.callback(remove_rings, f"imgserve-{parent}-")  # whatever a worker left
+            owner_socket = run_dir / "owner.sock"
+            # Before any child starts: each reads it when it first imports prometheus_client.
+            prepare_multiprocess_dir(run_dir / "metrics")
+            sock = listen(settings.host, settings.port)
+            cleanup.callback(sock.close)
+            wake_read, wake_write = socket.socketpair()
+            cleanup.callback(wake_read.close)
+            cleanup.callback(wake_write.close)
+            wake_write.setblocking(False)
+            previous = signal.set_wakeup_fd(wake_write.fileno())
+            cleanup.callback(signal.set_wakeup_fd, previous)
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(signum, self._stop)
+            shares = worker_settings(settings, self._workers, os.cpu_count() or 1)
+
+            def start_owner() -> BaseProcess:
+                return self._spawn("model-owner", run_owner, settings, owner_socket, parent)
+
+            def start_worker(i: int) -> BaseProcess:
+                args = (shares, i, sock, owner_socket, parent, shared, self._access_log)
+                return self._spawn(f"worker-{i}", run_worker, *args)
+
+            def worker_died(i: int, pid: int) -> None:
+                # What a dead worker held is freed before its replacement starts: its share of
+                # the budgets, its rings, and its own children (the JSON parsing processes).
+                shared.forget_worker(i)
+                remove_rings(ring_prefix(parent, i))
+                _kill_group(pid)
+
+            owner = _Child("model-owner", start_owner, on_exit=[_kill_group])
+            workers = [
+                _Child(f"worker-{i}", partial(start_worker, i), on_exit=[partial(worker_died, i)])
+                for i in range(self._workers)
+            ]
+            address = f"http://{settings.host}:{settings.port}"
+            log.info("serving on %s with %d workers and a model owner", address, len(workers))
+            try:
+                for child in (owner, *workers):
+                    child.launch()
+                self._supervise([owner, *workers], wake_read)
+            finally:
+                sock.close()  # new connections are refused at once, not left in a backlog to drain
+                self._shutdown(workers, owner)
         return 0
 
     def _spawn(self, name: str, target: Callable[..., None], *args: Any) -> BaseProcess:
@@ -178,20 +189,33 @@ class Supervisor:
 
     def _shutdown(self, workers: list[_Child], owner: _Child) -> None:
         drain = self._settings.drain_timeout_s
-        _terminate([w.process for w in workers if w.process is not None], deadline=time.monotonic() + drain + 2)
+        _terminate([w for w in workers if w.process is not None], deadline=time.monotonic() + drain + 2)
         if owner.process is not None:
-            _terminate([owner.process], deadline=time.monotonic() + math.ceil(drain) + RELEASE_GRACE_S)
+            _terminate([owner], deadline=time.monotonic() + math.ceil(drain) + RELEASE_GRACE_S)
         log.info("stopped")
 
 
-def _terminate(processes: list[BaseProcess], deadline: float) -> None:
-    """SIGTERM each, wait until ``deadline``, then SIGKILL what is left."""
+def _kill_group(pid: int) -> None:
+    """Whatever is left of a child's process group (each child leads its own)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+def _terminate(children: list[_Child], deadline: float) -> None:
+    """SIGTERM each, wait until ``deadline``, then SIGKILL what is left; then what they left."""
+    # Only those still running: a child that died earlier has been cleaned up after already,
+    # and its pid (and process group ID) may since belong to somebody else.
+    children = [c for c in children if c.process is not None and c.process.is_alive()]
+    processes = [c.process for c in children if c.process is not None]
     for process in processes:
-        if process.is_alive():
-            process.terminate()
+        process.terminate()
     for process in processes:
         process.join(max(0.0, deadline - time.monotonic()))
         if process.is_alive():
             log.error("%s (pid %s) did not stop in time; killing it", process.name, process.pid)
             process.kill()
             process.join(5)
+    for child in children:
+        if child.process is not None and child.process.pid is not None:
+            for callback in child.on_exit:
+                callback(child.process.pid)

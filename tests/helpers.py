@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
+import shutil
 import sys
 import tempfile
 import time
@@ -45,19 +47,16 @@ class InLoopSplit:
         # One registry for both sides, as /metrics merges them between processes.
         self._owner = OwnerServer(settings, runtime_factory, clock, metrics)
         self._socket = socket
-        self.catalog = RemoteCatalog(socket, metrics)
+        self.catalog = RemoteCatalog(socket, metrics, clock, f"imgserve-test-{os.getpid()}-{id(self)}-")
 
-    def start(self) -> None:
-        async def start() -> None:
-            await self._owner.start(self._socket)
-            self.catalog.start()
-
-        self._starting = asyncio.ensure_future(start())
+    async def start(self) -> None:
+        await self._owner.start(self._socket)
+        await self.catalog.start()
 
     async def close(self) -> None:
-        await self._starting
         await self.catalog.close()
         await self._owner.close()
+        shutil.rmtree(self._socket.parent, ignore_errors=True)
 
 
 @pytest.fixture(params=["in-process", "split"])

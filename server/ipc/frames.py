@@ -34,10 +34,12 @@ def send(writer: asyncio.StreamWriter, header: Header, payload: bytes | memoryvi
     writer.writelines(encode(header, payload))
 
 
-async def receive(reader: asyncio.StreamReader) -> tuple[Header, bytes]:
+async def receive(
+    reader: asyncio.StreamReader, max_header_bytes: int = MAX_HEADER_BYTES, max_payload_bytes: int = MAX_PAYLOAD_BYTES
+) -> tuple[Header, bytes]:
     """The next frame; ``asyncio.IncompleteReadError`` when the peer closed."""
     header_length, payload_length = _LENGTHS.unpack(await reader.readexactly(_LENGTHS.size))
-    if header_length > MAX_HEADER_BYTES or payload_length > MAX_PAYLOAD_BYTES:
+    if header_length > max_header_bytes or payload_length > max_payload_bytes:
         raise FrameError(f"frame of {header_length} + {payload_length} bytes")
     try:
         header = orjson.loads(await reader.readexactly(header_length))

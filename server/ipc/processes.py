@@ -55,6 +55,12 @@ def run_owner(settings: Settings, socket_path: Path, parent: int) -> None:
     asyncio.run(main())
 
 
+def ring_prefix(supervisor: int, worker: int) -> str:
+    """The names of one worker's shared-memory rings, so the supervisor can remove what a dead
+    worker left (``/dev/shm/<prefix>*``)."""
+    return f"imgserve-{supervisor}-w{worker}-"
+
+
 def worker_settings(settings: Settings, workers: int, cores: int) -> Settings:
     """One worker's share of what is per process: decode threads and connections."""
     threads = settings.decode_threads or max(1, math.ceil(cores / workers))
@@ -81,9 +87,9 @@ def run_worker(
     role = f"worker-{index}"
     _start_process(settings, role)
 
-    def backend(metrics: Metrics, _clock: Clock) -> RemoteCatalog:
+    def backend(metrics: Metrics, clock: Clock) -> RemoteCatalog:
         metrics.process_started(role)
-        return RemoteCatalog(socket_path, metrics)
+        return RemoteCatalog(socket_path, metrics, clock, ring_prefix(parent, index))
 
     app = create_app(
         settings,

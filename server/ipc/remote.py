@@ -13,17 +13,19 @@ import contextlib
 import itertools
 import logging
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from batching import Overloaded
+from batching.clock import Clock
 from model_contract.errors import ErrorKind, ServiceError
 from model_contract.manifest import ModelManifest
 from model_contract.preprocess import PreprocessSpec
 from server.ipc import frames
 from server.ipc.errors import decode_error
-from server.ipc.slots import SlotRing, SlotsExhausted
+from server.ipc.slots import SharedMemoryFull, SlotRing, SlotsExhausted
 from server.ipc.snapshot import CatalogSnapshot, VersionInfo, read_snapshot
 from server.metrics import Metrics
 from server.result_cache import CachedResults, ResultCache
@@ -32,6 +34,10 @@ from server.serving import Compute, Offload, pick_version
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_S = 1.0
+# How long a starting worker waits for the owner's catalog before it takes connections anyway.
+FIRST_CATALOG_WAIT_S = 5.0
+# After a request's deadline, how long it may still wait for the batch it is in to run.
+ANSWER_GRACE_S = 30.0
 # Between attempts to reach the owner: fast at first (a restart takes a moment), then calmer.
 RECONNECT_DELAYS_S = (0.05, 0.1, 0.2, 0.5)
 
@@ -63,6 +69,7 @@ class OwnerLink:
         self._requests: dict[int, _Request] = {}
         self._manifests: dict[tuple[str, int], ModelManifest] = {}
         self._task: asyncio.Task[None] | None = None
+        self._first_snapshot = asyncio.Event()
 
     @property
     def connected(self) -> bool:
@@ -85,11 +92,14 @@ class OwnerLink:
                 await self._read(reader)
             except (asyncio.IncompleteReadError, ConnectionError):
                 log.warning("lost the model owner; answering 503 until it is back")
-            except frames.FrameError:
-                log.exception("the model owner sent a malformed frame; reconnecting")
+            except Exception:
+                # Whatever it was (a malformed frame, a snapshot we cannot read), this link
+                # cannot be trusted: drop it and start over, never stay away for good.
+                log.exception("unreadable message from the model owner; reconnecting")
             finally:
                 self._writer = None
                 writer.close()
+                self._manifests.clear()  # a new owner may have new versions under old numbers
                 self._on_snapshot(None)
                 self._fail_all(_owner_away())
 
@@ -97,7 +107,12 @@ class OwnerLink:
         while True:
             header, payload = await frames.receive(reader)
             if header.get("op") == "catalog":
-                self._on_snapshot(read_snapshot(header, self._manifests))
+                snapshot = read_snapshot(header, self._manifests)
+                served = {(v.name, v.version) for v in snapshot.versions}
+                self._manifests = {k: v for k, v in self._manifests.items() if k in served}
+                self._on_snapshot(snapshot)
+                self._first_snapshot.set()
+                self.notify({"op": "ack", "seq": header.get("seq", 0)})
                 continue
             request = self._requests.pop(header.get("id", -1), None)
             if request is None:
@@ -120,11 +135,11 @@ class OwnerLink:
                 request.future.set_exception(error)
 
     async def call(
-        self, header: frames.Header, release: Callable[[], None] = lambda: None
+        self, header: frames.Header, release: Callable[[], None] = lambda: None, timeout_s: float | None = None
     ) -> tuple[frames.Header, bytes]:
-        """Send ``header`` and wait for its answer. If the caller is cancelled, the owner is
-        told to drop the work (queued images never run); ``release`` runs once the owner has
-        answered for it, or the connection is gone."""
+        """Send ``header`` and wait for its answer, at most ``timeout_s`` (then 504). If the
+        caller is cancelled or times out, the owner is told to drop the work (queued images
+        never run); ``release`` runs once the owner has answered for it, or the link is gone."""
         if self._writer is None:
             release()
             raise _owner_away()
@@ -133,12 +148,20 @@ class OwnerLink:
         self._requests[request_id] = _Request(future, release)
         frames.send(self._writer, {**header, "id": request_id})
         try:
-            return await asyncio.shield(future)
-        except asyncio.CancelledError:
-            if not future.done() and self._writer is not None:
-                frames.send(self._writer, {"op": "cancel", "id": request_id})
+            return await asyncio.wait_for(asyncio.shield(future), timeout_s)
+        except (asyncio.CancelledError, asyncio.TimeoutError) as exc:
+            if not future.done():
+                self.notify({"op": "cancel", "id": request_id})
             future.cancel()
+            if isinstance(exc, asyncio.TimeoutError):
+                raise ServiceError(ErrorKind.TIMEOUT, "the model process did not answer in time") from None
             raise
+
+    async def connected_once(self, timeout_s: float) -> bool:
+        """Wait (bounded) until the owner's first catalog has arrived."""
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._first_snapshot.wait(), timeout_s)
+        return self._first_snapshot.is_set()
 
     def notify(self, header: frames.Header) -> None:
         """A message that needs no answer; dropped while the owner is away."""
@@ -155,11 +178,14 @@ class OwnerLink:
 class RemoteModel:
     """One version served by the owner (a ``ServedModel``). Its result cache is this worker's."""
 
-    def __init__(self, info: VersionInfo, link: OwnerLink, ring: Callable[[], SlotRing], results: CachedResults | None):
+    def __init__(
+        self, info: VersionInfo, link: OwnerLink, rings: Rings, results: CachedResults | None, clock: Clock
+    ) -> None:
         self._info = info
         self._link = link
-        self._ring = ring
+        self._rings = rings
         self._results = results
+        self._clock = clock
 
     @property
     def name(self) -> str:
@@ -194,7 +220,7 @@ class RemoteModel:
         return self._info.manifest.preprocessing
 
     async def infer_many(self, tensors: Sequence[np.ndarray], deadline: float | None) -> list[np.ndarray]:
-        ring = self._ring()
+        ring = self._rings.ring_for(self._info)
         try:
             slots = ring.put(list(tensors))
         except SlotsExhausted:
@@ -208,7 +234,11 @@ class RemoteModel:
             "slots": slots,
             "deadline": deadline,
         }
-        answer, payload = await self._link.call(header, release=lambda: ring.release(slots))
+        # Past its deadline a request only waits for the batch it is in: a reply that never
+        # comes (an owner stuck in a runtime) must not hold the request and its budgets forever.
+        timeout = None if deadline is None else max(0.0, deadline - self._clock.now()) + ANSWER_GRACE_S
+        release = partial(self._rings.release, ring, slots)
+        answer, payload = await self._link.call(header, release=release, timeout_s=timeout)
         rows = np.frombuffer(payload, dtype=np.dtype(answer["dtype"])).reshape(answer["shape"])
         return list(rows)
 
@@ -218,43 +248,82 @@ class RemoteModel:
         return await self._results.remembered(encoded, compute, offload)
 
 
+class Rings:
+    """This worker's slot rings, one per model version it has sent images to. Named after the
+    worker, so the supervisor can remove them if the worker dies; a retired version's ring is
+    removed once the owner has answered for everything in it."""
+
+    def __init__(self, prefix: str, link: OwnerLink) -> None:
+        self._prefix = prefix
+        self._link = link
+        self._numbers = itertools.count()
+        self._rings: dict[tuple[str, int], SlotRing] = {}
+        self._retired: set[tuple[str, int]] = set()
+
+    def ring_for(self, info: VersionInfo) -> SlotRing:
+        key = (info.name, info.version)
+        if key not in self._rings:
+            # Room for the owner's whole queue plus the batches running beside it: the owner's
+            # queue bound refuses before this worker runs out of slots.
+            count = info.max_queue_size + 3 * info.max_batch_size
+            name = f"{self._prefix}{next(self._numbers)}"
+            try:
+                self._rings[key] = SlotRing(info.manifest.item_shape, np.dtype(info.manifest.input.dtype), count, name)
+            except SharedMemoryFull as exc:
+                log.error("%s; give /dev/shm more room (a container: --shm-size, or a memory-backed emptyDir)", exc)
+                raise ServiceError(
+                    ErrorKind.UNAVAILABLE, "the server is out of shared memory for images", RETRY_AFTER_S
+                ) from None
+            self._retired.discard(key)
+        return self._rings[key]
+
+    def release(self, ring: SlotRing, slots: list[int]) -> None:
+        ring.release(slots)
+        self._drop_retired()
+
+    def retire_all_but(self, live: set[tuple[str, int]]) -> None:
+        self._retired = {key for key in self._rings if key not in live}
+        self._drop_retired()
+
+    def _drop_retired(self) -> None:
+        for key in [k for k in self._retired if self._rings[k].free == self._rings[k].count]:
+            ring = self._rings.pop(key)
+            self._retired.discard(key)
+            self._link.notify({"op": "forget_ring", "ring": ring.name})
+            ring.close()
+
+    def close(self) -> None:
+        for ring in self._rings.values():
+            ring.close()
+        self._rings.clear()
+
+
 class RemoteCatalog:
     """The owner's models, as this worker last heard of them (a ``ModelCatalog``), with the
     lifecycle the app runs (``start``, ``close``)."""
 
-    def __init__(self, socket_path: Path, metrics: Metrics) -> None:
+    def __init__(self, socket_path: Path, metrics: Metrics, clock: Clock, ring_prefix: str) -> None:
         self._metrics = metrics
+        self._clock = clock
         self._link = OwnerLink(socket_path, self._update)
+        self._rings = Rings(ring_prefix, self._link)
         self._snapshot: CatalogSnapshot | None = None
         self._serving: dict[str, dict[int, RemoteModel]] = {}
-        self._rings: dict[tuple[str, int], SlotRing] = {}
         self._caches: dict[tuple[str, int], CachedResults] = {}
 
     @property
     def catalog(self) -> RemoteCatalog:
         return self
 
-    def start(self) -> None:
+    async def start(self) -> None:
+        """Connect; return once the owner's catalog is known (a worker restarted beside ready
+        ones must not answer "not ready" meanwhile), or after a few seconds without it."""
         self._link.start()
+        await self._link.connected_once(FIRST_CATALOG_WAIT_S)
 
     async def close(self) -> None:
         await self._link.close()
-        for ring in self._rings.values():
-            ring.close()
-        self._rings.clear()
-
-    def _ring_for(self, info: VersionInfo) -> Callable[[], SlotRing]:
-        key = (info.name, info.version)
-
-        def ring() -> SlotRing:
-            if key not in self._rings:
-                # Enough for the owner's whole queue plus the batches running beside it: the
-                # owner's queue bound refuses first.
-                count = info.max_queue_size + 3 * info.max_batch_size
-                self._rings[key] = SlotRing(info.manifest.item_shape, np.dtype(info.manifest.input.dtype), count)
-            return self._rings[key]
-
-        return ring
+        self._rings.close()
 
     def _results_for(self, info: VersionInfo) -> CachedResults | None:
         if info.cache_limits is None:
@@ -275,17 +344,14 @@ class RemoteCatalog:
         self._snapshot = snapshot
         serving: dict[str, dict[int, RemoteModel]] = {}
         for info in snapshot.versions if snapshot else []:
-            model = RemoteModel(info, self._link, self._ring_for(info), self._results_for(info))
+            model = RemoteModel(info, self._link, self._rings, self._results_for(info), self._clock)
             serving.setdefault(info.name, {})[info.version] = model
         self._serving = serving
         if snapshot is not None:
-            # A retired version's cache goes with it; its ring once nothing is in flight in it.
+            # A retired version's cache goes with it, its ring once nothing is in flight in it.
             live = {(i.name, i.version) for i in snapshot.versions}
             self._caches = {k: v for k, v in self._caches.items() if k in live}
-            for key in [k for k, ring in self._rings.items() if k not in live and ring.free == ring.count]:
-                ring = self._rings.pop(key)
-                self._link.notify({"op": "forget_ring", "ring": ring.name})
-                ring.close()
+            self._rings.retire_all_but(live)
 
     @property
     def models(self) -> list[RemoteModel]:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
 import struct
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +17,10 @@ from hypothesis import strategies as st
 
 from batching import BatcherClosed, BatchResultMismatch, DeadlineExceeded, Overloaded, RequestTooLarge
 from model_contract.errors import ErrorKind, ServiceError
+from model_contract.manifest import ModelManifest
 from server.ipc import frames
 from server.ipc.errors import ModelFailure, decode_error, encode_error
+from server.ipc.owner import OwnerServer
 from server.ipc.slots import AttachedRing, SlotRing, SlotsExhausted
 from tests import helpers
 from tests.fakes import GatedRuntime
@@ -144,7 +148,74 @@ def test_a_version_retired_after_a_worker_chose_it_is_retried_on_its_replacement
             tensor = np.full((8, 8, 3), 3, np.uint8)
             with pytest.raises(BatcherClosed):
                 await chosen.infer_many([tensor], None)
+            # A request that picked v1 before the worker heard of v2 is retried on v2.
+            catalog, picks = service._catalog, []
+            newest = catalog.get
+
+            def stale_first(name: str, version: int | None = None) -> Any:
+                picks.append(version)
+                return chosen if len(picks) == 1 else newest(name, version)
+
+            monkeypatch.setattr(catalog, "get", stale_first)
             answer = await service.classify(helpers.png(3), model_name=helpers.MODEL, k=1)
             assert (answer.version, answer.predictions[0].label) == (2, "class3")
+            assert picks == [None, None]
+
+    asyncio.run(scenario())
+
+
+def test_a_version_loaded_again_with_a_new_manifest_is_served_with_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(helpers, "SPLIT", True)
+
+    async def scenario() -> None:
+        app = helpers.fake_app(tmp_path, GatedRuntime())
+        async with app.router.lifespan_context(app):
+            service = app.state.service
+            await helpers.until(lambda: service.readiness().ready)
+            assert service.model(helpers.MODEL).manifest.labels[3] == "class3"
+            await service.unload(helpers.MODEL)
+            manifest = ModelManifest.read(tmp_path / helpers.MODEL / "1")
+            renamed = manifest.model_copy(update={"labels": [f"renamed{i}" for i in range(10)]})
+            renamed.write(tmp_path / helpers.MODEL / "1")
+            await service.load(helpers.MODEL)
+            await helpers.until(lambda: service.readiness().ready)
+            answer = await service.classify(helpers.png(3), model_name=helpers.MODEL, k=1)
+            assert answer.predictions[0].label == "renamed3"
+
+    asyncio.run(scenario())
+
+
+def test_a_cancel_read_together_with_its_infer_is_still_answered(tmp_path: Path) -> None:
+    # The worker frees a request's slots only on an answer: a cancel that reaches the owner
+    # before the request's task has started must be answered too, or the slots leak for good.
+    async def scenario() -> None:
+        runtime = GatedRuntime()
+        runtime.gate.clear()
+        app = helpers.fake_app(tmp_path, runtime)  # only for its repository and settings
+        settings = app.state.settings
+        owner = OwnerServer(settings, lambda *_: runtime)
+        socket_path = Path(tempfile.mkdtemp(prefix="imgserve-test-")) / "owner.sock"
+        await owner.start(socket_path)
+        ring = SlotRing((8, 8, 3), np.dtype(np.uint8), 4)
+        try:
+            reader, writer = await asyncio.open_unix_connection(str(socket_path))
+            infer = {"op": "infer", "id": 1, "model": helpers.MODEL, "version": 1, "ring": ring.name,
+                     "ring_slots": 4, "slots": ring.put([np.zeros((8, 8, 3), np.uint8)]), "deadline": None}  # fmt: skip
+            writer.writelines([*frames.encode(infer), *frames.encode({"op": "cancel", "id": 1})])
+            answers = []
+            for _ in range(5):
+                header, _ = await asyncio.wait_for(frames.receive(reader), 10)
+                if header.get("op") != "catalog":
+                    answers.append(header)
+                    break
+            assert answers == [{"op": "cancelled", "id": 1}]
+            writer.close()
+        finally:
+            runtime.gate.set()
+            await owner.close()
+            ring.close()
+            shutil.rmtree(socket_path.parent, ignore_errors=True)
 
     asyncio.run(scenario())
