@@ -7,6 +7,8 @@ import contextlib
 import shutil
 import struct
 import tempfile
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -41,13 +43,8 @@ def read_all(data: bytes) -> list[tuple[frames.Header, bytes]]:
     return asyncio.run(scenario())
 
 
-def _containers(inner: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
-    return st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=4))
-
-
-json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=20), _containers, max_leaves=20
-)
+_scalars = st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=20)
+json_values = _scalars | st.lists(_scalars, max_size=4) | st.dictionaries(st.text(max_size=8), _scalars, max_size=4)
 
 
 @given(st.lists(st.tuples(st.dictionaries(st.text(max_size=8), json_values, max_size=5), st.binary(max_size=64))))
@@ -132,16 +129,23 @@ def test_a_ring_smaller_than_announced_is_refused() -> None:
         ring.close()
 
 
+@asynccontextmanager
+async def split_service(repository: Path) -> AsyncIterator[Any]:
+    """The fake model's service, ready, with its models behind the owner's protocol."""
+    app = helpers.fake_app(repository, GatedRuntime())
+    async with app.router.lifespan_context(app):
+        service = app.state.service
+        await helpers.until(lambda: service.readiness().ready)
+        yield service
+
+
 def test_a_version_retired_after_a_worker_chose_it_is_retried_on_its_replacement(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(helpers, "SPLIT", True)
 
     async def scenario() -> None:
-        app = helpers.fake_app(tmp_path, GatedRuntime())
-        async with app.router.lifespan_context(app):
-            service = app.state.service
-            await helpers.until(lambda: service.readiness().ready)
+        async with split_service(tmp_path) as service:
             chosen = service._catalog.get(helpers.MODEL)  # what a request in flight picked: v1
             helpers.write_fake_model(tmp_path, version=2)
             await service.load(helpers.MODEL)  # v2 serves, v1 is retired
@@ -170,10 +174,7 @@ def test_a_version_loaded_again_with_a_new_manifest_is_served_with_it(
     monkeypatch.setattr(helpers, "SPLIT", True)
 
     async def scenario() -> None:
-        app = helpers.fake_app(tmp_path, GatedRuntime())
-        async with app.router.lifespan_context(app):
-            service = app.state.service
-            await helpers.until(lambda: service.readiness().ready)
+        async with split_service(tmp_path) as service:
             assert service.model(helpers.MODEL).manifest.labels[3] == "class3"
             await service.unload(helpers.MODEL)
             manifest = ModelManifest.read(tmp_path / helpers.MODEL / "1")
