@@ -64,6 +64,13 @@ def _hash_key(args: argparse.Namespace) -> int:
     return 0
 
 
+def _worker_count(text: str) -> int:
+    count = int(text)
+    if not 0 <= count <= 256:
+        raise argparse.ArgumentTypeError("--workers takes 0 (one process) to 256")
+    return count
+
+
 def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     serve = commands.add_parser("serve", help="serve the model repository over HTTP")
     serve.add_argument("--host", help="address to bind (default 127.0.0.1, or IMGSERVE_HOST)")
@@ -72,7 +79,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     serve.add_argument("--access-log", action="store_true", help="log every request (costs throughput)")
     serve.add_argument(
         "--workers",
-        type=int,
+        type=_worker_count,
         help="front-end processes beside one model-owner process (default: the CPU cores less one, 1 to 16); "
         "0 runs everything in this one process",
     )

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import socket
 
 import pytest
 
+from server.cli import add_commands
 from server.supervisor import default_workers, listen
 
 
@@ -37,3 +39,18 @@ def test_connections_accepted_from_the_shared_socket_send_small_responses_at_onc
 @pytest.mark.parametrize(("cores", "workers"), [(1, 1), (2, 1), (4, 3), (16, 15), (64, 16)])
 def test_one_worker_per_core_less_one_for_the_model_owner(cores: int, workers: int) -> None:
     assert default_workers(cores) == workers
+
+
+def serve_arguments(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_commands(parser.add_subparsers(dest="command"))
+    return parser.parse_args(["serve", *argv])
+
+
+def test_the_serve_command_takes_a_worker_count_and_refuses_a_negative_one(capsys: pytest.CaptureFixture[str]) -> None:
+    assert serve_arguments("--workers", "0").workers == 0
+    assert serve_arguments("--workers", "12").workers == 12
+    assert serve_arguments().workers is None  # the default: from the cores, when it runs
+    with pytest.raises(SystemExit):
+        serve_arguments("--workers", "-1")
+    assert "--workers takes 0" in capsys.readouterr().err
