@@ -23,6 +23,7 @@ from server.api.tfserving_routes import router as tfserving_router
 from server.api.v2_routes import router as v2_router
 from server.api_keys import ApiKeys
 from server.cpu_budget import CpuBudgets
+from server.gatekeeper import Gatekeeper
 from server.local_models import LocalModels, build_registry
 from server.metrics import Metrics
 from server.rate_limit import RateLimiter
@@ -83,11 +84,20 @@ def create_app(
     )
     app.state.settings = settings
     app.state.metrics = metrics
+    # What every protocol admits by: the gRPC services (server/grpc_api) take them from here.
+    app.state.admission = admission
+    app.state.gatekeeper = gatekeeper = Gatekeeper(
+        admin_token=settings.admin_token.get_secret_value() if settings.admin_token else None,
+        api_keys=ApiKeys(settings.api_keys_file) if settings.api_keys_file else None,
+        rate_limiter=rate_limiter or RateLimiter(settings.rate_limit),
+        cpu_budgets=CpuBudgets(),
+        cpu_limit=settings.cpu_limit,
+    )
     app.include_router(router)
     app.include_router(v2_router)
     app.include_router(tfserving_router)
     install_error_handlers(app)
-    _add_middleware(app, settings, admission, metrics, rate_limiter or RateLimiter(settings.rate_limit))
+    _add_middleware(app, settings, admission, metrics, gatekeeper)
     return app
 
 
@@ -109,21 +119,13 @@ def _public_paths(settings: Settings) -> frozenset[str]:
 
 
 def _add_middleware(
-    app: FastAPI, settings: Settings, admission: Admission, metrics: Metrics, rate_limiter: RateLimiter
+    app: FastAPI, settings: Settings, admission: Admission, metrics: Metrics, gatekeeper: Gatekeeper
 ) -> None:
     """Cheapest refusal first. Each added layer wraps the ones before it, so this runs
     bottom-up: metrics, trusted host, CORS, access control, admission, then the body deadline."""
     app.add_middleware(BodyDeadline, timeout_s=settings.http.body_timeout_s)
     app.add_middleware(AdmitRequests, admission=admission)
-    app.add_middleware(
-        AccessControl,
-        admin_token=settings.admin_token.get_secret_value() if settings.admin_token else None,
-        api_keys=ApiKeys(settings.api_keys_file) if settings.api_keys_file else None,
-        rate_limiter=rate_limiter,
-        cpu_budgets=CpuBudgets(),
-        cpu_limit=settings.cpu_limit,
-        public_paths=_public_paths(settings),
-    )
+    app.add_middleware(AccessControl, gatekeeper=gatekeeper, public_paths=_public_paths(settings))
     if settings.cors_origins:
         # Outside access control: a browser's preflight carries no credentials.
         app.add_middleware(

@@ -7,9 +7,11 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 
@@ -22,6 +24,17 @@ log = logging.getLogger(__name__)
 
 A = TypeVar("A")
 B = TypeVar("B")
+V = TypeVar("V")
+
+
+@dataclass(frozen=True)
+class _Timed(Generic[V]):
+    """A step's result and how long the step took (seconds), for the model statistics."""
+
+    value: V
+    seconds: float
+    input_s: float = 0.0
+    """For the model's outputs: how long assembling their batch took."""
 
 
 class BatchRunner:
@@ -47,14 +60,15 @@ class BatchRunner:
         self._assembler = DaemonWorker(f"assemble-{label}")
         self._executor = DaemonWorker(f"infer-{label}")
 
-    def _assemble(self, items: list[np.ndarray]) -> np.ndarray:
+    def _assemble(self, items: list[np.ndarray]) -> _Timed[np.ndarray]:
         """Stack into one array of the padded batch size; padding rows stay zero."""
+        started = time.perf_counter()
         rows = self._batching.padded_size(len(items))
         batch = np.zeros((rows, *self._item_shape), dtype=self._dtype)
         np.stack(items, out=batch[: len(items)])
         if self._metrics is not None:
             self._metrics.padded(len(items), rows)
-        return batch
+        return _Timed(batch, time.perf_counter() - started)
 
     async def run(self, items: list[np.ndarray]) -> list[np.ndarray]:
         """The batcher's batch function: one output row per item.
@@ -62,11 +76,21 @@ class BatchRunner:
         The assembled batch goes from the assembling thread straight to the model's thread: the
         event loop, busy with HTTP under load, is woken once per batch (for the outputs), not
         once more in between to pass the batch on."""
-        outputs = await asyncio.wrap_future(_then(self._assembler.submit(self._assemble, items), self._predict))
-        return list(outputs[: len(items)])
+        predicted = await asyncio.wrap_future(_then(self._assembler.submit(self._assemble, items), self._predict))
+        started = time.perf_counter()
+        rows = list(predicted.value[: len(items)])
+        if self._metrics is not None:
+            output_s = time.perf_counter() - started
+            self._metrics.batch_phases(len(items), predicted.input_s, predicted.seconds, output_s)
+        return rows
 
-    def _predict(self, batch: np.ndarray) -> Future[np.ndarray]:
-        return self._executor.submit(self._runtime.predict, batch)
+    def _predict(self, assembled: _Timed[np.ndarray]) -> Future[_Timed[np.ndarray]]:
+        def predict() -> _Timed[np.ndarray]:
+            started = time.perf_counter()
+            outputs = self._runtime.predict(assembled.value)
+            return _Timed(outputs, time.perf_counter() - started, input_s=assembled.seconds)
+
+        return self._executor.submit(predict)
 
     async def warm_up(self) -> None:
         """Run every batch shape the runtime will be called with, so no live request pays

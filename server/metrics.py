@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
 
 from prometheus_client import (
     CONTENT_TYPE_PLAIN_0_0_4,
@@ -28,6 +28,7 @@ from prometheus_client import (
     generate_latest,
     values,
 )
+from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0)
@@ -102,65 +103,104 @@ class Metrics:
         self.request_seconds = Histogram(
             "imgserve_request_duration_seconds", "HTTP request latency.", ["route"], buckets=LATENCY_BUCKETS, registry=r
         )
+        # Every model metric is labelled by model and version: two served versions of one model
+        # (a canary beside the current one) must never add into, or overwrite, each other.
+        per_version = ["model", "version"]
         self.batch_size = Histogram(
             "imgserve_batch_size",
             "Images per model call, as formed.",
-            ["model"],
+            per_version,
             buckets=BATCH_SIZE_BUCKETS,
             registry=r,
         )
         self.queue_wait = Histogram(
             "imgserve_queue_wait_seconds",
             "Time images wait before their batch runs.",
-            ["model"],
+            per_version,
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.batch_run = Histogram(
-            "imgserve_batch_run_seconds", "Time one model call takes.", ["model"], buckets=LATENCY_BUCKETS, registry=r
+            "imgserve_batch_run_seconds", "Time one model call takes.", per_version, buckets=LATENCY_BUCKETS, registry=r
         )
         # Multiprocess modes of the gauges. Every gauge is "live*": a dead process's values go
         # with it (forget_process). Queue depth is a count of images waiting, so the processes'
         # values add up: exact with the one model owner, and still right if several processes
         # ever hold queues. A dead owner's queue died with it; its replacement starts at zero.
         self.queue_depth = Gauge(
-            "imgserve_queue_depth", "Images waiting for the model.", ["model"], registry=r, multiprocess_mode="livesum"
+            "imgserve_queue_depth",
+            "Images waiting for the model.",
+            per_version,
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.batch_failures = Counter(
-            "imgserve_batch_failures_total", "Model calls that raised.", ["model"], registry=r
+            "imgserve_batch_failures_total", "Model calls that raised.", per_version, registry=r
         )
         # An estimate, not an amount: a sum or a maximum of two fits means nothing, the latest
         # fit is the best one (its replacement's, once the dead owner is forgotten).
         self.latency_model = Gauge(
             "imgserve_batch_latency_model_seconds",
             "Fitted batch run time: seconds = per_image * n + fixed.",
-            ["model", "term"],
+            [*per_version, "term"],
             registry=r,
             multiprocess_mode="livemostrecent",
         )
         self.padding = Counter(
             "imgserve_batch_padding_images_total",
             "Padding rows added to reach an allowed batch size.",
-            ["model"],
+            per_version,
             registry=r,
         )
         self.padded_slots = Counter(
-            "imgserve_batch_slots_total", "Rows sent to the runtime, padding included.", ["model"], registry=r
+            "imgserve_batch_slots_total", "Rows sent to the runtime, padding included.", per_version, registry=r
         )
         self.cache = Counter(
-            "imgserve_result_cache_requests_total", "Result cache lookups by outcome.", ["model", "result"], registry=r
+            "imgserve_result_cache_requests_total",
+            "Result cache lookups by outcome.",
+            [*per_version, "result"],
+            registry=r,
         )
         self.images_decoded = Counter(
             "imgserve_images_decoded_total",
             "Images whose decode ran, by outcome (ok, or refused as a client error).",
-            ["model", "outcome"],
+            [*per_version, "outcome"],
             registry=r,
         )
         self.dropped = Counter(
             "imgserve_dropped_images_total",
             "Images that never reached the model, by reason (rejected, expired, abandoned).",
-            ["model", "reason"],
+            [*per_version, "reason"],
             registry=r,
+        )
+        # The model statistics extension (server/model_statistics.py) is read from these, so that
+        # in multiprocess mode it counts every worker's requests and the owner's batches.
+        self.inference_requests = Histogram(
+            "imgserve_inference_request_duration_seconds",
+            "Requests that reached a model version, from then until answered, by outcome (success, failure).",
+            [*per_version, "outcome"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batches = Counter(
+            "imgserve_batches_total",
+            "Model calls that succeeded, by batch size (images, without padding).",
+            [*per_version, "batch_size"],
+            registry=r,
+        )
+        self.batch_phase = Counter(
+            "imgserve_batch_phase_seconds_total",
+            "Time model calls that succeeded spent, by batch size and phase: input (assembling the batch), "
+            "infer (the runtime), output (splitting the results).",
+            [*per_version, "batch_size", "phase"],
+            registry=r,
+        )
+        self.last_inference = Gauge(
+            "imgserve_last_inference_timestamp_seconds",
+            "Unix time the version's last batch ended.",
+            per_version,
+            registry=r,
+            multiprocess_mode="max",
         )
         # One sample per live process, labelled with its role (and its pid in multiprocess mode).
         self.process_start = Gauge(
@@ -177,8 +217,8 @@ class Metrics:
             MultiProcessCollector(self._exposition, str(directory))  # type: ignore[no-untyped-call]
             _process_metrics[os.getpid()] = self
 
-    def batch_observer(self, model: str) -> ModelBatchMetrics:
-        return ModelBatchMetrics(self, model)
+    def batch_observer(self, model: str, version: int) -> ModelBatchMetrics:
+        return ModelBatchMetrics(self, model, version)
 
     def process_started(self, role: str) -> None:
         """Say that this process, in ``role`` (supervisor, model-owner, worker-1...), is up."""
@@ -189,23 +229,33 @@ class Metrics:
         every process's, counters and histograms summed, live gauges as their modes say."""
         return generate_latest(self._exposition)
 
+    def collect(self) -> Iterable[Metric]:
+        """Every metric family as ``render()`` would show it (merged across processes in
+        multiprocess mode): file I/O there, so call it off the event loop."""
+        return self._exposition.collect()
+
 
 class ModelBatchMetrics:
-    """The batcher's observer for one model."""
+    """The batcher's and the batch runner's observer for one model version."""
 
-    def __init__(self, metrics: Metrics, model: str) -> None:
-        self._batch_size = metrics.batch_size.labels(model)
-        self._queue_wait = metrics.queue_wait.labels(model)
-        self._batch_run = metrics.batch_run.labels(model)
-        self._queue_depth = metrics.queue_depth.labels(model)
-        self._failures = metrics.batch_failures.labels(model)
-        self._rejected = metrics.dropped.labels(model, "rejected")
-        self._expired = metrics.dropped.labels(model, "expired")
-        self._abandoned = metrics.dropped.labels(model, "abandoned")
-        self._padding = metrics.padding.labels(model)
-        self._slots = metrics.padded_slots.labels(model)
-        self._per_item = metrics.latency_model.labels(model, "per_image")
-        self._fixed = metrics.latency_model.labels(model, "fixed")
+    def __init__(self, metrics: Metrics, model: str, version: int) -> None:
+        labels = (model, str(version))
+        self._labels = labels
+        self._metrics = metrics
+        self._batch_size = metrics.batch_size.labels(*labels)
+        self._queue_wait = metrics.queue_wait.labels(*labels)
+        self._batch_run = metrics.batch_run.labels(*labels)
+        self._queue_depth = metrics.queue_depth.labels(*labels)
+        self._failures = metrics.batch_failures.labels(*labels)
+        self._rejected = metrics.dropped.labels(*labels, "rejected")
+        self._expired = metrics.dropped.labels(*labels, "expired")
+        self._abandoned = metrics.dropped.labels(*labels, "abandoned")
+        self._padding = metrics.padding.labels(*labels)
+        self._slots = metrics.padded_slots.labels(*labels)
+        self._per_item = metrics.latency_model.labels(*labels, "per_image")
+        self._fixed = metrics.latency_model.labels(*labels, "fixed")
+        self._last_inference = metrics.last_inference.labels(*labels)
+        self._by_size: dict[int, tuple[Counter, Counter, Counter, Counter]] = {}
 
     def batch_done(self, size: int, queue_waits: Sequence[float], run_seconds: float, failed: bool) -> None:
         if failed:
@@ -215,6 +265,25 @@ class ModelBatchMetrics:
         self._batch_run.observe(run_seconds)
         for wait in queue_waits:
             self._queue_wait.observe(wait)
+
+    def batch_phases(self, size: int, input_s: float, infer_s: float, output_s: float) -> None:
+        """A model call that succeeded, ``size`` images without padding, phase by phase."""
+        counters = self._by_size.get(size)
+        if counters is None:
+            m, labels = self._metrics, (*self._labels, str(size))
+            counters = (
+                m.batches.labels(*labels),
+                m.batch_phase.labels(*labels, "input"),
+                m.batch_phase.labels(*labels, "infer"),
+                m.batch_phase.labels(*labels, "output"),
+            )
+            self._by_size[size] = counters
+        batches, input_c, infer_c, output_c = counters
+        batches.inc()
+        input_c.inc(input_s)
+        infer_c.inc(infer_s)
+        output_c.inc(output_s)
+        self._last_inference.set(time.time())
 
     def queue_depth(self, cost: int) -> None:
         self._queue_depth.set(cost)

@@ -118,7 +118,7 @@ class ModelRegistry:
         # Loading a model blocks for seconds: keep the event loop answering.
         runtime = await asyncio.to_thread(self._runtime_factory, manifest, version.path, self._runtime_options)
         batching = version.config.batching_for(self._batching).to_config()
-        batch_metrics = self._metrics.batch_observer(manifest.name)
+        batch_metrics = self._metrics.batch_observer(manifest.name, manifest.version)
         runner = BatchRunner(
             f"{manifest.name}-v{manifest.version}",
             runtime,
@@ -154,8 +154,8 @@ class ModelRegistry:
             name,
             number,
             ResultCache(config.max_entries, config.max_bytes),
-            hits=self._metrics.cache.labels(name, "hit"),
-            misses=self._metrics.cache.labels(name, "miss"),
+            hits=self._metrics.cache.labels(name, str(number), "hit"),
+            misses=self._metrics.cache.labels(name, str(number), "miss"),
         )
 
     async def reload(self, only: str | None = None) -> None:

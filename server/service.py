@@ -12,6 +12,7 @@ then the tensors go to the model; top-k is taken from the probabilities it retur
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from typing import Awaitable, Callable, Sequence, TypeVar, Union
 
 import numpy as np
 
-from batching import BatcherClosed, BatchingError
+from batching import BatcherClosed, BatchingConfig, BatchingError
 from batching.clock import Clock
 from model_contract.errors import ErrorKind, ServiceError, echo
 from model_contract.imaging import image_to_tensor
@@ -28,6 +29,7 @@ from model_contract.manifest import ModelManifest, version_number
 from server.admission import Admission
 from server.errors import from_batching_error
 from server.metrics import Metrics
+from server.model_statistics import ModelStatistics, read_statistics
 from server.serving import ModelCatalog, ServedModel
 from server.settings import LimitSettings
 from server.top_k import Prediction, check_top_k, top_k
@@ -74,9 +76,13 @@ class ModelDescription:
     runtime: str
     """The runtime actually serving it."""
     manifest: ModelManifest
-    max_batch_size: int
+    batching: BatchingConfig
     max_images: int
     """Most images one request may carry; more are refused (413), not queued."""
+
+    @property
+    def max_batch_size(self) -> int:
+        return self.batching.max_batch_size
 
 
 @dataclass(frozen=True)
@@ -108,6 +114,7 @@ class ClassificationService:
         self, catalog: ModelCatalog, admission: Admission, pool: WorkPool, metrics: Metrics, clock: Clock
     ) -> None:
         self._catalog = catalog
+        self._metrics = metrics
         self._decoded = metrics.images_decoded
         self._admission = admission
         self._limits = admission.limits
@@ -129,7 +136,7 @@ class ClassificationService:
             ready=model.ready,
             runtime=model.runtime,
             manifest=model.manifest,
-            max_batch_size=model.max_batch_size,
+            batching=model.batching,
             max_images=self._admission.max_images(model.max_queue_size),
         )
 
@@ -137,10 +144,14 @@ class ClassificationService:
         """A ready served version, the newest unless ``version`` (as a URL gives it) says which."""
         if version is None:
             return self._describe(self._catalog.get(name))
+        return self._describe(self._catalog.get(name, self._version_number(name, version)))
+
+    @staticmethod
+    def _version_number(name: str, version: str) -> int:
         number = version_number(version)
         if number is None:
             raise ServiceError(ErrorKind.MODEL_NOT_FOUND, f"model {echo(name)} has no version {echo(version)}")
-        return self._describe(self._catalog.get(name, number))
+        return number
 
     def models(self) -> list[ModelDescription]:
         return [self._describe(m) for m in self._catalog.models]
@@ -156,6 +167,21 @@ class ClassificationService:
 
     def repository_index(self) -> RepositoryIndex:
         return RepositoryIndex(self.models(), dict(self._catalog.errors))
+
+    async def statistics(self, name: str | None = None, version: str | None = None) -> list[ModelStatistics]:
+        """Per served version, Triton's statistics (``server/model_statistics.py``): of one version,
+        of every served version of ``name``, or of every model (``name`` None)."""
+        if name is None:
+            served = list(self._catalog.models)
+        elif version is not None:
+            served = [self._catalog.get(name, self._version_number(name, version))]
+        else:
+            served = [m for m in self._catalog.models if m.name == name]
+            if not served:
+                self._catalog.get(name)  # why not: not found, or still loading
+        versions = [(m.name, m.version) for m in served]
+        # Merging the metrics of every process is file I/O: off the event loop.
+        return await self._pool.run(lambda: read_statistics(self._metrics.collect(), versions))
 
     async def load(self, name: str) -> str | None:
         """Rescan this model's folder now: load new versions, retire removed ones. Returns why
@@ -189,9 +215,9 @@ class ClassificationService:
         try:
             tensor = image_to_tensor(data, model.preprocessing, self._decode_limits)
         except ServiceError:
-            self._decoded.labels(model.name, "refused").inc()
+            self._decoded.labels(model.name, str(model.version), "refused").inc()
             raise
-        self._decoded.labels(model.name, "ok").inc()
+        self._decoded.labels(model.name, str(model.version), "ok").inc()
         return tensor
 
     def _decode_outcome(self, model: ServedModel, data: bytes) -> np.ndarray | ServiceError:
@@ -229,16 +255,25 @@ class ClassificationService:
         request was on its way, run it once more on the one that replaced it: a reload
         must not fail requests."""
         model = self._catalog.get(name, version)
+        started, outcome = time.perf_counter(), "failure"
         try:
-            return await work(model)
-        except BatcherClosed as exc:
-            replacement = self._catalog.get(name, version)
-            if replacement is model:
-                raise from_batching_error(exc) from exc
-        try:
-            return await work(replacement)
-        except BatcherClosed as exc:
-            raise from_batching_error(exc) from exc
+            try:
+                result = await work(model)
+            except BatcherClosed as exc:
+                replacement = self._catalog.get(name, version)
+                if replacement is model:
+                    raise from_batching_error(exc) from exc
+                model = replacement
+                try:
+                    result = await work(replacement)
+                except BatcherClosed as exc:
+                    raise from_batching_error(exc) from exc
+            outcome = "success"
+            return result
+        finally:
+            # The statistics extension's success and fail counts (server/model_statistics.py).
+            requests = self._metrics.inference_requests.labels(model.name, str(model.version), outcome)
+            requests.observe(time.perf_counter() - started)
 
     def _classification(self, model: ServedModel, probabilities: np.ndarray, k: int) -> Classification:
         return Classification(model.name, model.version, top_k(probabilities, k, model.manifest.labels))

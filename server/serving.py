@@ -12,6 +12,7 @@ from typing import Protocol, TypeVar
 
 import numpy as np
 
+from batching import BatchingConfig
 from model_contract.errors import ErrorKind, ServiceError, echo
 from model_contract.manifest import ModelManifest
 from model_contract.preprocess import PreprocessSpec
@@ -46,6 +47,11 @@ class ServedModel(Protocol):
     @property
     def runtime(self) -> str:
         """The runtime that serves this version (not necessarily the manifest's own)."""
+        ...
+
+    @property
+    def batching(self) -> BatchingConfig:
+        """How this version batches (its model's config.json over the server's settings)."""
         ...
 
     @property

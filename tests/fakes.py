@@ -203,6 +203,10 @@ class FakeModel:
         return self.manifest.preprocessing
 
     @property
+    def batching(self) -> Any:
+        return self._batcher.config
+
+    @property
     def max_queue_size(self) -> int:
         return int(self._batcher.config.max_queue_size)
 

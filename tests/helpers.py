@@ -179,4 +179,4 @@ async def start_blocking_call(client: httpx.AsyncClient, runtime: GatedRuntime) 
 
 
 def queue_depth(app: Any) -> float:
-    return app.state.metrics.registry.get_sample_value("imgserve_queue_depth", {"model": MODEL}) or 0.0
+    return app.state.metrics.registry.get_sample_value("imgserve_queue_depth", {"model": MODEL, "version": "1"}) or 0.0

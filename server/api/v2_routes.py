@@ -22,6 +22,7 @@ from server.api.deps import service_of
 from server.api.disconnect import unless_disconnected
 from server.api.openapi_bodies import V2_INFER
 from server.api.responses import OrjsonResponse
+from server.triton_config import model_config, platform_of
 from server.v2_codec import (
     InferRequest,
     TensorLimits,
@@ -35,8 +36,7 @@ from server.v2_codec import (
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol v2"])
 
-EXTENSIONS = ["binary_tensor_data", "classification", "model_repository"]
-PLATFORMS = {"tensorflow": "tensorflow_savedmodel", "litert": "tensorflow_lite", "keras_jax": "keras_jax"}
+EXTENSIONS = ["binary_tensor_data", "classification", "model_repository", "model_configuration", "statistics"]
 
 
 @router.get("/health/live")
@@ -62,11 +62,49 @@ async def _metadata(request: Request, name: str, version: str | None) -> Respons
         {
             "name": model.name,
             "versions": [str(model.version)],
-            "platform": PLATFORMS.get(model.runtime, model.runtime),
+            "platform": platform_of(model.runtime),
             "inputs": [{"name": m.input.name, "datatype": v2_datatype(m.input.dtype), "shape": m.input.shape}],
             "outputs": [{"name": m.output.name, "datatype": v2_datatype(m.output.dtype), "shape": m.output.shape}],
         }
     )
+
+
+@router.get("/models/stats")
+async def all_statistics(request: Request) -> Response:
+    """Triton's statistics extension, for every served version. (Registered before
+    ``/models/{name}``, which would take "stats" for a model's name.)"""
+    return await _statistics(request, None, None)
+
+
+@router.get("/models/{name}/stats")
+async def model_statistics(request: Request, name: str) -> Response:
+    return await _statistics(request, name, None)
+
+
+@router.get("/models/{name}/versions/{version}/stats")
+async def model_version_statistics(request: Request, name: str, version: str) -> Response:
+    return await _statistics(request, name, version)
+
+
+async def _statistics(request: Request, name: str | None, version: str | None) -> Response:
+    stats = await service_of(request).statistics(name, version)
+    return OrjsonResponse({"model_stats": [s.as_triton() for s in stats]})
+
+
+@router.get("/models/{name}/config")
+async def model_configuration(request: Request, name: str) -> Response:
+    return _config(request, name, None)
+
+
+@router.get("/models/{name}/versions/{version}/config")
+async def model_version_configuration(request: Request, name: str, version: str) -> Response:
+    return _config(request, name, version)
+
+
+def _config(request: Request, name: str, version: str | None) -> Response:
+    """Triton's model configuration extension (``server/triton_config.py``)."""
+    service = service_of(request)
+    return OrjsonResponse(model_config(service.model(name, version), service.limits.request_timeout_s))
 
 
 @router.get("/models/{name}")

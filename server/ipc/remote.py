@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from batching import Overloaded
+from batching import BatchingConfig, Overloaded
 from batching.clock import Clock
 from model_contract.errors import ErrorKind, ServiceError
 from model_contract.manifest import ModelManifest
@@ -208,12 +208,16 @@ class RemoteModel:
         return self._info.runtime
 
     @property
+    def batching(self) -> BatchingConfig:
+        return self._info.batching
+
+    @property
     def max_queue_size(self) -> int:
-        return self._info.max_queue_size
+        return self._info.batching.max_queue_size
 
     @property
     def max_batch_size(self) -> int:
-        return self._info.max_batch_size
+        return self._info.batching.max_batch_size
 
     @property
     def preprocessing(self) -> PreprocessSpec:
@@ -265,7 +269,7 @@ class Rings:
         if key not in self._rings:
             # Room for the owner's whole queue plus the batches running beside it: the owner's
             # queue bound refuses before this worker runs out of slots.
-            count = info.max_queue_size + 3 * info.max_batch_size
+            count = info.batching.max_queue_size + 3 * info.batching.max_batch_size
             name = f"{self._prefix}{next(self._numbers)}"
             try:
                 self._rings[key] = SlotRing(info.manifest.item_shape, np.dtype(info.manifest.input.dtype), count, name)
@@ -335,8 +339,8 @@ class RemoteCatalog:
                 info.name,
                 info.version,
                 ResultCache(max_entries, max_bytes),
-                hits=self._metrics.cache.labels(info.name, "hit"),
-                misses=self._metrics.cache.labels(info.name, "miss"),
+                hits=self._metrics.cache.labels(info.name, str(info.version), "hit"),
+                misses=self._metrics.cache.labels(info.name, str(info.version), "miss"),
             )
         return self._caches[key]
 

@@ -7,9 +7,11 @@ themselves stay in the owner.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from batching import BatchingConfig
 from model_contract.manifest import ModelManifest
 from server.registry import ModelRegistry
 
@@ -20,8 +22,7 @@ class VersionInfo:
     version: int
     ready: bool
     runtime: str
-    max_queue_size: int
-    max_batch_size: int
+    batching: BatchingConfig
     cache_limits: tuple[int, int] | None
     manifest: ModelManifest
 
@@ -48,8 +49,7 @@ def take_snapshot(registry: ModelRegistry, manifests: dict[tuple[str, int], Any]
                 "version": model.version,
                 "ready": model.ready,
                 "runtime": model.runtime,
-                "max_queue_size": model.max_queue_size,
-                "max_batch_size": model.max_batch_size,
+                "batching": dataclasses.asdict(model.batching),
                 "cache_limits": model.cache_limits,
                 "manifest": manifests[key],
             }
@@ -77,8 +77,7 @@ def read_snapshot(message: dict[str, Any], known: dict[tuple[str, int], ModelMan
                 version=v["version"],
                 ready=v["ready"],
                 runtime=v["runtime"],
-                max_queue_size=v["max_queue_size"],
-                max_batch_size=v["max_batch_size"],
+                batching=_batching(v["batching"]),
                 cache_limits=(int(cache[0]), int(cache[1])) if cache else None,
                 manifest=known[key],
             )
@@ -90,3 +89,7 @@ def read_snapshot(message: dict[str, Any], known: dict[tuple[str, int], ModelMan
         bool(message["repository_readable"]),
         bool(message["loaded_once"]),
     )
+
+
+def _batching(fields: dict[str, Any]) -> BatchingConfig:
+    return BatchingConfig(**{**fields, "allowed_batch_sizes": tuple(fields["allowed_batch_sizes"])})

@@ -28,7 +28,10 @@ IMAGE = {"Content-Type": "image/png"}
 
 def decoded(app: Any) -> float:
     sample = app.state.metrics.registry.get_sample_value
-    return sum(sample("imgserve_images_decoded_total", {"model": MODEL, "outcome": o}) or 0 for o in ("ok", "refused"))
+    return sum(
+        sample("imgserve_images_decoded_total", {"model": MODEL, "version": "1", "outcome": o}) or 0
+        for o in ("ok", "refused")
+    )
 
 
 def too_many_requests(count: int) -> Iterator[tuple[str, str, dict[str, Any]]]:

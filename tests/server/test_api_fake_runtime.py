@@ -53,7 +53,7 @@ def test_full_queue_answers_429_with_retry_after_and_serves_the_rest(tmp_path: P
             answers = await asyncio.gather(in_flight, *queued)
             assert [r.json()["class"] for r in answers] == ["class1", "class2", "class3"]
             dropped = app.state.metrics.registry.get_sample_value(
-                "imgserve_dropped_images_total", {"model": MODEL, "reason": "rejected"}
+                "imgserve_dropped_images_total", {"model": MODEL, "version": "1", "reason": "rejected"}
             )
             assert dropped == 1
 
@@ -152,8 +152,10 @@ def test_batches_are_padded_to_allowed_sizes_and_only_those_are_warmed(tmp_path:
             assert [r.json()["class"] for r in responses] == ["class1", "class5", "class6", "class7"]
             assert runtime.batch_sizes[4:] == [1, 4]  # 3 images ran as a batch of 4
             registry = app.state.metrics.registry
-            assert registry.get_sample_value("imgserve_batch_padding_images_total", {"model": MODEL}) == 1
-            assert registry.get_sample_value("imgserve_batch_slots_total", {"model": MODEL}) == 5
+            assert (
+                registry.get_sample_value("imgserve_batch_padding_images_total", {"model": MODEL, "version": "1"}) == 1
+            )
+            assert registry.get_sample_value("imgserve_batch_slots_total", {"model": MODEL, "version": "1"}) == 5
 
     asyncio.run(scenario())
 
@@ -179,7 +181,12 @@ def test_a_client_that_disconnects_while_queued_never_reaches_the_model(tmp_path
     registry = app.state.metrics.registry
 
     def abandoned() -> float:
-        return registry.get_sample_value("imgserve_dropped_images_total", {"model": MODEL, "reason": "abandoned"}) or 0
+        return (
+            registry.get_sample_value(
+                "imgserve_dropped_images_total", {"model": MODEL, "version": "1", "reason": "abandoned"}
+            )
+            or 0
+        )
 
     def closed_by_client() -> float:
         labels = {"route": "/v1/classify", "method": "POST", "status": "499"}
@@ -255,7 +262,7 @@ def test_every_protocol_ranks_alike_and_refuses_a_top_k_past_the_limit_before_th
             messages = [refused[0].json()["error"]["message"], refused[1].json()["error"], refused[2].json()["error"]]
             assert set(messages) == {"top_k must be between 1 and 4"}
             decoded = app.state.metrics.registry.get_sample_value
-            assert decoded("imgserve_images_decoded_total", {"model": MODEL, "outcome": "ok"}) is None
+            assert decoded("imgserve_images_decoded_total", {"model": MODEL, "version": "1", "outcome": "ok"}) is None
             assert runtime.entered == warm_calls  # refused before decoding, and before the model ran
 
             v1 = await client.post("/v1/classify?top_k=4", content=png(3), headers={"Content-Type": "image/png"})

@@ -38,7 +38,7 @@ def _record(metrics: Metrics, n: int) -> None:
     """What one process records, scaled by ``n`` so that each process's share is visible."""
     metrics.requests.labels(ROUTE, "POST", "200").inc(n)
     metrics.request_seconds.labels(ROUTE).observe(0.001 * n)
-    observer = metrics.batch_observer(MODEL)
+    observer = metrics.batch_observer(MODEL, 1)
     observer.batch_done(n, [0.002] * n, run_seconds=0.01, failed=False)
     observer.queue_depth(n)
     observer.latency_model(per_item=n / 1000, fixed=n / 100)
@@ -143,28 +143,34 @@ def test_one_render_merges_every_process_and_a_forgotten_process_keeps_only_its_
         assert _value(merged, "imgserve_requests_total", route=ROUTE, method="POST", status="200") == 3
         assert _value(merged, "imgserve_request_duration_seconds_count", route=ROUTE) == 2
         assert _value(merged, "imgserve_request_duration_seconds_sum", route=ROUTE) == pytest.approx(0.003)
-        assert _value(merged, "imgserve_batch_size_count", model=MODEL) == 2
-        assert _value(merged, "imgserve_batch_size_sum", model=MODEL) == 3
-        assert _value(merged, "imgserve_batch_size_bucket", model=MODEL, le="2.0") == 2
-        assert _value(merged, "imgserve_batch_size_bucket", model=MODEL, le="1.0") == 1
-        assert _value(merged, "imgserve_queue_wait_seconds_count", model=MODEL) == 3
-        assert _value(merged, "imgserve_queue_depth", model=MODEL) == 3  # livesum
-        assert _value(merged, "imgserve_batch_latency_model_seconds", model=MODEL, term="per_image") == 0.001
+        assert _value(merged, "imgserve_batch_size_count", model=MODEL, version="1") == 2
+        assert _value(merged, "imgserve_batch_size_sum", model=MODEL, version="1") == 3
+        assert _value(merged, "imgserve_batch_size_bucket", model=MODEL, version="1", le="2.0") == 2
+        assert _value(merged, "imgserve_batch_size_bucket", model=MODEL, version="1", le="1.0") == 1
+        assert _value(merged, "imgserve_queue_wait_seconds_count", model=MODEL, version="1") == 3
+        assert _value(merged, "imgserve_queue_depth", model=MODEL, version="1") == 3  # livesum
+        assert (
+            _value(merged, "imgserve_batch_latency_model_seconds", model=MODEL, version="1", term="per_image") == 0.001
+        )
         assert _roles(merged) == {"worker-1": str(worker.pid), "model-owner": str(owner.pid)}
         assert owner.call("render") == worker.call("render")
 
         worker.kill()
         dead = _samples(owner.call("render"))
-        assert _value(dead, "imgserve_queue_depth", model=MODEL) == 3, "a dead process counts until forgotten"
+        assert _value(dead, "imgserve_queue_depth", model=MODEL, version="1") == 3, (
+            "a dead process counts until forgotten"
+        )
 
         forget_process(worker.pid)
         after = _samples(owner.call("render"))
         assert _value(after, "imgserve_requests_total", route=ROUTE, method="POST", status="200") == 3
-        assert _value(after, "imgserve_batch_size_count", model=MODEL) == 2
-        assert _value(after, "imgserve_queue_wait_seconds_count", model=MODEL) == 3
-        assert _value(after, "imgserve_queue_depth", model=MODEL) == 2
-        assert _value(after, "imgserve_batch_latency_model_seconds", model=MODEL, term="per_image") == 0.002
-        assert _value(after, "imgserve_batch_latency_model_seconds", model=MODEL, term="fixed") == 0.02
+        assert _value(after, "imgserve_batch_size_count", model=MODEL, version="1") == 2
+        assert _value(after, "imgserve_queue_wait_seconds_count", model=MODEL, version="1") == 3
+        assert _value(after, "imgserve_queue_depth", model=MODEL, version="1") == 2
+        assert (
+            _value(after, "imgserve_batch_latency_model_seconds", model=MODEL, version="1", term="per_image") == 0.002
+        )
+        assert _value(after, "imgserve_batch_latency_model_seconds", model=MODEL, version="1", term="fixed") == 0.02
         assert _roles(after) == {"model-owner": str(owner.pid)}
 
         # A restarted worker (a new pid) adds to the same totals.
@@ -201,14 +207,14 @@ def test_setting_the_directory_after_prometheus_client_was_imported_is_refused(
 def test_one_process_alone_keeps_a_registry_per_app() -> None:
     first, second = Metrics(), Metrics()
     first.requests.labels(ROUTE, "GET", "200").inc()
-    first.batch_observer(MODEL).queue_depth(5)
+    first.batch_observer(MODEL, 1).queue_depth(5)
     first.process_started("worker-1")
     labels = {"route": ROUTE, "method": "GET", "status": "200"}
     assert first.registry.get_sample_value("imgserve_requests_total", labels) == 1
     assert second.registry.get_sample_value("imgserve_requests_total", labels) is None
-    assert second.registry.get_sample_value("imgserve_queue_depth", {"model": MODEL}) is None
+    assert second.registry.get_sample_value("imgserve_queue_depth", {"model": MODEL, "version": "1"}) is None
     rendered, other = _samples(first.render().decode()), _samples(second.render().decode())
     assert _value(rendered, "imgserve_requests_total", route=ROUTE, method="GET", status="200") == 1
-    assert _value(rendered, "imgserve_queue_depth", model=MODEL) == 5
+    assert _value(rendered, "imgserve_queue_depth", model=MODEL, version="1") == 5
     assert _value(rendered, "imgserve_process_start_time_seconds", role="worker-1")  # no pid label alone
     assert _value(other, "imgserve_requests_total", route=ROUTE, method="GET", status="200") is None

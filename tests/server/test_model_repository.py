@@ -195,7 +195,7 @@ def test_a_cache_hit_returns_the_identical_body_without_running_the_model(tmp_pa
             metrics = client.app.state.metrics.registry  # type: ignore[attr-defined]
 
             def lookups(result: str) -> float:
-                labels = {"model": MODEL, "result": result}
+                labels = {"model": MODEL, "version": "1", "result": result}
                 return float(metrics.get_sample_value("imgserve_result_cache_requests_total", labels) or 0)
 
             first, second = await classify(client, 5), await classify(client, 5)

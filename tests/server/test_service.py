@@ -39,7 +39,8 @@ class Setup:
     def decoded(self, model: str = "m") -> float:
         sample = self.metrics.registry.get_sample_value
         return sum(
-            sample("imgserve_images_decoded_total", {"model": model, "outcome": o}) or 0 for o in ("ok", "refused")
+            sample("imgserve_images_decoded_total", {"model": model, "version": "1", "outcome": o}) or 0
+            for o in ("ok", "refused")
         )
 
 
@@ -71,7 +72,7 @@ def model(version: int = 1, **options: Any) -> Callable[[ManualClock, Metrics], 
 
 
 def cached_model(clock: ManualClock, metrics: Metrics) -> FakeModel:
-    hits, misses = metrics.cache.labels("m", "hit"), metrics.cache.labels("m", "miss")
+    hits, misses = metrics.cache.labels("m", "1", "hit"), metrics.cache.labels("m", "1", "miss")
     results = CachedResults("m", 1, ResultCache(max_entries=10, max_bytes=100_000), hits, misses)
     return FakeModel(fake_manifest(), clock, results=results)
 
@@ -227,7 +228,8 @@ def test_a_cache_hit_skips_decode_and_the_model() -> None:
             assert other.predictions[0].label == "class6" and s.decoded() == 2
             sample = s.metrics.registry.get_sample_value
             lookups = [
-                sample("imgserve_result_cache_requests_total", {"model": "m", "result": r}) for r in ("hit", "miss")
+                sample("imgserve_result_cache_requests_total", {"model": "m", "version": "1", "result": r})
+                for r in ("hit", "miss")
             ]
             assert lookups == [1, 2]
 
