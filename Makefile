@@ -8,7 +8,7 @@ EXTRAS ?= cpu,jax,dev
 INSTALLED := $(VENV)/.installed
 DEFAULT_MODEL := $(MODELS)/efficientnet_lite0/1/manifest.json
 
-.PHONY: install model serve test lint fuzz abuse bench clean
+.PHONY: install model serve test lint fuzz abuse bench clean protos
 # wrk (Debian package) is the low-overhead load generator; without it the harness falls
 # back to its Python generator, which needs more of the machine's CPU.
 BENCH_ARGS ?= --clients 1,8,32 --rates 60 --duration 8
@@ -43,6 +43,10 @@ fuzz: model
 # Noisy neighbour: legitimate clients quiet, then beside a hostile client (loadtests/abuse.py).
 abuse: model
 	$(BIN)/python -m loadtests.abuse --out loadtests/results/abuse.json
+
+# The gRPC stubs (server/grpc_api/inference_pb2.py and .pyi) from server/grpc_api/inference.proto.
+protos: install
+	$(BIN)/python -m server.grpc_api.regenerate
 
 lint: install
 	$(BIN)/ruff check .

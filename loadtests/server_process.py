@@ -38,11 +38,13 @@ def server_process(
     """Yield the base URL on 127.0.0.1 once ``ready_path`` answers 200, and the process.
 
     With ``own_group`` the server leads a new process group (its PID is the group's ID), and
-    stopping signals the whole group: servers that run their model in child processes."""
+    stopping signals the whole group: servers that run their model in child processes.
+    imgserve's gRPC server stays off (``IMGSERVE_GRPC_PORT=0``) unless ``env`` or the command
+    asks for it: two servers must not both try port 8001."""
     base_url = f"http://127.0.0.1:{port}"
     process = subprocess.Popen(
         command,
-        env={**os.environ, **(env or {})},
+        env={**os.environ, "IMGSERVE_GRPC_PORT": "0", **(env or {})},
         cwd=cwd,
         stdout=stdout,
         stderr=stderr,

@@ -68,7 +68,10 @@ def create_app(
         try:
             yield
         finally:
-            # Ordered: stop loading and polling, drain each model's queue, release models, then threads.
+            # Ordered: let the other protocols' calls in progress end (they use the models), stop
+            # loading and polling, drain each model's queue, release models, then threads.
+            for drained in app.state.before_close:
+                await drained()
             await models.close()
             await asyncio.to_thread(pool.shutdown)
 
@@ -84,6 +87,7 @@ def create_app(
     )
     app.state.settings = settings
     app.state.metrics = metrics
+    app.state.before_close = []  # awaited at shutdown before the models close: gRPC's drain
     # What every protocol admits by: the gRPC services (server/grpc_api) take them from here.
     app.state.admission = admission
     app.state.gatekeeper = gatekeeper = Gatekeeper(

@@ -10,16 +10,22 @@ from typing import Any
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from server.app import create_app
+    from server.frontend import ServingServer
     from server.http_server import uvicorn_config
     from server.process_logging import configure_logging, uvicorn_log_config
     from server.settings import Settings
     from server.supervisor import Supervisor, default_workers
 
     overrides: dict[str, Any] = {
-        k: v for k, v in {"host": args.host, "port": args.port, "model_repository": args.model_repository}.items() if v
+        k: v
+        for k, v in {
+            "host": args.host,
+            "port": args.port,
+            "grpc_port": args.grpc_port,
+            "model_repository": args.model_repository,
+        }.items()
+        if v is not None
     }
     settings = Settings(**overrides)
     workers = default_workers() if args.workers is None else args.workers
@@ -28,8 +34,9 @@ def _serve(args: argparse.Namespace) -> int:
     if workers:
         return Supervisor(settings, workers, access_log=args.access_log).run()
     log_config = uvicorn_log_config(settings.log_level, role)
-    config = uvicorn_config(create_app(settings), settings, access_log=args.access_log, log_config=log_config)
-    uvicorn.Server(config).run()
+    app = create_app(settings)
+    config = uvicorn_config(app, settings, access_log=args.access_log, log_config=log_config)
+    ServingServer(config, app, settings).run()
     return 0
 
 
@@ -75,6 +82,9 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     serve = commands.add_parser("serve", help="serve the model repository over HTTP")
     serve.add_argument("--host", help="address to bind (default 127.0.0.1, or IMGSERVE_HOST)")
     serve.add_argument("--port", type=int, help="port (default 8000, or IMGSERVE_PORT)")
+    serve.add_argument(
+        "--grpc-port", type=int, help="gRPC port (default 8001, or IMGSERVE_GRPC_PORT); 0 turns gRPC off"
+    )
     serve.add_argument("--model-repository", type=Path, help="model repository (default ./models)")
     serve.add_argument("--access-log", action="store_true", help="log every request (costs throughput)")
     serve.add_argument(

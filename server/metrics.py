@@ -103,6 +103,17 @@ class Metrics:
         self.request_seconds = Histogram(
             "imgserve_request_duration_seconds", "HTTP request latency.", ["route"], buckets=LATENCY_BUCKETS, registry=r
         )
+        # gRPC calls, by full method name and status code name (grpc-prometheus names them alike).
+        self.grpc_requests = Counter(
+            "imgserve_grpc_requests_total", "gRPC calls by method and status code.", ["method", "code"], registry=r
+        )
+        self.grpc_request_seconds = Histogram(
+            "imgserve_grpc_request_duration_seconds",
+            "gRPC call latency.",
+            ["method"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         # Every model metric is labelled by model and version: two served versions of one model
         # (a canary beside the current one) must never add into, or overwrite, each other.
         per_version = ["model", "version"]

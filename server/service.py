@@ -194,15 +194,20 @@ class ClassificationService:
 
     # Inference.
 
-    async def offload(self, call: Callable[[], T], json: bytes, body_bytes: int | None = None) -> T:
+    async def offload(
+        self, call: Callable[[], T], json: bytes = b"", body_bytes: int | None = None, *, isolate: bool | None = None
+    ) -> T:
         """A request's CPU work (parsing ``json``, converting tensors), off the event loop: in a
         thread, or, for a megabyte or more of JSON numbers, in a worker process (``call`` must
         then be picklable), where holding the GIL for long costs the server nothing. A body of
         ``PARSE_ON_LOOP_BYTES`` or less (``body_bytes``, the JSON and any binary part) is parsed
-        on the loop: that takes microseconds, less than the hop to a thread and back."""
+        on the loop: that takes microseconds, less than the hop to a thread and back.
+        ``isolate`` decides for bodies that are not JSON (a gRPC message's typed numbers)."""
         if (len(json) if body_bytes is None else body_bytes) <= PARSE_ON_LOOP_BYTES:
             return self._pool.run_here(call)
-        if len(json) >= ISOLATE_FROM_BYTES and _mostly_numbers(json):
+        if isolate is None:
+            isolate = len(json) >= ISOLATE_FROM_BYTES and _mostly_numbers(json)
+        if isolate:
             return await self._pool.run_isolated(call)
         return await self._pool.run(call)
 

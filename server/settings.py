@@ -131,6 +131,13 @@ class Settings(BaseSettings):
 
     host: str = Field("127.0.0.1", description="Address to bind.")
     port: int = Field(8000, description="Port to bind.")
+    grpc_port: int = Field(
+        8001,
+        ge=0,
+        le=65535,
+        description="Port of the gRPC server (the Open Inference Protocol's GRPCInferenceService, health, "
+        "reflection), on the same host; 0 turns gRPC off.",
+    )
     model_repository: Path = Field(Path("models"), description="Folder of <model>/<version>/ directories.")
     default_model: str = Field("efficientnet_lite0", description="Model that /v1/classify uses.")
     decode_threads: int = Field(0, ge=0, description="Threads decoding images (0: one per CPU core).")

@@ -32,6 +32,7 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
+from server.frontend import port_is_free
 from server.ipc.processes import ring_prefix, run_owner, run_worker, worker_settings
 from server.ipc.slots import remove_rings
 from server.metrics import forget_process, prepare_multiprocess_dir
@@ -108,6 +109,8 @@ class Supervisor:
             prepare_multiprocess_dir(run_dir / "metrics")
             sock = listen(settings.host, settings.port)
             cleanup.callback(sock.close)
+            if settings.grpc_port and not port_is_free(settings.host, settings.grpc_port):
+                raise OSError(f"the gRPC port {settings.grpc_port} is in use on {settings.host}")
             wake_read, wake_write = socket.socketpair()
             cleanup.callback(wake_read.close)
             cleanup.callback(wake_write.close)

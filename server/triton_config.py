@@ -9,6 +9,9 @@ from typing import Any
 from server.service import ModelDescription
 from server.v2_codec import v2_datatype
 
+EXTENSIONS = ["binary_tensor_data", "classification", "model_repository", "model_configuration", "statistics"]
+"""The Open Inference Protocol extensions imgserve speaks, over HTTP and gRPC alike."""
+
 PLATFORMS = {"tensorflow": "tensorflow_savedmodel", "litert": "tensorflow_lite", "keras_jax": "keras_jax"}
 """Triton's platform names for imgserve's runtimes; other runtimes go by their own name."""
 

@@ -72,6 +72,11 @@ class TensorLimits:
     max_byte_elements: int
     """BYTES elements (encoded images) in one input tensor."""
 
+    @classmethod
+    def for_images(cls, max_images: int, item_shape: tuple[int, ...]) -> TensorLimits:
+        """A model that takes at most ``max_images`` images of ``item_shape`` in one request."""
+        return cls(max_batch=max_images, max_elements=max_images * math.prod(item_shape), max_byte_elements=max_images)
+
 
 @dataclass
 class InputTensor:
@@ -114,13 +119,13 @@ def _list(value: Any, what: str, most: int) -> list[Any]:
     return value
 
 
-def _text(value: Any, what: str) -> str:
+def checked_text(value: Any, what: str) -> str:
     if not isinstance(value, str) or not 0 < len(value) <= MAX_NAME_CHARS:
         raise ProtocolError(f"{what} must be a string of 1 to {MAX_NAME_CHARS} characters")
     return value
 
 
-def _integer(value: Any, what: str, low: int, high: int) -> int:
+def checked_integer(value: Any, what: str, low: int, high: int) -> int:
     # bool is an int in Python, and JSON's true must not pass as 1.
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise ProtocolError(f"{what} must be an integer from {low} to {high}")
@@ -133,12 +138,12 @@ def _flag(value: Any, what: str) -> bool:
     return value
 
 
-def _shape(value: Any, name: str) -> list[int]:
+def checked_shape(value: Any, name: str) -> list[int]:
     dims = _list(value, f"input {echo(name)}: shape", MAX_DIMS)
-    return [_integer(d, f"input {echo(name)}: each dimension", 0, MAX_DIM) for d in dims]
+    return [checked_integer(d, f"input {echo(name)}: each dimension", 0, MAX_DIM) for d in dims]
 
 
-def _element_count(shape: list[int], limit: int, name: str, kind: ErrorKind) -> int:
+def element_count(shape: list[int], limit: int, name: str, kind: ErrorKind) -> int:
     """The product of ``shape``, refused as soon as it passes ``limit`` (no big-int arithmetic)."""
     count = 1
     for dim in shape:
@@ -160,7 +165,7 @@ def parse_header_length(value: str | None, body_length: int) -> int | None:
     return length
 
 
-def _split_bytes_elements(raw: bytes, count: int, name: str) -> list[bytes]:
+def split_bytes_elements(raw: bytes, count: int, name: str) -> list[bytes]:
     """BYTES in binary form: each element is a 4-byte little-endian length, then the bytes."""
     elements: list[bytes] = []
     offset = 0
@@ -180,7 +185,7 @@ def _split_bytes_elements(raw: bytes, count: int, name: str) -> list[bytes]:
     return elements
 
 
-def _pack_bytes_elements(elements: list[bytes]) -> bytes:
+def pack_bytes_elements(elements: list[bytes]) -> bytes:
     return b"".join(struct.pack("<I", len(e)) + e for e in elements)
 
 
@@ -203,7 +208,7 @@ def _json_bytes_elements(data: Any, count: int, name: str) -> list[bytes]:
     return elements
 
 
-def _in_range(values: np.ndarray, dtype: np.dtype[Any], name: str) -> None:
+def check_in_range(values: np.ndarray, dtype: np.dtype[Any], name: str) -> None:
     """JSON numbers must fit the declared datatype exactly: no silent wrap, clip or rounding."""
     if values.dtype.kind == "f" and not np.isfinite(values).all():
         raise ProtocolError(f"input {echo(name)}: numbers must be finite")
@@ -249,15 +254,21 @@ def _json_array(data: list[Any], shape: list[int], count: int, name: str) -> np.
     return np.concatenate([np.asarray(data[i : i + SLICE]) for i in range(0, len(data), SLICE)] or [np.asarray([])])
 
 
+def array_from_raw(name: str, datatype: str, shape: list[int], count: int, raw: bytes) -> np.ndarray:
+    """A numeric tensor's binary data (little-endian, row-major) as an array, without a copy."""
+    dtype = DTYPES[datatype]
+    if len(raw) != count * dtype.itemsize:
+        raise ProtocolError(
+            f"input {echo(name)}: binary data is {len(raw)} bytes; shape {shape} of {datatype} needs "
+            f"{count * dtype.itemsize}"
+        )
+    return np.frombuffer(raw, dtype=dtype).reshape(shape)
+
+
 def _numeric(name: str, datatype: str, shape: list[int], count: int, data: Any, raw: bytes | None) -> np.ndarray:
     dtype = DTYPES[datatype]
     if raw is not None:
-        if len(raw) != count * dtype.itemsize:
-            raise ProtocolError(
-                f"input {echo(name)}: binary data is {len(raw)} bytes; shape {shape} of {datatype} needs "
-                f"{count * dtype.itemsize}"
-            )
-        return np.frombuffer(raw, dtype=dtype).reshape(shape)
+        return array_from_raw(name, datatype, shape, count, raw)
     if not isinstance(data, list):
         raise ProtocolError(f"input {echo(name)}: data must be a list")
     try:
@@ -266,40 +277,59 @@ def _numeric(name: str, datatype: str, shape: list[int], count: int, data: Any, 
         raise ProtocolError(f"input {echo(name)}: data must be a flat or regularly nested list of numbers") from exc
     if values.dtype.kind not in "biuf":
         raise ProtocolError(f"input {echo(name)}: data must be numbers")
-    _in_range(values, dtype, name)
+    check_in_range(values, dtype, name)
     return values.astype(dtype).reshape(shape)
+
+
+@dataclass(frozen=True)
+class TensorHeader:
+    """An input tensor's declaration, checked against the limits before its data is looked at."""
+
+    name: str
+    datatype: str
+    shape: list[int]
+    count: int
+    """Elements the shape declares."""
+
+
+def checked_header(name: Any, datatype: Any, shape: Any, limits: TensorLimits) -> TensorHeader:
+    """An input's name, datatype and shape, every protocol's way: sizes are bounded before any
+    arithmetic on them, and the element count against ``limits`` as it is multiplied out."""
+    name = checked_text(name, "an input's name")
+    if not isinstance(datatype, str) or (datatype != "BYTES" and datatype not in DTYPES):
+        raise ProtocolError(f"input {echo(name)}: unsupported datatype {echo(datatype)}")
+    dims = checked_shape(shape, name)
+    if dims and dims[0] > limits.max_batch:
+        raise ProtocolError(
+            f"input {echo(name)}: {dims[0]} images in one request; at most {limits.max_batch} are accepted",
+            ErrorKind.TOO_MANY_IMAGES,
+        )
+    if datatype == "BYTES":
+        count = element_count(dims, limits.max_byte_elements, name, ErrorKind.TOO_MANY_IMAGES)
+    else:
+        count = element_count(dims, limits.max_elements, name, ErrorKind.PAYLOAD_TOO_LARGE)
+    return TensorHeader(name, datatype, dims, count)
 
 
 def _input(spec: Any, binary: bytes, offset: int, limits: TensorLimits) -> tuple[InputTensor, int]:
     """One input tensor, and the offset of the next one's binary data."""
     spec = _object(spec, "each input")
-    name = _text(spec.get("name"), "an input's name")
-    datatype = spec.get("datatype")
-    if not isinstance(datatype, str) or (datatype != "BYTES" and datatype not in DTYPES):
-        raise ProtocolError(f"input {echo(name)}: unsupported datatype {echo(datatype)}")
+    name = checked_text(spec.get("name"), "an input's name")
     if "shape" not in spec:
         raise ProtocolError(f"input {echo(name)}: needs a shape")
-    shape = _shape(spec["shape"], name)
-    if shape and shape[0] > limits.max_batch:
-        raise ProtocolError(
-            f"input {echo(name)}: {shape[0]} images in one request; at most {limits.max_batch} are accepted",
-            ErrorKind.TOO_MANY_IMAGES,
-        )
-    if datatype == "BYTES":
-        count = _element_count(shape, limits.max_byte_elements, name, ErrorKind.TOO_MANY_IMAGES)
-    else:
-        count = _element_count(shape, limits.max_elements, name, ErrorKind.PAYLOAD_TOO_LARGE)
+    header = checked_header(name, spec.get("datatype"), spec["shape"], limits)
+    datatype, shape, count = header.datatype, header.shape, header.count
     size = _object(spec.get("parameters"), f"input {echo(name)}: parameters").get("binary_data_size")
     raw = None
     if size is not None:
-        size = _integer(size, f"input {echo(name)}: binary_data_size", 0, len(binary) - offset)
+        size = checked_integer(size, f"input {echo(name)}: binary_data_size", 0, len(binary) - offset)
         raw = binary[offset : offset + size]
         offset += size
     elif "data" not in spec:
         raise ProtocolError(f"input {echo(name)} has neither data nor binary_data_size")
     if datatype == "BYTES":
         elements = (
-            _split_bytes_elements(raw, count, name)
+            split_bytes_elements(raw, count, name)
             if raw is not None
             else _json_bytes_elements(spec["data"], count, name)
         )
@@ -311,19 +341,19 @@ def _input(spec: Any, binary: bytes, offset: int, limits: TensorLimits) -> tuple
 
 def _output(spec: Any, default_binary: bool) -> RequestedOutput:
     spec = _object(spec, "each output")
-    name = _text(spec.get("name"), "an output's name")
+    name = checked_text(spec.get("name"), "an output's name")
     parameters = _object(spec.get("parameters"), f"output {echo(name)}: parameters")
     return RequestedOutput(
         name=name,
         binary=_flag(parameters.get("binary_data", default_binary), f"output {echo(name)}: binary_data"),
         # Its bound is the service's one top-k check (limits.max_top_k), as on every protocol.
-        classification=_integer(
+        classification=checked_integer(
             parameters.get("classification", 0), f"output {echo(name)}: classification", 0, MAX_DIM
         ),
     )
 
 
-def _timeout_us(value: Any) -> float | None:
+def checked_timeout_us(value: Any) -> float | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
@@ -345,7 +375,7 @@ def parse_infer_request(body: bytes, header_length: int | None, limits: TensorLi
         raise ProtocolError(f"id must be a string of at most {MAX_NAME_CHARS} characters")
     parameters = _object(request.get("parameters"), "parameters")
     default_binary = _flag(parameters.get("binary_data_output", False), "parameters.binary_data_output")
-    timeout_us = _timeout_us(parameters.get("timeout"))
+    timeout_us = checked_timeout_us(parameters.get("timeout"))
     specs = _list(request.get("inputs"), "inputs", MAX_TENSORS) if "inputs" in request else []
     if not specs:
         raise ProtocolError("an inference request needs a non-empty 'inputs' list")
@@ -420,7 +450,7 @@ def encode_infer_response(
             entry = {"name": out.name, "datatype": "BYTES", "shape": shape}
             flat = [e for row in elements for e in row]
             if out.binary:
-                blob = _pack_bytes_elements(flat)
+                blob = pack_bytes_elements(flat)
                 entry["parameters"] = {"binary_data_size": len(blob)}
                 blobs.append(blob)
             else:

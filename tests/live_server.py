@@ -12,16 +12,27 @@ import httpx
 import uvicorn
 from fastapi import FastAPI
 
+from server.frontend import ServingServer
+from server.settings import Settings
+
 
 @contextmanager
-def live_server(app: FastAPI, startup_timeout: float = 60.0, ready_path: str | None = "/ready") -> Iterator[str]:
+def live_server(
+    app: FastAPI,
+    startup_timeout: float = 60.0,
+    ready_path: str | None = "/ready",
+    *,
+    grpc: Settings | None = None,
+) -> Iterator[str]:
     """Yield the base URL once uvicorn listens and, unless ``ready_path`` is None, once that
-    path answers 200 (models loaded and warm)."""
+    path answers 200 (models loaded and warm). With ``grpc`` (settings with a ``grpc_port``),
+    imgserve's gRPC server runs beside it, as ``imgserve serve`` runs it."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+    config = uvicorn.Config(app, log_level="warning", access_log=False)
+    server = uvicorn.Server(config) if grpc is None else ServingServer(config, app, grpc)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + startup_timeout

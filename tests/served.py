@@ -55,11 +55,27 @@ def served(settings: Settings, topology: Any, ready_path: str = "/ready") -> Ite
 
 
 @contextmanager
+def served_with_grpc(settings: Settings, topology: Any) -> Iterator[tuple[str, str]]:
+    """A ready server with ``settings`` and its gRPC server on a free port: (HTTP base URL, gRPC
+    target "127.0.0.1:port")."""
+    settings = settings.model_copy(update={"host": "127.0.0.1", "grpc_port": free_port()})
+    target = f"127.0.0.1:{settings.grpc_port}"
+    if topology == "in-process":
+        with live_server(create_app(settings), grpc=settings) as url:
+            yield url, target
+        return
+    with served_process(settings, int(topology)) as (url, _):
+        yield url, target
+
+
+@contextmanager
 def served_process(
     settings: Settings, workers: int, ready_path: str = "/ready", stderr: Any = None
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     port = free_port()
-    settings = settings.model_copy(update={"host": "127.0.0.1", "port": port})
+    # gRPC only where the test asked for it (a port of its own): servers must not share 8001.
+    grpc_port = settings.grpc_port if "grpc_port" in settings.model_fields_set else 0
+    settings = settings.model_copy(update={"host": "127.0.0.1", "port": port, "grpc_port": grpc_port})
     command = [sys.executable, "-m", "imgserve", "serve", "--workers", str(workers)]
     with server_process(
         command, port, env=settings_env(settings), startup_s=180, ready_path=ready_path, stderr=stderr

@@ -8,7 +8,6 @@ normalisation), or BYTES holding encoded JPEG/PNG that the server decodes. Error
 
 from __future__ import annotations
 
-import math
 from functools import partial
 from typing import Any
 
@@ -22,7 +21,7 @@ from server.api.deps import service_of
 from server.api.disconnect import unless_disconnected
 from server.api.openapi_bodies import V2_INFER
 from server.api.responses import OrjsonResponse
-from server.triton_config import model_config, platform_of
+from server.triton_config import EXTENSIONS, model_config, platform_of
 from server.v2_codec import (
     InferRequest,
     TensorLimits,
@@ -35,8 +34,6 @@ from server.v2_codec import (
 )
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol v2"])
-
-EXTENSIONS = ["binary_tensor_data", "classification", "model_repository", "model_configuration", "statistics"]
 
 
 @router.get("/health/live")
@@ -149,11 +146,7 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
     model = service.model(name, version)
     body = await request.body()
     header_length = parse_header_length(request.headers.get("inference-header-content-length"), len(body))
-    limits = TensorLimits(
-        max_batch=model.max_images,
-        max_elements=model.max_images * math.prod(model.manifest.item_shape),
-        max_byte_elements=model.max_images,
-    )
+    limits = TensorLimits.for_images(model.max_images, model.manifest.item_shape)
     parse = partial(_parse, body, header_length, limits, model.manifest)
     json_part = body if header_length is None else body[:header_length]  # binary data parses fast
     infer_request, images = await service.offload(parse, json=json_part, body_bytes=len(body))

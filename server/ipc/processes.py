@@ -12,8 +12,6 @@ import socket
 from pathlib import Path
 from typing import Any
 
-import uvicorn
-
 from batching.clock import Clock
 from server.process_logging import configure_logging, uvicorn_log_config
 from server.settings import Settings
@@ -80,6 +78,7 @@ def run_worker(
 ) -> None:
     """A front-end worker's main: HTTP on the shared socket, models through the owner."""
     from server.app import create_app
+    from server.frontend import ServingServer
     from server.http_server import uvicorn_config
     from server.ipc.remote import RemoteCatalog
     from server.metrics import Metrics
@@ -98,7 +97,8 @@ def run_worker(
         rate_limiter=shared.rate_limiter(index, settings.rate_limit),
     )
     log_config = uvicorn_log_config(settings.log_level, role)
-    server = uvicorn.Server(uvicorn_config(app, settings, access_log=access_log, log_config=log_config))
+    config = uvicorn_config(app, settings, access_log=access_log, log_config=log_config)
+    server = ServingServer(config, app, settings, reuse_port=True)  # gRPC: every worker on one port
 
     async def main() -> None:
         watch = asyncio.create_task(_watch_parent(parent, lambda: setattr(server, "should_exit", True)))

@@ -1,0 +1,59 @@
+"""``grpc.health.v1.Health``, so Kubernetes' gRPC probes (and grpc-health-probe) work: SERVING
+while the server is ready (every served model warm), NOT_SERVING while it warms up or once it
+drains. It answers for the whole server ("") and for ``inference.GRPCInferenceService``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+from grpc_health.v1 import health, health_pb2
+
+from server.gatekeeper import Access
+from server.grpc_api.guard import Context, Guard
+
+SERVICES = ("", "inference.GRPCInferenceService")
+POLL_S = 0.5
+"""How often readiness is looked at; a probe sees a change within this."""
+
+
+class ServingHealth(health.aio.HealthServicer):  # type: ignore[misc]
+    def __init__(self, ready: Callable[[], bool], guard: Guard, access: Access) -> None:
+        super().__init__()
+        self._ready = ready
+        self._check = guard.wrap("/grpc.health.v1.Health/Check", access, super().Check)
+        self._watch = guard.wrap("/grpc.health.v1.Health/Watch", access, super().Watch)
+        self._task: asyncio.Task[None] | None = None
+
+    async def Check(self, request: health_pb2.HealthCheckRequest, context: Context) -> Any:
+        return await self._check(request, context)
+
+    async def Watch(self, request: health_pb2.HealthCheckRequest, context: Context) -> Any:
+        return await self._watch(request, context)
+
+    async def start(self) -> None:
+        await self._update()
+        self._task = asyncio.create_task(self._follow(), name="grpc-health")
+
+    async def drain(self) -> None:
+        """NOT_SERVING from now on, whatever readiness says."""
+        await self.stop()
+        await self.enter_graceful_shutdown()
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _follow(self) -> None:
+        while True:
+            await asyncio.sleep(POLL_S)
+            await self._update()
+
+    async def _update(self) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if self._ready() else health_pb2.HealthCheckResponse.NOT_SERVING
+        for service in SERVICES:
+            await self.set(service, status)

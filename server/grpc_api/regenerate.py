@@ -1,0 +1,64 @@
+"""Regenerate ``inference_pb2.py`` and ``inference_pb2.pyi`` from ``inference.proto``:
+``make protos`` (``python -m server.grpc_api.regenerate``). Needs grpcio-tools (the dev extra).
+
+One change to protoc's output: the messages are built in a descriptor pool of their own, not
+protobuf's default one. tritonclient (and any other Triton or KServe client or server in Python)
+registers the same ``inference.*`` names in the default pool, and two registrations of one name
+make the second import fail: with a pool of its own, imgserve's server and those clients can
+share a process (tests, benchmarks, a user's own code)."""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+PROTO = HERE / "inference.proto"
+OUTPUTS = ("inference_pb2.py", "inference_pb2.pyi")
+
+_DEFAULT_POOL = "DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile("
+_OWN_POOL = (
+    "# imgserve: a pool of its own, not the default one (see server/grpc_api/regenerate.py).\n"
+    "POOL = _descriptor_pool.DescriptorPool()\n"
+    "DESCRIPTOR = POOL.AddSerializedFile("
+)
+
+_STUB_DESCRIPTOR = "DESCRIPTOR: _descriptor.FileDescriptor\n"
+_STUB_POOL = (
+    "from google.protobuf import descriptor_pool as _descriptor_pool\n\n"
+    "POOL: _descriptor_pool.DescriptorPool\n" + _STUB_DESCRIPTOR
+)
+
+
+def generate(out_dir: Path) -> dict[str, str]:
+    """protoc's output for ``inference.proto``, in a pool of its own: file name -> text."""
+    from grpc_tools import protoc
+
+    relative = PROTO.relative_to(ROOT)
+    code = protoc.main(["protoc", f"-I{ROOT}", f"--python_out={out_dir}", f"--pyi_out={out_dir}", str(relative)])
+    if code != 0:
+        raise RuntimeError(f"protoc failed on {relative} (exit {code})")
+    generated = {name: (out_dir / relative.parent / name).read_text() for name in OUTPUTS}
+    module = generated["inference_pb2.py"]
+    if module.count(_DEFAULT_POOL) != 1:
+        raise RuntimeError("protoc's output no longer adds its file to the default pool as expected: update this")
+    generated["inference_pb2.py"] = module.replace(_DEFAULT_POOL, _OWN_POOL)
+    stub = generated["inference_pb2.pyi"]
+    if stub.count(_STUB_DESCRIPTOR) != 1:
+        raise RuntimeError("protoc's .pyi no longer declares DESCRIPTOR as expected: update this")
+    generated["inference_pb2.pyi"] = stub.replace(_STUB_DESCRIPTOR, _STUB_POOL)
+    return generated
+
+
+def main() -> int:
+    with tempfile.TemporaryDirectory() as scratch:
+        for name, text in generate(Path(scratch)).items():
+            (HERE / name).write_text(text)
+            print(f"wrote {(HERE / name).relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
