@@ -16,7 +16,7 @@ from server.grpc_api.guard import Context, Guard
 
 SERVICES = ("", "inference.GRPCInferenceService")
 POLL_S = 0.5
-"""How often readiness is looked at; a probe sees a change within this."""
+"""How often readiness is looked at for Watch streams."""
 
 
 class ServingHealth(health.aio.HealthServicer):  # type: ignore[misc]
@@ -28,6 +28,7 @@ class ServingHealth(health.aio.HealthServicer):  # type: ignore[misc]
         self._task: asyncio.Task[None] | None = None
 
     async def Check(self, request: health_pb2.HealthCheckRequest, context: Context) -> Any:
+        await self._update()  # a probe sees readiness as it is now; watchers within POLL_S
         return await self._check(request, context)
 
     async def Watch(self, request: health_pb2.HealthCheckRequest, context: Context) -> Any:

@@ -248,7 +248,7 @@ def test_metrics_count_requests_and_batches(client: Client, photo_bytes: dict[st
 
     ok = 'imgserve_requests_total{method="POST",route="/v1/classify",status="200"}'
     assert sample(after, ok) == sample(before, ok) + 1
-    batched = 'imgserve_batch_size_sum{model="efficientnet_lite0"}'
+    batched = 'imgserve_batch_size_sum{model="efficientnet_lite0",version="1"}'
     assert sample(after, batched) == sample(before, batched) + 1
-    assert 'imgserve_queue_depth{model="efficientnet_lite0"}' in after
+    assert 'imgserve_queue_depth{model="efficientnet_lite0",version="1"}' in after
     assert "imgserve_request_duration_seconds_bucket" in after

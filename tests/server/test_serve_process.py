@@ -58,7 +58,7 @@ def test_concurrent_clients_get_correct_answers_and_bad_ones_do_not_disturb_them
     (images_batched,) = [
         float(line.rsplit(" ", 1)[1])
         for line in metrics.splitlines()
-        if line.startswith('imgserve_batch_size_sum{model="efficientnet_lite0"}')
+        if line.startswith('imgserve_batch_size_sum{model="efficientnet_lite0",version="1"}')
     ]
     assert images_batched == len(good)  # every good image ran exactly once; no bad one did
 

@@ -1,0 +1,119 @@
+"""A gRPC call's life beyond the happy path: a client that cancels while queued costs the model
+nothing, and SIGTERM drains gRPC with HTTP (calls in progress are answered, new ones refused,
+health says NOT_SERVING) before the models close."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from loadtests.server_process import free_port
+from server.grpc_api import inference_pb2 as pb
+from server.settings import BatchingSettings, Settings
+from tests.fakes import GatedRuntime
+from tests.helpers import MODEL, fake_app, poll
+from tests.live_server import live_server
+from tests.served import served_process
+from tests.server.test_workers import write_slow_model
+
+INFER = "/inference.GRPCInferenceService/ModelInfer"
+
+
+def uint8_request(model: str, first_pixel: int) -> pb.ModelInferRequest:
+    pixels = np.full((1, 8, 8, 3), first_pixel, np.uint8)
+    request = pb.ModelInferRequest(model_name=model, raw_input_contents=[pixels.tobytes()])
+    request.inputs.add(name="images", datatype="UINT8", shape=[1, 8, 8, 3])
+    return request
+
+
+def infer_stub(channel: grpc.Channel) -> Any:
+    return channel.unary_unary(
+        INFER,
+        request_serializer=pb.ModelInferRequest.SerializeToString,
+        response_deserializer=pb.ModelInferResponse.FromString,
+    )
+
+
+def test_a_call_cancelled_while_queued_never_reaches_the_model(tmp_path: Path) -> None:
+    runtime = GatedRuntime()
+    grpc_port = free_port()
+    app = fake_app(tmp_path, runtime, batching=BatchingSettings(max_batch_size=4), grpc_port=grpc_port)
+    registry = app.state.metrics.registry
+
+    def sample(name: str, **labels: str) -> float:
+        return registry.get_sample_value(name, labels) or 0.0
+
+    with live_server(app, grpc=app.state.settings), grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+        infer = infer_stub(channel)
+        warm_up = runtime.entered
+        runtime.gate.clear()
+        blocker = infer.future(uint8_request(MODEL, 1), timeout=30)
+        poll(lambda: runtime.entered == warm_up + 1)  # the model is busy with the blocker
+        queued = infer.future(uint8_request(MODEL, 2), timeout=30)
+        poll(lambda: sample("imgserve_queue_depth", model=MODEL, version="1") == 1)
+        queued.cancel()
+        # The server noticed, and gave up the work: the call's task was cancelled.
+        poll(lambda: sample("imgserve_grpc_requests_total", method=INFER, code="CANCELLED") == 1)
+        runtime.gate.set()
+        assert blocker.result(timeout=30).model_name == MODEL
+        assert queued.cancelled()
+        poll(lambda: sample("imgserve_dropped_images_total", model=MODEL, version="1", reason="abandoned") == 1)
+        later = infer(uint8_request(MODEL, 3), timeout=30)
+    assert later.model_name == MODEL
+    assert 2 not in runtime.seen and {1, 3} <= set(runtime.seen)  # the cancelled image never ran
+    assert sample("imgserve_grpc_requests_total", method=INFER, code="OK") == 2
+
+
+def in_threads(calls: list[Callable[[], Any]]) -> list[Any]:
+    with ThreadPoolExecutor(max_workers=len(calls)) as pool:
+        futures = [pool.submit(call) for call in calls]
+        return [f.result(timeout=60) for f in futures]
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_sigterm_answers_the_calls_in_progress_and_refuses_new_ones(tmp_path: Path, workers: int) -> None:
+    repository = tmp_path / "models"
+    write_slow_model(repository, fixed_s=1.0)  # each batch keeps the "device" busy for a second
+    settings = Settings(
+        model_repository=repository,
+        default_model="simulated",
+        grpc_port=free_port(),
+        drain_timeout_s=10,
+        batching=BatchingSettings(max_batch_size=1),
+    )
+    target = f"127.0.0.1:{settings.grpc_port}"
+    with served_process(settings, workers) as (_, process), grpc.insecure_channel(target) as channel:
+        infer, health = infer_stub(channel), health_pb2_grpc.HealthStub(channel)
+        assert (
+            health.Check(health_pb2.HealthCheckRequest(), timeout=10).status == health_pb2.HealthCheckResponse.SERVING
+        )
+        started = threading.Event()
+
+        def call(pixel: int) -> Any:
+            started.set()
+            return infer(uint8_request("simulated", pixel), timeout=60)
+
+        def stop_then_call() -> tuple[grpc.StatusCode, float]:
+            started.wait(10)
+            time.sleep(0.5)  # the first call is running, the others queued
+            process.send_signal(signal.SIGTERM)
+            time.sleep(0.5)
+            sent = time.monotonic()
+            with grpc.insecure_channel(target) as fresh, pytest.raises(grpc.RpcError) as refused:
+                infer_stub(fresh)(uint8_request("simulated", 9), timeout=30)
+            return refused.value.code(), time.monotonic() - sent
+
+        *answers, (code, refused_after) = in_threads([*(lambda p=p: call(p) for p in range(3)), stop_then_call])
+        assert [a.model_name for a in answers] == ["simulated"] * 3  # all three ran to the end
+        assert code == grpc.StatusCode.UNAVAILABLE and refused_after < 5  # refused, not queued
+        assert process.wait(timeout=60) in (0, -signal.SIGTERM)
