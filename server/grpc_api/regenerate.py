@@ -9,6 +9,7 @@ share a process (tests, benchmarks, a user's own code)."""
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -34,12 +35,13 @@ _STUB_POOL = (
 
 def generate(out_dir: Path) -> dict[str, str]:
     """protoc's output for ``inference.proto``, in a pool of its own: file name -> text."""
-    from grpc_tools import protoc
-
     relative = PROTO.relative_to(ROOT)
-    code = protoc.main(["protoc", f"-I{ROOT}", f"--python_out={out_dir}", f"--pyi_out={out_dir}", str(relative)])
-    if code != 0:
-        raise RuntimeError(f"protoc failed on {relative} (exit {code})")
+    # In a process of its own: protoc's compiled protobuf crashes a process that has also loaded
+    # another (TensorFlow's, in the test suite).
+    command = [sys.executable, "-m", "grpc_tools.protoc", f"-I{ROOT}", f"--python_out={out_dir}"]
+    done = subprocess.run([*command, f"--pyi_out={out_dir}", str(relative)], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"protoc failed on {relative} (exit {done.returncode}): {done.stderr}")
     generated = {name: (out_dir / relative.parent / name).read_text() for name in OUTPUTS}
     module = generated["inference_pb2.py"]
     if module.count(_DEFAULT_POOL) != 1:
