@@ -9,6 +9,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     IMGSERVE_HOST=0.0.0.0 \
     IMGSERVE_PORT=8000 \
+    IMGSERVE_GRPC_PORT=8001 \
     IMGSERVE_MODEL_REPOSITORY=/opt/imgserve/models
 
 WORKDIR /opt/imgserve
@@ -28,7 +29,7 @@ RUN imgserve build-default --repository /opt/imgserve/models \
     && chown -R imgserve /opt/imgserve/models
 USER imgserve
 
-EXPOSE 8000
+EXPOSE 8000 8001
 HEALTHCHECK --interval=10s --timeout=5s --start-period=60s CMD ["imgserve", "health"]
 ENTRYPOINT ["imgserve"]
 CMD ["serve"]

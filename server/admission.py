@@ -10,7 +10,7 @@ Three budgets, each refused at once (429 with Retry-After) when full, never queu
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Protocol
 
@@ -61,6 +61,11 @@ class Budget:
         self.what = what
         self.capacity = capacity
         self._count = count if count is not None else LocalCount()
+        self._watchers: list[Callable[[int], None]] = []
+
+    def watch(self, changed: Callable[[int], None]) -> None:
+        """Call ``changed(amount)`` with what this process takes (+) and gives back (-)."""
+        self._watchers.append(changed)
 
     @property
     def in_use(self) -> int:
@@ -73,9 +78,13 @@ class Budget:
                 f"server overloaded: {self.what} at {self.in_use} of {self.capacity}",
                 retry_after=RETRY_AFTER_S,
             )
+        for changed in self._watchers:
+            changed(amount)
 
     def give(self, amount: int) -> None:
         self._count.give(amount)
+        for changed in self._watchers:
+            changed(-amount)
 
     @contextmanager
     def held(self, amount: int) -> Iterator[None]:

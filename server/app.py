@@ -56,6 +56,7 @@ def create_app(
     metrics = Metrics()
     models = (backend or _local_backend(settings, runtime_factory))(metrics, clock)
     admission = admission or Admission(settings.limits)
+    admission.requests.watch(metrics.requests_in_progress.inc)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -1,15 +1,21 @@
 """One process's front end: uvicorn serving the app over HTTP and, when ``IMGSERVE_GRPC_PORT`` is
 set, the gRPC server beside it in the same event loop, over the same service.
 
-gRPC starts once the app has started (its service exists then) and drains with HTTP: on
-SIGTERM new gRPC calls are refused at once, calls in progress get the drain timeout, and the
-app's models close only after both protocols have finished."""
+gRPC starts once the app has started (its service exists then) and drains with HTTP. On SIGTERM:
+1. for ``IMGSERVE_DRAIN_DELAY_S``, the server says it is not ready (``/ready`` 503, gRPC health
+   NOT_SERVING) and goes on serving everything that comes, so that a load balancer takes it out
+   of rotation before it stops listening;
+2. then both listeners close: new connections are refused and new gRPC calls UNAVAILABLE;
+3. requests and calls in progress get ``IMGSERVE_DRAIN_TIMEOUT_S``; the app's models close only
+   after both protocols have finished, and the process exits."""
 
 from __future__ import annotations
 
 import logging
 import socket
 import sys
+import time
+from types import FrameType
 
 import uvicorn
 from fastapi import FastAPI
@@ -26,6 +32,24 @@ class ServingServer(uvicorn.Server):
         super().__init__(config)
         self.grpc = GrpcFrontend(app, settings, reuse_port=reuse_port) if settings.grpc_port else None
         self._app = app
+        self._drain_delay_s = settings.drain_delay_s
+        self._close_at: float | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        """The first SIGTERM or SIGINT starts the drain delay; the next one (or the delay's end)
+        closes the listeners, as uvicorn does at once without a delay."""
+        if self._close_at is not None or not self._drain_delay_s or not self.started:
+            super().handle_exit(sig, frame)
+            return
+        self._captured_signals.append(sig)  # uvicorn re-raises it once stopped: the exit status says why
+        self._close_at = time.monotonic() + self._drain_delay_s
+        self._app.state.service.drain()
+        log.info("draining: not ready from now on; serving %.1f s more before the listeners close", self._drain_delay_s)
+
+    async def on_tick(self, counter: int) -> bool:
+        if self._close_at is not None and time.monotonic() >= self._close_at:
+            self.should_exit = True
+        return await super().on_tick(counter)
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)

@@ -103,6 +103,15 @@ class Metrics:
         self.request_seconds = Histogram(
             "imgserve_request_duration_seconds", "HTTP request latency.", ["route"], buckets=LATENCY_BUCKETS, registry=r
         )
+        # What the autoscaler follows (deploy/kubernetes: the HPA and the prometheus-adapter rule):
+        # work taken in by a pod, whichever protocol and process took it. It tracks load where CPU
+        # cannot: a GPU pod waiting on its device is busy at low CPU.
+        self.requests_in_progress = Gauge(
+            "imgserve_requests_in_progress",
+            "Requests admitted and not yet answered (HTTP requests with a body, gRPC inference calls).",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         # gRPC calls, by full method name and status code name (grpc-prometheus names them alike).
         self.grpc_requests = Counter(
             "imgserve_grpc_requests_total", "gRPC calls by method and status code.", ["method", "code"], registry=r

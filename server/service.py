@@ -97,6 +97,8 @@ class Inference:
 @dataclass(frozen=True)
 class Readiness:
     ready: bool
+    """Every served version warm, and the server not draining."""
+    draining: bool
     models: dict[str, bool]
     failed: list[str]
     repository_readable: bool
@@ -114,6 +116,7 @@ class ClassificationService:
         self, catalog: ModelCatalog, admission: Admission, pool: WorkPool, metrics: Metrics, clock: Clock
     ) -> None:
         self._catalog = catalog
+        self._draining = False
         self._metrics = metrics
         self._decoded = metrics.images_decoded
         self._admission = admission
@@ -159,11 +162,17 @@ class ClassificationService:
     def readiness(self) -> Readiness:
         catalog = self._catalog
         return Readiness(
-            ready=catalog.ready,
+            ready=catalog.ready and not self._draining,
+            draining=self._draining,
             models={m.name: m.ready for m in catalog.models},
             failed=catalog.failed_models,
             repository_readable=catalog.repository_readable,
         )
+
+    def drain(self) -> None:
+        """The server is going away: from now on it says it is not ready (load balancers stop
+        sending), while it still serves what comes."""
+        self._draining = True
 
     def repository_index(self) -> RepositoryIndex:
         return RepositoryIndex(self.models(), dict(self._catalog.errors))

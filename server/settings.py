@@ -149,6 +149,13 @@ class Settings(BaseSettings):
         "float32", description="Compute precision, for runtimes that support lower ones (keras_jax)."
     )
     device: str | None = Field(None, description="Device platform for keras_jax (gpu, cpu); default: JAX's first.")
+    drain_delay_s: float = Field(
+        0.0,
+        ge=0,
+        description="On SIGTERM, how long to keep serving with /ready answering 503 (and gRPC health NOT_SERVING) "
+        "before the listeners close, so that load balancers take the server out of rotation first (Kubernetes: a "
+        "few seconds). A second SIGTERM ends the delay.",
+    )
     drain_timeout_s: float = Field(
         10.0,
         ge=0,

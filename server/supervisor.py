@@ -147,7 +147,7 @@ class Supervisor:
                     child.launch()
                 self._supervise([owner, *workers], wake_read)
             finally:
-                sock.close()  # new connections are refused at once, not left in a backlog to drain
+                sock.close()  # the supervisor's copy; each worker closes its own after its drain delay
                 self._shutdown(workers, owner)
         return 0
 
@@ -191,8 +191,10 @@ class Supervisor:
         log.error("%s (pid %d) exited with %s; restarting in %.1f s", child.name, pid, code, child.delay_s)
 
     def _shutdown(self, workers: list[_Child], owner: _Child) -> None:
+        # Each worker serves on through the drain delay (saying it is not ready), then drains.
         drain = self._settings.drain_timeout_s
-        _terminate([w for w in workers if w.process is not None], deadline=time.monotonic() + drain + 2)
+        deadline = time.monotonic() + self._settings.drain_delay_s + drain + 2
+        _terminate([w for w in workers if w.process is not None], deadline=deadline)
         if owner.process is not None:
             _terminate([owner], deadline=time.monotonic() + math.ceil(drain) + RELEASE_GRACE_S)
         log.info("stopped")

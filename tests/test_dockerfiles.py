@@ -99,6 +99,7 @@ def test_entrypoint_and_health_check_work_with_the_image_environment(name: str, 
         | {
             "IMGSERVE_HOST": "127.0.0.1",
             "IMGSERVE_PORT": str(port),
+            "IMGSERVE_GRPC_PORT": str(free_port()),
             "IMGSERVE_MODEL_REPOSITORY": str(model_repository),
         }
     )

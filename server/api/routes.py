@@ -135,6 +135,7 @@ async def ready(request: Request) -> Response:
     readiness = service_of(request).readiness()
     body = {
         "ready": readiness.ready,
+        "draining": readiness.draining,
         "models": readiness.models,
         "failed": readiness.failed,
         "repository_readable": readiness.repository_readable,
