@@ -111,7 +111,7 @@ def grpc_client(target: str, model: str, stop: threading.Event, sigterm: threadi
             try:
                 infer(request, timeout=60)
             except grpc.RpcError as exc:
-                tally.failed(f"grpc {exc.code().name}")  # type: ignore[attr-defined]
+                tally.failed(f"grpc {exc.code().name}")
                 continue
             tally.answered(after)
 
