@@ -17,6 +17,7 @@ from server.api.admit import AdmitRequests
 from server.api.body_deadline import BodyDeadline
 from server.api.error_handlers import install_error_handlers
 from server.api.middleware import RequestMetrics
+from server.api.request_log import RequestLog
 from server.api.responses import OrjsonResponse
 from server.api.routes import router
 from server.api.tfserving_routes import router as tfserving_router
@@ -127,7 +128,8 @@ def _add_middleware(
     app: FastAPI, settings: Settings, admission: Admission, metrics: Metrics, gatekeeper: Gatekeeper
 ) -> None:
     """Cheapest refusal first. Each added layer wraps the ones before it, so this runs
-    bottom-up: metrics, trusted host, CORS, access control, admission, then the body deadline."""
+    bottom-up: the request's id, metrics, trusted host, CORS, access control, admission, then the
+    body deadline."""
     app.add_middleware(BodyDeadline, timeout_s=settings.http.body_timeout_s)
     app.add_middleware(AdmitRequests, admission=admission)
     app.add_middleware(AccessControl, gatekeeper=gatekeeper, public_paths=_public_paths(settings))
@@ -138,7 +140,9 @@ def _add_middleware(
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST"],
             allow_headers=["Authorization", "Content-Type", "X-API-Key", "X-Request-Timeout-Ms",
-                           "Inference-Header-Content-Length"],
+                           "Inference-Header-Content-Length", "X-Request-ID"],
+            expose_headers=["X-Request-ID"],
         )  # fmt: skip
     app.add_middleware(TrustedHosts, hosts=settings.trusted_hosts)
-    app.add_middleware(RequestMetrics, metrics=metrics)  # outermost: counts every refusal too
+    app.add_middleware(RequestMetrics, metrics=metrics)  # counts every refusal too
+    app.add_middleware(RequestLog, access_log=settings.access_log)  # outermost: every line has the request's id

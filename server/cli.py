@@ -24,18 +24,19 @@ def _serve(args: argparse.Namespace) -> int:
             "port": args.port,
             "grpc_port": args.grpc_port,
             "model_repository": args.model_repository,
+            "access_log": args.access_log or None,
         }.items()
         if v is not None
     }
     settings = Settings(**overrides)
     workers = default_workers() if args.workers is None else args.workers
     role = "supervisor" if workers else "server"
-    configure_logging(settings.log_level, role)
+    configure_logging(settings.log_level, role, settings.log_format)
     if workers:
-        return Supervisor(settings, workers, access_log=args.access_log).run()
-    log_config = uvicorn_log_config(settings.log_level, role)
+        return Supervisor(settings, workers).run()
+    log_config = uvicorn_log_config(settings.log_level, role, settings.log_format)
     app = create_app(settings)
-    config = uvicorn_config(app, settings, access_log=args.access_log, log_config=log_config)
+    config = uvicorn_config(app, settings, log_config=log_config)
     ServingServer(config, app, settings).run()
     return 0
 
@@ -86,7 +87,11 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "--grpc-port", type=int, help="gRPC port (default 8001, or IMGSERVE_GRPC_PORT); 0 turns gRPC off"
     )
     serve.add_argument("--model-repository", type=Path, help="model repository (default ./models)")
-    serve.add_argument("--access-log", action="store_true", help="log every request (costs throughput)")
+    serve.add_argument(
+        "--access-log",
+        action="store_true",
+        help="one line per request and gRPC call (IMGSERVE_ACCESS_LOG; costs throughput)",
+    )
     serve.add_argument(
         "--workers",
         type=_worker_count,

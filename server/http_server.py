@@ -16,7 +16,6 @@ def uvicorn_config(
     app: FastAPI,
     settings: Settings,
     *,
-    access_log: bool,
     max_connections: int | None = None,
     log_config: dict[str, Any] | None = None,
 ) -> uvicorn.Config:
@@ -28,7 +27,7 @@ def uvicorn_config(
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
-        access_log=access_log,
+        access_log=False,  # imgserve writes its own access lines, with the request's id (server/access_log.py)
         # Slow and oversized clients: header limits, header and idle timeouts (server/http_protocol.py).
         http=bounded_http_protocol(settings.http),
         timeout_keep_alive=math.ceil(settings.http.keep_alive_timeout_s),  # the protocol arms the exact value

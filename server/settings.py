@@ -174,6 +174,12 @@ class Settings(BaseSettings):
     limits: LimitSettings = Field(default_factory=LimitSettings)  # type: ignore[arg-type]
     http: HttpSettings = Field(default_factory=HttpSettings)  # type: ignore[arg-type]
     log_level: str = Field("info", description="uvicorn and application log level.")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="text: one readable line per record; json: one JSON object per line, for log collectors."
+    )
+    access_log: bool = Field(
+        False, description="One line per HTTP request and gRPC call, with its id, status and time (costs throughput)."
+    )
 
     # Access control. Everything a stranger could misuse is closed unless configured.
     admin_token: SecretStr | None = Field(

@@ -86,10 +86,9 @@ def listen(host: str, port: int, backlog: int = 2048) -> socket.socket:
 
 
 class Supervisor:
-    def __init__(self, settings: Settings, workers: int, access_log: bool = False) -> None:
+    def __init__(self, settings: Settings, workers: int) -> None:
         self._settings = settings
         self._workers = workers
-        self._access_log = access_log
         self._context = multiprocessing.get_context("spawn")
         self._stopping = False
 
@@ -125,7 +124,7 @@ class Supervisor:
                 return self._spawn("model-owner", run_owner, settings, owner_socket, parent)
 
             def start_worker(i: int) -> BaseProcess:
-                args = (shares, i, sock, owner_socket, parent, shared, self._access_log)
+                args = (shares, i, sock, owner_socket, parent, shared)
                 return self._spawn(f"worker-{i}", run_worker, *args)
 
             def worker_died(i: int, pid: int) -> None:

@@ -18,11 +18,13 @@ from google.protobuf.message import DecodeError, Message
 
 from batching import BatchingError
 from model_contract.errors import ErrorKind, ServiceError
+from server.access_log import log_grpc
 from server.cpu_budget import current_account
 from server.errors import from_batching_error
 from server.gatekeeper import Access, Gatekeeper, Refused, bearer_or_key
 from server.grpc_api.status import GRPC_STATUS, Metadata, rate_limit_metadata, retry_hint
 from server.metrics import Metrics
+from server.request_context import HEADER, accepted_request_id, request_id
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +78,10 @@ def parsed(message_type: type[Req], data: bytes) -> Req:
 
 
 class Guard:
-    def __init__(self, gatekeeper: Gatekeeper, metrics: Metrics) -> None:
+    def __init__(self, gatekeeper: Gatekeeper, metrics: Metrics, *, access_log: bool = False) -> None:
         self._gatekeeper = gatekeeper
         self._metrics = metrics
+        self._access_log = access_log
 
     def wrap(self, method: str, access: Access, handler: Handler) -> Handler:
         """``handler`` behind the door: admitted, charged, its errors rendered, counted."""
@@ -86,20 +89,21 @@ class Guard:
 
         async def guarded(request: Any, context: Context) -> Any:
             started, code = time.perf_counter(), grpc.StatusCode.OK
-            metadata: Metadata = ()
+            rid = accepted_request_id(_metadata(context, HEADER))
+            id_token = request_id.set(rid)
+            metadata: Metadata = ((HEADER, rid),)
             try:
                 try:
                     admitted = self._gatekeeper.admit(access, credential_of(context), address_of(context))
-                    metadata = rate_limit_metadata(admitted.rate_limit)
-                    if metadata:
-                        context.set_trailing_metadata(metadata)
+                    metadata += rate_limit_metadata(admitted.rate_limit)
+                    context.set_trailing_metadata(metadata)
                     token = current_account.set(admitted.account)
                     try:
                         return await handler(request, context)
                     finally:
                         current_account.reset(token)
                 except Refused as refused:
-                    metadata = rate_limit_metadata(refused.rate_limit)
+                    metadata += rate_limit_metadata(refused.rate_limit)
                     raise refused.error from None
                 except BatchingError as exc:
                     raise from_batching_error(exc) from exc
@@ -115,7 +119,11 @@ class Guard:
                 code = grpc.StatusCode.INTERNAL
                 await context.abort(code, "internal server error", metadata)
             finally:
+                elapsed = time.perf_counter() - started
                 calls.labels(method, code.name).inc()
-                seconds.observe(time.perf_counter() - started)
+                seconds.observe(elapsed)
+                if self._access_log:
+                    log_grpc(method, code.name, elapsed, address_of(context))
+                request_id.reset(id_token)
 
         return guarded

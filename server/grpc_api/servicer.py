@@ -196,7 +196,7 @@ class InferenceServicer:
             version=None if not request.model_version else model.version,
             tensors=list(images) if isinstance(images, np.ndarray) else None,
             encoded=images if isinstance(images, list) else None,
-            timeout_s=_timeout_s(parsed.timeout_us, context),
+            timeout_s=call_timeout_s(parsed.timeout_us, context),
             top_k=max((out.classification for out in parsed.outputs), default=0) or None,
         )
         served = inference.model
@@ -213,7 +213,7 @@ class InferenceServicer:
         )
 
 
-def _timeout_s(timeout_us: float | None, context: Context) -> float | None:
+def call_timeout_s(timeout_us: float | None, context: Context) -> float | None:
     """The sooner of the request's ``timeout`` parameter and the call's gRPC deadline: a client
     may shorten the server's deadline either way, never lengthen it (the service caps both)."""
     remaining = context.time_remaining()

@@ -32,6 +32,7 @@ from server.ipc.snapshot import take_snapshot
 from server.local_models import LocalModels, build_registry
 from server.metrics import Metrics
 from server.registry import ModelRegistry
+from server.request_context import request_id
 from server.runtimes import load_runtime
 from server.runtimes.base import RuntimeFactory
 from server.settings import Settings
@@ -181,6 +182,8 @@ class ModelOwner:
         task.add_done_callback(cancelled)
 
     async def _answer(self, worker: _Worker, request: int, work: Work, header: frames.Header) -> None:
+        rid = header.get("rid")
+        request_id.set(rid if isinstance(rid, str) else None)  # this task's own context
         try:
             answer, payload = await work(worker, header)
         except asyncio.CancelledError:

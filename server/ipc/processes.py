@@ -34,7 +34,7 @@ def _start_process(settings: Settings, role: str) -> None:
     # Out of the supervisor's process group: a terminal's Ctrl-C (sent to the whole group) must
     # reach only the supervisor, which stops the workers first and the owner last.
     os.setpgid(0, 0)
-    configure_logging(settings.log_level, role)
+    configure_logging(settings.log_level, role, settings.log_format)
 
 
 def run_owner(settings: Settings, socket_path: Path, parent: int) -> None:
@@ -74,7 +74,6 @@ def run_worker(
     socket_path: Path,
     parent: int,
     shared: SharedLimits,
-    access_log: bool,
 ) -> None:
     """A front-end worker's main: HTTP on the shared socket, models through the owner."""
     from server.app import create_app
@@ -96,8 +95,8 @@ def run_worker(
         admission=shared.admission(index),
         rate_limiter=shared.rate_limiter(index, settings.rate_limit),
     )
-    log_config = uvicorn_log_config(settings.log_level, role)
-    config = uvicorn_config(app, settings, access_log=access_log, log_config=log_config)
+    log_config = uvicorn_log_config(settings.log_level, role, settings.log_format)
+    config = uvicorn_config(app, settings, log_config=log_config)
     server = ServingServer(config, app, settings, reuse_port=True)  # gRPC: every worker on one port
 
     async def main() -> None:

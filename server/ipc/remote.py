@@ -28,6 +28,7 @@ from server.ipc.errors import decode_error
 from server.ipc.slots import SharedMemoryFull, SlotRing, SlotsExhausted
 from server.ipc.snapshot import CatalogSnapshot, VersionInfo, read_snapshot
 from server.metrics import Metrics
+from server.request_context import request_id
 from server.result_cache import CachedResults, ResultCache
 from server.serving import Compute, Offload, pick_version
 
@@ -237,6 +238,7 @@ class RemoteModel:
             "ring_slots": ring.count,
             "slots": slots,
             "deadline": deadline,
+            "rid": request_id.get(),  # the owner's log lines for it carry its id too
         }
         # Past its deadline a request only waits for the batch it is in: a reply that never
         # comes (an owner stuck in a runtime) must not hold the request and its budgets forever.

@@ -5,6 +5,7 @@ process's handlers for the rest of the suite."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -75,3 +76,43 @@ def test_roles_and_levels_are_checked() -> None:
     with pytest.raises(ValueError, match="log level"):
         uvicorn_log_config("loud", "worker-1")
     assert uvicorn_log_config("TRACE", "worker-1")["root"]["level"] == 5
+
+
+JSON_CHILD = """
+import logging, os, sys
+from server.process_logging import configure_logging
+from server.request_context import request_id
+
+configure_logging("info", "worker-3", "json")
+logging.getLogger("server.app").info("plain line")
+request_id.set("req-42")
+logging.getLogger("server.service").warning("inside a request", extra={"status": 503})
+os.write(2, b"a C++ library writing to the descriptor itself\\n")
+try:
+    1 / 0
+except ZeroDivisionError:
+    logging.getLogger("server.app").exception("it broke")
+"""
+
+
+def test_json_lines_parse_one_by_one_and_carry_the_request_id() -> None:
+    done = subprocess.run([sys.executable, "-c", JSON_CHILD], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in done.stderr.splitlines()]  # every line, or this raises
+    assert all(isinstance(line, dict) and line["role"] == "worker-3" for line in lines)
+    by_message = {line["message"]: line for line in lines}
+    plain = by_message["plain line"]
+    assert (plain["level"], plain["logger"], plain["pid"]) == ("INFO", "server.app", done_pid(lines))
+    assert "request_id" not in plain
+    inside = by_message["inside a request"]
+    assert (inside["request_id"], inside["status"], inside["level"]) == ("req-42", 503, "WARNING")
+    foreign = by_message["a C++ library writing to the descriptor itself"]
+    assert foreign["logger"] == "stderr"
+    broke = by_message["it broke"]
+    assert "ZeroDivisionError" in broke["exc_info"] and broke["request_id"] == "req-42"
+    assert all("T" in line["time"] and line["time"].endswith("+00:00") for line in lines)
+
+
+def done_pid(lines: list[dict[str, object]]) -> object:
+    (pid,) = {line["pid"] for line in lines}
+    return pid

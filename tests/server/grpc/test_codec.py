@@ -11,7 +11,7 @@ import pytest
 from model_contract.errors import ErrorKind, ServiceError
 from server.grpc_api import inference_pb2 as pb
 from server.grpc_api.codec import decode_request, encode_infer_response, parse_infer
-from server.grpc_api.servicer import typed_numbers
+from server.grpc_api.servicer import call_timeout_s, typed_numbers
 from server.top_k import Prediction
 from server.v2_codec import RequestedOutput, TensorLimits, pack_bytes_elements
 
@@ -134,3 +134,28 @@ def test_typed_numbers_stops_early_on_a_message_no_client_sends() -> None:
     many = b"\x1a\x00" * 100_000  # field 3 (id), empty, over and over
     assert typed_numbers(many + request(typed=False).SerializeToString())
     assert typed_numbers(b"\x80")  # a truncated varint
+
+
+class _Deadline:
+    def __init__(self, remaining: float | None) -> None:
+        self.remaining = remaining
+
+    def time_remaining(self) -> float | None:
+        return self.remaining
+
+
+@pytest.mark.parametrize(
+    ("timeout_us", "remaining", "expected"),
+    [(None, None, None), (None, 0.25, 0.25), (100.0, 5.0, 0.0001), (2e6, 0.5, 0.5)],
+    ids=["neither", "call-deadline", "parameter-sooner", "call-deadline-sooner"],
+)
+def test_the_sooner_of_the_timeout_parameter_and_the_calls_deadline_is_the_requests(
+    timeout_us: float | None, remaining: float | None, expected: float | None
+) -> None:
+    assert call_timeout_s(timeout_us, _Deadline(remaining)) == expected  # type: ignore[arg-type]
+
+
+def test_a_call_that_arrives_past_its_deadline_is_refused() -> None:
+    with pytest.raises(ServiceError) as late:
+        call_timeout_s(None, _Deadline(0.0))  # type: ignore[arg-type]
+    assert late.value.kind is ErrorKind.TIMEOUT

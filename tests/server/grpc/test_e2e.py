@@ -267,12 +267,14 @@ def test_concurrent_clients_get_their_own_answers(server: tuple[str, str], coffe
     assert all(t in PHOTOS["chelsea"]["top1"] for t in tops[1::2])  # type: ignore[operator]
 
 
-def test_the_grpc_deadline_is_the_requests_deadline(
+def test_a_deadline_too_short_for_the_model_ends_the_call(
     client: triton_grpc.InferenceServerClient, coffee_and_cat: np.ndarray
 ) -> None:
-    """A deadline too short to reach the model: the call ends DEADLINE_EXCEEDED, either by the
-    client's own clock or by the server, which counts the call's deadline as the request's."""
+    """DEADLINE_EXCEEDED (the client's clock or the server's, which takes the call's deadline
+    for the request's), or, once the server's latency model knows the model's speed, refused at
+    once as unable to make it (UNAVAILABLE, as HTTP's 429). Never run, never an error of ours."""
     with pytest.raises(InferenceServerException) as expired:
         client.infer(MODEL, [uint8_input(triton_grpc, coffee_and_cat)], client_timeout=0.0005)
-    assert expired.value.status() == "StatusCode.DEADLINE_EXCEEDED"
+    status, message = expired.value.status(), expired.value.message()
+    assert status == "StatusCode.DEADLINE_EXCEEDED" or (status == "StatusCode.UNAVAILABLE" and "deadline" in message)
     assert client.infer(MODEL, [uint8_input(triton_grpc, coffee_and_cat)]).as_numpy("probabilities").shape == (2, 1000)

@@ -74,6 +74,38 @@ def test_a_call_cancelled_while_queued_never_reaches_the_model(tmp_path: Path) -
     assert sample("imgserve_grpc_requests_total", method=INFER, code="OK") == 2
 
 
+def test_a_call_whose_deadline_passes_while_queued_never_runs(tmp_path: Path) -> None:
+    """Long before the server's own 10 s deadline: once the model is free, the call is gone."""
+    runtime = GatedRuntime()
+    grpc_port = free_port()
+    app = fake_app(tmp_path, runtime, batching=BatchingSettings(max_batch_size=4), grpc_port=grpc_port)
+    registry = app.state.metrics.registry
+
+    def expired() -> float:
+        labels = {"model": MODEL, "version": "1", "reason": "expired"}
+        return registry.get_sample_value("imgserve_dropped_images_total", labels) or 0.0
+
+    with live_server(app, grpc=app.state.settings), grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+        infer = infer_stub(channel)
+        warm_up = runtime.entered
+        runtime.gate.clear()
+        blocker = infer.future(uint8_request(MODEL, 1), timeout=30)
+        poll(lambda: runtime.entered == warm_up + 1)
+        with pytest.raises(grpc.RpcError) as late:
+            infer(uint8_request(MODEL, 2), timeout=0.5)
+        assert late.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        time.sleep(0.5)  # the server's deadline for it has passed too by now
+        runtime.gate.set()
+        assert blocker.result(timeout=30).model_name == MODEL
+        poll(lambda: expired() + abandoned(registry) >= 1)
+    assert 2 not in runtime.seen
+
+
+def abandoned(registry: Any) -> float:
+    labels = {"model": MODEL, "version": "1", "reason": "abandoned"}
+    return registry.get_sample_value("imgserve_dropped_images_total", labels) or 0.0
+
+
 def in_threads(calls: list[Callable[[], Any]]) -> list[Any]:
     with ThreadPoolExecutor(max_workers=len(calls)) as pool:
         futures = [pool.submit(call) for call in calls]
