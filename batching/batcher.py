@@ -123,20 +123,26 @@ class MicroBatcher(Generic[T, R]):
         (future,) = self._admit([item], deadline)
         return await future
 
-    async def submit_many(self, items: Sequence[T], *, deadline: float | None = None) -> list[R]:
+    async def submit_many(
+        self, items: Sequence[T], *, deadline: float | None = None, on_start: Callable[[float], None] | None = None
+    ) -> list[R]:
         """Queue several items at once, all or none, and return their results in order.
 
         They queue back to back, so a request larger than ``max_batch_size`` is cut across
         consecutive batches. The first failure is raised, and the rest are withdrawn.
+        ``on_start`` is told the batcher's time whenever a batch holding some of them starts
+        (more than once when they span batches): where their queueing ended, for tracing.
         """
-        futures = self._admit(items, deadline)
+        futures = self._admit(items, deadline, on_start)
         try:
             return list(await asyncio.gather(*futures))
         finally:
             for future in futures:
                 future.cancel()  # no-op on the finished ones; drops the rest from the queue
 
-    def _admit(self, items: Sequence[T], deadline: float | None) -> list[asyncio.Future[R]]:
+    def _admit(
+        self, items: Sequence[T], deadline: float | None, on_start: Callable[[float], None] | None = None
+    ) -> list[asyncio.Future[R]]:
         if self._closing or self._task is None:
             raise BatcherClosed("the batcher is not accepting work")
         costs = [self._cost(item) for item in items]
@@ -155,7 +161,7 @@ class MicroBatcher(Generic[T, R]):
         futures: list[asyncio.Future[R]] = []
         for item, cost in zip(items, costs, strict=True):
             future: asyncio.Future[R] = loop.create_future()
-            self._pending.append(Pending(item, cost, now, deadline, future))
+            self._pending.append(Pending(item, cost, now, deadline, future, on_start))
             futures.append(future)
         self._queued_cost += total
         self._arrivals.arrival(now, total)
@@ -248,6 +254,8 @@ class MicroBatcher(Generic[T, R]):
     async def _execute(self, batch: list[Pending[T]]) -> None:
         started = self._clock.now()
         waits = [started - p.enqueued_at for p in batch]
+        for told in {p.on_start for p in batch if p.on_start is not None}:
+            told(started)
         size = sum(p.cost for p in batch)
         try:
             results = await self._run_batch([p.item for p in batch])

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Any, Generic, Sequence, TypeVar
+from typing import Any, Callable, Generic, Sequence, TypeVar
 
 from batching.config import BatchingConfig
 
@@ -23,6 +23,8 @@ class Pending(Generic[T]):
     enqueued_at: float
     deadline: float | None = None
     future: asyncio.Future[Any] | None = field(default=None, repr=False)
+    on_start: Callable[[float], None] | None = field(default=None, repr=False)
+    """Told the batcher's time when the item's batch starts running (for tracing)."""
 
     @property
     def abandoned(self) -> bool:

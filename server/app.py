@@ -21,6 +21,7 @@ from server.api.request_log import RequestLog
 from server.api.responses import OrjsonResponse
 from server.api.routes import router
 from server.api.tfserving_routes import router as tfserving_router
+from server.api.tracing import TraceRequests
 from server.api.v2_routes import router as v2_router
 from server.api_keys import ApiKeys
 from server.cpu_budget import CpuBudgets
@@ -33,6 +34,7 @@ from server.runtimes.base import RuntimeFactory
 from server.service import ClassificationService
 from server.serving import ModelBackend
 from server.settings import Settings
+from server.tracing import Tracing, tracing_from_environment
 from server.work_pool import WorkPool
 
 BackendFactory = Callable[[Metrics, Clock], ModelBackend]
@@ -47,6 +49,7 @@ def create_app(
     backend: BackendFactory | None = None,
     admission: Admission | None = None,
     rate_limiter: RateLimiter | None = None,
+    tracing: Tracing | None = None,
 ) -> FastAPI:
     """The composition root. By default the models live in this process (a registry over
     ``settings.model_repository``, run by ``runtime_factory``); a front-end worker passes
@@ -54,6 +57,7 @@ def create_app(
     shares with the other workers. ``clock`` times request deadlines and every model's batcher
     alike (tests pass a manual one)."""
     clock = clock or MonotonicClock()
+    tracing = tracing or tracing_from_environment()
     metrics = Metrics()
     models = (backend or _local_backend(settings, runtime_factory))(metrics, clock)
     admission = admission or Admission(settings.limits)
@@ -64,7 +68,7 @@ def create_app(
         # A parse peaks at about 25x its JSON body's size (nested lists of Python objects).
         worker_memory = max(1 << 30, 64 * settings.limits.max_body_bytes)
         pool = WorkPool(threads=settings.decode_threads or os.cpu_count() or 1, worker_memory_bytes=worker_memory)
-        app.state.service = ClassificationService(models.catalog, admission, pool, metrics, clock)
+        app.state.service = ClassificationService(models.catalog, admission, pool, metrics, clock, tracing)
         # Load in the background: /health answers at once, /ready turns true after warm-up.
         await models.start()
         try:
@@ -90,6 +94,7 @@ def create_app(
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.before_close = []  # awaited at shutdown before the models close: gRPC's drain
+    app.state.tracing = tracing
     # What every protocol admits by: the gRPC services (server/grpc_api) take them from here.
     app.state.admission = admission
     app.state.gatekeeper = gatekeeper = Gatekeeper(
@@ -103,7 +108,7 @@ def create_app(
     app.include_router(v2_router)
     app.include_router(tfserving_router)
     install_error_handlers(app)
-    _add_middleware(app, settings, admission, metrics, gatekeeper)
+    _add_middleware(app, settings, admission, metrics, gatekeeper, tracing)
     return app
 
 
@@ -125,11 +130,11 @@ def _public_paths(settings: Settings) -> frozenset[str]:
 
 
 def _add_middleware(
-    app: FastAPI, settings: Settings, admission: Admission, metrics: Metrics, gatekeeper: Gatekeeper
+    app: FastAPI, settings: Settings, admission: Admission, metrics: Metrics, gatekeeper: Gatekeeper, tracing: Tracing
 ) -> None:
     """Cheapest refusal first. Each added layer wraps the ones before it, so this runs
-    bottom-up: the request's id, metrics, trusted host, CORS, access control, admission, then the
-    body deadline."""
+    bottom-up: the request's id, its trace span (when tracing is on), metrics, trusted host, CORS,
+    access control, admission, then the body deadline."""
     app.add_middleware(BodyDeadline, timeout_s=settings.http.body_timeout_s)
     app.add_middleware(AdmitRequests, admission=admission)
     app.add_middleware(AccessControl, gatekeeper=gatekeeper, public_paths=_public_paths(settings))
@@ -145,4 +150,6 @@ def _add_middleware(
         )  # fmt: skip
     app.add_middleware(TrustedHosts, hosts=settings.trusted_hosts)
     app.add_middleware(RequestMetrics, metrics=metrics)  # counts every refusal too
+    if tracing.enabled:
+        app.add_middleware(TraceRequests, tracing=tracing)
     app.add_middleware(RequestLog, access_log=settings.access_log)  # outermost: every line has the request's id

@@ -16,7 +16,7 @@ from model_contract.preprocess import PreprocessSpec
 from server.batch_runner import BatchRunner
 from server.metrics import ModelBatchMetrics
 from server.result_cache import CachedResults
-from server.serving import Compute, Offload
+from server.serving import Compute, Offload, OnStart
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +85,10 @@ class ModelInstance:
         self.ready = True
         log.info("model %s v%d warm for batch sizes %s", self.name, self.version, list(self.batching.batch_shapes))
 
-    async def infer_many(self, tensors: Sequence[np.ndarray], deadline: float | None) -> list[np.ndarray]:
-        return await self._batcher.submit_many(tensors, deadline=deadline)
+    async def infer_many(
+        self, tensors: Sequence[np.ndarray], deadline: float | None, on_start: OnStart | None = None
+    ) -> list[np.ndarray]:
+        return await self._batcher.submit_many(tensors, deadline=deadline, on_start=on_start)
 
     async def remembered(self, encoded: bytes, compute: Compute, offload: Offload) -> np.ndarray:
         if self._results is None:

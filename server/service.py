@@ -33,6 +33,7 @@ from server.model_statistics import ModelStatistics, read_statistics
 from server.serving import ModelCatalog, ServedModel
 from server.settings import LimitSettings
 from server.top_k import Prediction, check_top_k, top_k
+from server.tracing import Tracing
 from server.work_pool import WorkPool
 
 log = logging.getLogger(__name__)
@@ -113,9 +114,16 @@ class RepositoryIndex:
 
 class ClassificationService:
     def __init__(
-        self, catalog: ModelCatalog, admission: Admission, pool: WorkPool, metrics: Metrics, clock: Clock
+        self,
+        catalog: ModelCatalog,
+        admission: Admission,
+        pool: WorkPool,
+        metrics: Metrics,
+        clock: Clock,
+        tracing: Tracing | None = None,
     ) -> None:
         self._catalog = catalog
+        self._tracing = tracing or Tracing()
         self._draining = False
         self._metrics = metrics
         self._decoded = metrics.images_decoded
@@ -243,10 +251,27 @@ class ClassificationService:
 
     async def _decode_all(self, model: ServedModel, images: Sequence[bytes]) -> list[np.ndarray]:
         """All or nothing: the first bad image withdraws its siblings' decodes."""
-        return await self._pool.run_all([partial(self._decode, model, data) for data in images])
+        with self._tracing.span("decode"):
+            return await self._pool.run_all([partial(self._decode, model, data) for data in images])
 
     async def _decode_each(self, model: ServedModel, images: Sequence[bytes]) -> list[np.ndarray | ServiceError]:
-        return await self._pool.run_all([partial(self._decode_outcome, model, data) for data in images])
+        with self._tracing.span("decode"):
+            return await self._pool.run_all([partial(self._decode_outcome, model, data) for data in images])
+
+    async def _run(self, model: ServedModel, tensors: Sequence[np.ndarray], deadline: float) -> list[np.ndarray]:
+        """The model's outputs for ``tensors``; traced as the time queued, then the batch's run."""
+        if not self._tracing.enabled:
+            return await model.infer_many(tensors, deadline)
+        submitted, starts = self._clock.now(), list[float]()
+        try:
+            return await model.infer_many(tensors, deadline, on_start=starts.append)
+        finally:
+            ended = self._clock.now()
+            started = min(starts, default=ended)
+            what = {"imgserve.model": model.name, "imgserve.version": model.version, "imgserve.images": len(tensors)}
+            self._tracing.record("queue", submitted, started, self._clock, what)
+            if starts:
+                self._tracing.record("batch", started, ended, self._clock, what)
 
     @contextmanager
     def _model_errors(self, model: ServedModel) -> Iterator[None]:
@@ -307,7 +332,7 @@ class ClassificationService:
                 with self._admission.images_held(1, model.max_queue_size):
                     (tensor,) = await self._decode_all(model, [data])
                     with self._model_errors(model):
-                        (probabilities,) = await model.infer_many([tensor], deadline)
+                        (probabilities,) = await self._run(model, [tensor], deadline)
                 return probabilities
 
             return self._classification(model, await model.remembered(data, decode_and_infer, self._pool.run), k)
@@ -343,7 +368,7 @@ class ClassificationService:
                         ErrorKind.INVALID_PARAMETER, f"each image must be {dtype} of shape {list(shape)}"
                     )
                 with self._model_errors(model):
-                    rows = await model.infer_many(batch, deadline)
+                    rows = await self._run(model, batch, deadline)
             classes = [] if top_k is None else [self._classification(model, row, top_k).predictions for row in rows]
             return Inference(self._describe(model), np.stack(rows), classes)
 
@@ -373,7 +398,7 @@ class ClassificationService:
         rows: list[np.ndarray] = []
         if tensors:
             with self._model_errors(model):
-                rows = await model.infer_many(tensors, deadline)
+                rows = await self._run(model, tensors, deadline)
         answers = iter(rows)
         return [
             item if isinstance(item, ServiceError) else self._classification(model, next(answers), k)

@@ -20,6 +20,7 @@ from model_contract.preprocess import PreprocessSpec
 Compute = Callable[[], Awaitable[np.ndarray]]
 Offload = Callable[[Callable[[], bytes]], Awaitable[bytes]]
 """Runs a call off the event loop and returns its result."""
+OnStart = Callable[[float], None]
 
 
 class ServedModel(Protocol):
@@ -62,8 +63,11 @@ class ServedModel(Protocol):
     @property
     def max_batch_size(self) -> int: ...
 
-    async def infer_many(self, tensors: Sequence[np.ndarray], deadline: float | None) -> list[np.ndarray]:
+    async def infer_many(
+        self, tensors: Sequence[np.ndarray], deadline: float | None, on_start: OnStart | None = None
+    ) -> list[np.ndarray]:
         """One output per input tensor, in order. ``deadline`` is on the clock the app was given.
+        ``on_start`` is told (on that clock) when the tensors' batch starts running, for tracing.
 
         Raises the batcher's errors (``Overloaded``, ``DeadlineExceeded``, ``BatcherClosed`` when
         this version was retired, ...) or what the runtime raised for one of the tensors.

@@ -232,8 +232,10 @@ class FakeModel:
         """Let the oldest held batch finish."""
         self.runner.release()
 
-    async def infer_many(self, tensors: Sequence[np.ndarray], deadline: float | None) -> list[np.ndarray]:
-        result: list[np.ndarray] = await self._batcher.submit_many(tensors, deadline=deadline)
+    async def infer_many(
+        self, tensors: Sequence[np.ndarray], deadline: float | None, on_start: Any = None
+    ) -> list[np.ndarray]:
+        result: list[np.ndarray] = await self._batcher.submit_many(tensors, deadline=deadline, on_start=on_start)
         return result
 
     async def remembered(self, encoded: bytes, compute: Any, offload: Any) -> np.ndarray:

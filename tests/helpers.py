@@ -123,6 +123,7 @@ def fake_app(
     runtime: GatedRuntime,
     model_config: dict[str, Any] | None = None,
     clock: Clock | None = None,
+    tracing: Any = None,
     **settings: Any,
 ) -> Any:
     """The real app over a repository of the fake model, every version run by ``runtime``."""
@@ -133,14 +134,14 @@ def fake_app(
         return runtime
 
     if not SPLIT:
-        return create_app(config, runtime_factory=factory, clock=clock)
+        return create_app(config, runtime_factory=factory, clock=clock, tracing=tracing)
     # A short path: a Unix socket's path is limited to about 100 bytes.
     socket = Path(tempfile.mkdtemp(prefix="imgserve-test-")) / "owner.sock"
 
     def split(metrics: Any, app_clock: Clock) -> InLoopSplit:
         return InLoopSplit(config, factory, app_clock, metrics, socket)
 
-    return create_app(config, clock=clock, backend=split)
+    return create_app(config, clock=clock, backend=split, tracing=tracing)
 
 
 def is_ready(app: Any) -> bool:

@@ -25,6 +25,7 @@ from server.gatekeeper import Access, Gatekeeper, Refused, bearer_or_key
 from server.grpc_api.status import GRPC_STATUS, Metadata, rate_limit_metadata, retry_hint
 from server.metrics import Metrics
 from server.request_context import HEADER, accepted_request_id, request_id
+from server.tracing import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -78,10 +79,13 @@ def parsed(message_type: type[Req], data: bytes) -> Req:
 
 
 class Guard:
-    def __init__(self, gatekeeper: Gatekeeper, metrics: Metrics, *, access_log: bool = False) -> None:
+    def __init__(
+        self, gatekeeper: Gatekeeper, metrics: Metrics, *, access_log: bool = False, tracing: Tracing | None = None
+    ) -> None:
         self._gatekeeper = gatekeeper
         self._metrics = metrics
         self._access_log = access_log
+        self._tracing = tracing or Tracing()
 
     def wrap(self, method: str, access: Access, handler: Handler) -> Handler:
         """``handler`` behind the door: admitted, charged, its errors rendered, counted."""
@@ -99,7 +103,11 @@ class Guard:
                     context.set_trailing_metadata(metadata)
                     token = current_account.set(admitted.account)
                     try:
-                        return await handler(request, context)
+                        if not self._tracing.enabled:
+                            return await handler(request, context)
+                        carrier = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
+                        with self._tracing.request(method, carrier, {"rpc.system": "grpc", "rpc.method": method}):
+                            return await handler(request, context)
                     finally:
                         current_account.reset(token)
                 except Refused as refused:

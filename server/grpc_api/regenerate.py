@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -52,6 +53,30 @@ def generate(out_dir: Path) -> dict[str, str]:
         raise RuntimeError("protoc's .pyi no longer declares DESCRIPTOR as expected: update this")
     generated["inference_pb2.pyi"] = stub.replace(_STUB_DESCRIPTOR, _STUB_POOL)
     return generated
+
+
+def descriptor(out_dir: Path) -> bytes:
+    """What protoc makes of ``inference.proto`` (a serialized ``FileDescriptorProto``): the stubs
+    embed the same, whatever protoc version generated them."""
+    from google.protobuf import descriptor_pb2
+
+    relative, target = PROTO.relative_to(ROOT), out_dir / "inference.binpb"
+    command = [sys.executable, "-m", "grpc_tools.protoc", f"-I{ROOT}", f"--descriptor_set_out={target}", str(relative)]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"protoc failed on {relative} (exit {done.returncode}): {done.stderr}")
+    (file,) = descriptor_pb2.FileDescriptorSet.FromString(target.read_bytes()).file
+    for message in file.message_type:
+        _without_json_names(message)  # protoc writes them into a descriptor set, not into stubs
+    serialized: bytes = file.SerializeToString()
+    return serialized
+
+
+def _without_json_names(message: Any) -> None:
+    for field in message.field:
+        field.ClearField("json_name")
+    for nested in message.nested_type:
+        _without_json_names(nested)
 
 
 def main() -> int:

@@ -102,7 +102,7 @@ class GrpcFrontend:
         server = grpc.aio.server(
             options=_options(settings, self._reuse_port), maximum_concurrent_rpcs=settings.http.max_connections
         )
-        guard = Guard(state.gatekeeper, state.metrics, access_log=settings.access_log)
+        guard = Guard(state.gatekeeper, state.metrics, access_log=settings.access_log, tracing=state.tracing)
         probes = Access.PUBLIC if settings.public_probes else Access.CLIENT
         servicer = InferenceServicer(
             service, state.admission, body_timeout_s=settings.http.body_timeout_s, server_version=self._app.version

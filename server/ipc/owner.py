@@ -210,9 +210,11 @@ class ModelOwner:
             dtype = np.dtype(manifest.input.dtype)
             ring = AttachedRing(header["ring"], manifest.item_shape, dtype, int(header["ring_slots"]))
             worker.rings[header["ring"]] = ring
-        outputs = await model.infer_many(ring.views(header["slots"]), header["deadline"])
+        starts: list[float] = []
+        outputs = await model.infer_many(ring.views(header["slots"]), header["deadline"], on_start=starts.append)
         stacked = np.ascontiguousarray(np.stack(outputs))
-        return {"op": "result", "dtype": stacked.dtype.str, "shape": list(stacked.shape)}, stacked.tobytes()
+        answer = {"op": "result", "dtype": stacked.dtype.str, "shape": list(stacked.shape), "started": min(starts)}
+        return answer, stacked.tobytes()
 
     async def _reload(self, worker: _Worker, header: frames.Header) -> tuple[frames.Header, bytes]:
         assert self.registry is not None

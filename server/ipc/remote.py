@@ -30,7 +30,7 @@ from server.ipc.snapshot import CatalogSnapshot, VersionInfo, read_snapshot
 from server.metrics import Metrics
 from server.request_context import request_id
 from server.result_cache import CachedResults, ResultCache
-from server.serving import Compute, Offload, pick_version
+from server.serving import Compute, Offload, OnStart, pick_version
 
 log = logging.getLogger(__name__)
 
@@ -224,7 +224,9 @@ class RemoteModel:
     def preprocessing(self) -> PreprocessSpec:
         return self._info.manifest.preprocessing
 
-    async def infer_many(self, tensors: Sequence[np.ndarray], deadline: float | None) -> list[np.ndarray]:
+    async def infer_many(
+        self, tensors: Sequence[np.ndarray], deadline: float | None, on_start: OnStart | None = None
+    ) -> list[np.ndarray]:
         ring = self._rings.ring_for(self._info)
         try:
             slots = ring.put(list(tensors))
@@ -246,6 +248,8 @@ class RemoteModel:
         release = partial(self._rings.release, ring, slots)
         answer, payload = await self._link.call(header, release=release, timeout_s=timeout)
         rows = np.frombuffer(payload, dtype=np.dtype(answer["dtype"])).reshape(answer["shape"])
+        if on_start is not None and isinstance(answer.get("started"), float):
+            on_start(answer["started"])  # the owner's monotonic clock is this host's, as deadlines are
         return list(rows)
 
     async def remembered(self, encoded: bytes, compute: Compute, offload: Offload) -> np.ndarray:

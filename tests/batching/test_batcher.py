@@ -366,3 +366,29 @@ def test_a_request_that_cannot_make_its_deadline_is_refused_at_once() -> None:
         await batcher.close(drain_timeout=1)
 
     run(scenario)
+
+
+def test_on_start_tells_when_the_items_batches_start() -> None:
+    """Where queueing ends, for tracing: the batcher's time each batch holding the items starts."""
+
+    async def scenario() -> None:
+        clock, runner = ManualClock(start=100.0), FakeRunner(hold=True)
+        batcher, _ = make(runner, clock, max_batch_size=2)
+        first = asyncio.ensure_future(batcher.submit(1))
+        await settle()
+        starts: list[float] = []
+        queued = asyncio.ensure_future(batcher.submit_many([2, 3, 4], on_start=starts.append))
+        await settle()
+        assert starts == []  # still queued behind the running batch
+        clock.advance(1.5)
+        runner.release()  # the first batch ends; [2, 3] start at 101.5
+        await settle()
+        clock.advance(0.5)
+        runner.release()  # [4] starts at 102.0
+        await settle()
+        runner.release()
+        assert await queued == [20, 30, 40] and await first == 10
+        assert starts == [101.5, 102.0]
+        await batcher.close(drain_timeout=1)
+
+    run(scenario)
