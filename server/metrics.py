@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import time
+from functools import partial
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -25,9 +26,11 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    ProcessCollector,
     generate_latest,
     values,
 )
+from prometheus_client.registry import Collector
 from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
@@ -231,10 +234,11 @@ class Metrics:
             multiprocess_mode="liveall",
         )
         if directory is None:
+            ProcessCollector(registry=r)  # the standard process_* metrics of this one process
             self._exposition = r
         else:
             self._exposition = CollectorRegistry()
-            MultiProcessCollector(self._exposition, str(directory))  # type: ignore[no-untyped-call]
+            self._exposition.register(_ServerProcesses(directory))
             _process_metrics[os.getpid()] = self
 
     def batch_observer(self, model: str, version: int) -> ModelBatchMetrics:
@@ -324,3 +328,32 @@ class ModelBatchMetrics:
     def latency_model(self, per_item: float, fixed: float) -> None:
         self._per_item.set(per_item)
         self._fixed.set(fixed)
+
+
+class _ServerProcesses(Collector):
+    """Multiprocess mode: every process's samples merged, and the standard ``process_*`` metrics
+    (CPU, memory, file descriptors, start time) of every live process of the server, read from
+    /proc and labelled by the process's role and pid, as ``imgserve_process_start_time_seconds``
+    lists them. A scrape reaches one worker; it reports them all."""
+
+    def __init__(self, directory: Path) -> None:
+        self._merged = MultiProcessCollector(None, str(directory))  # type: ignore[no-untyped-call]
+
+    def collect(self) -> Iterable[Metric]:
+        families = list(self._merged.collect())  # type: ignore[no-untyped-call]
+        yield from families
+        live = [
+            (sample.labels.get("role", ""), sample.labels.get("pid", ""))
+            for family in families
+            if family.name == "imgserve_process_start_time_seconds"
+            for sample in family.samples
+        ]
+        merged: dict[str, Metric] = {}
+        for role, pid in live:
+            if not pid.isdigit():
+                continue
+            for family in ProcessCollector(registry=None, pid=partial(int, pid)).collect():
+                into = merged.setdefault(family.name, Metric(family.name, family.documentation, family.type))
+                for s in family.samples:
+                    into.add_sample(s.name, {**s.labels, "role": role, "pid": pid}, s.value)
+        yield from merged.values()

@@ -117,6 +117,13 @@ def _samples(text: str) -> Samples:
     }
 
 
+def _without_process_metrics(text: str) -> list[str]:
+    """The render without the process_* lines, whose CPU and memory move between two renders."""
+    return [
+        line for line in text.splitlines() if not line.startswith(("process_", "# HELP process_", "# TYPE process_"))
+    ]
+
+
 def _value(samples: Samples, name: str, **labels: str) -> float | None:
     return samples.get((name, frozenset(labels.items())))
 
@@ -153,7 +160,11 @@ def test_one_render_merges_every_process_and_a_forgotten_process_keeps_only_its_
             _value(merged, "imgserve_batch_latency_model_seconds", model=MODEL, version="1", term="per_image") == 0.001
         )
         assert _roles(merged) == {"worker-1": str(worker.pid), "model-owner": str(owner.pid)}
-        assert owner.call("render") == worker.call("render")
+        assert _without_process_metrics(owner.call("render")) == _without_process_metrics(worker.call("render"))
+        # Each live process's own CPU and memory, whichever process the scrape reached.
+        for role, child in (("worker-1", worker), ("model-owner", owner)):
+            assert (_value(merged, "process_resident_memory_bytes", role=role, pid=str(child.pid)) or 0) > 1e6
+            assert _value(merged, "process_cpu_seconds_total", role=role, pid=str(child.pid)) is not None
 
         worker.kill()
         dead = _samples(owner.call("render"))
@@ -172,6 +183,9 @@ def test_one_render_merges_every_process_and_a_forgotten_process_keeps_only_its_
         )
         assert _value(after, "imgserve_batch_latency_model_seconds", model=MODEL, version="1", term="fixed") == 0.02
         assert _roles(after) == {"model-owner": str(owner.pid)}
+        assert {dict(labels)["pid"] for name, labels in after if name == "process_resident_memory_bytes"} == {
+            str(owner.pid)
+        }
 
         # A restarted worker (a new pid) adds to the same totals.
         with _children("worker-1") as (restarted,):
