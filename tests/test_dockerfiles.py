@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
 
 from imgserve.cli import build_parser
 from loadtests.server_process import free_port, server_process
@@ -115,5 +118,46 @@ def test_entrypoint_and_health_check_work_with_the_image_environment(name: str, 
 def test_every_installed_package_is_copied(name: str) -> None:
     """A package missing from the image fails only when the container starts (ImportError)."""
     copied = {shlex.split(a)[0] for k, a in instructions(name) if k == "COPY"}
-    packages = {p.parent.name for p in ROOT.glob("*/__init__.py") if p.parent.name != "tests"}
+    packages = {p.parent.name for p in ROOT.glob("*/__init__.py") if p.parent.name not in ("tests", "loadtests")}
     assert packages <= copied, f"{name} does not copy {sorted(packages - copied)}"
+    assert "loadtests" not in copied, "load tests are not shipped in the runtime image"
+
+
+def _installs(name: str) -> tuple[Path, list[str]]:
+    """The constraints file and the extras of the image's ``pip install -c FILE ".[extras]"``."""
+    (install,) = [a for k, a in instructions(name) if k == "RUN" and " pip install " in a]
+    words = shlex.split(install.split("&&")[0])
+    constraints = ROOT / words[words.index("-c") + 1]
+    (target,) = [w for w in words if w.startswith(".")]
+    extras = target.removeprefix(".").strip("[]")
+    return constraints, [e for e in extras.split(",") if e]
+
+
+def _name(requirement: str) -> str:
+    return re.split(r"[\[<>=!~; ]", requirement, maxsplit=1)[0].lower().replace("_", "-")
+
+
+@pytest.mark.parametrize("name", DOCKERFILES)
+def test_every_dependency_of_the_image_is_pinned(name: str) -> None:
+    constraints, extras = _installs(name)
+    assert "build" in extras, "imgserve build needs its default photos in the image"
+    pins = {}
+    for line in constraints.read_text().splitlines():
+        if line and not line.startswith("#"):
+            package, _, version = line.partition("==")
+            pins[package.lower().replace("_", "-")] = version
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = [*project["dependencies"], *(r for e in extras for r in project["optional-dependencies"][e])]
+    for requirement in wanted:
+        package = _name(requirement)
+        assert pins.get(package), f"{name}: {package} is not pinned in {constraints.name} (run `make constraints`)"
+        assert Requirement(requirement).specifier.contains(pins[package], prereleases=True), (
+            f"{constraints.name} pins {package}=={pins[package]}, outside {requirement} (run `make constraints`)"
+        )
+
+
+@pytest.mark.parametrize("name", DOCKERFILES)
+def test_the_serving_user_cannot_change_the_models(name: str) -> None:
+    runs = " ".join(a for k, a in instructions(name) if k == "RUN")
+    assert "chown" not in runs
+    assert "chmod -R a+rX,go-w " + image_env(name)["IMGSERVE_MODEL_REPOSITORY"] in runs

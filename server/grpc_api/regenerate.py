@@ -1,14 +1,16 @@
 """Regenerate ``inference_pb2.py`` and ``inference_pb2.pyi`` from ``inference.proto``:
 ``make protos`` (``python -m server.grpc_api.regenerate``). Needs grpcio-tools (the dev extra).
 
-One change to protoc's output: the messages are built in a descriptor pool of their own, not
+Two changes to protoc's output. The messages are built in a descriptor pool of their own, not
 protobuf's default one. tritonclient (and any other Triton or KServe client or server in Python)
 registers the same ``inference.*`` names in the default pool, and two registrations of one name
 make the second import fail: with a pool of its own, imgserve's server and those clients can
-share a process (tests, benchmarks, a user's own code)."""
+share a process (tests, benchmarks, a user's own code). And the check that the protobuf runtime
+is at least as new as the protoc is dropped (see ``_VERSION_CHECK``)."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import tempfile
@@ -27,6 +29,11 @@ _OWN_POOL = (
     "DESCRIPTOR = POOL.AddSerializedFile("
 )
 
+# protoc's gencode refuses a protobuf runtime older than the protoc that wrote it. These stubs
+# use only the builder API protobuf has had since 3.20, so the check is dropped: they load on
+# protobuf 4.21 and newer (NGC's TensorFlow image pins protobuf below 5).
+_VERSION_CHECK = re.compile(r"_runtime_version\.ValidateProtobufRuntimeVersion\(.*?\n\)\n", re.S)
+_NO_VERSION_CHECK = "# imgserve: no runtime version check (see server/grpc_api/regenerate.py).\n"
 _STUB_DESCRIPTOR = "DESCRIPTOR: _descriptor.FileDescriptor\n"
 _STUB_POOL = (
     "from google.protobuf import descriptor_pool as _descriptor_pool\n\n"
@@ -47,7 +54,10 @@ def generate(out_dir: Path) -> dict[str, str]:
     module = generated["inference_pb2.py"]
     if module.count(_DEFAULT_POOL) != 1:
         raise RuntimeError("protoc's output no longer adds its file to the default pool as expected: update this")
-    generated["inference_pb2.py"] = module.replace(_DEFAULT_POOL, _OWN_POOL)
+    module, checks = _VERSION_CHECK.subn(_NO_VERSION_CHECK, module.replace(_DEFAULT_POOL, _OWN_POOL))
+    if checks != 1:
+        raise RuntimeError("protoc's output no longer checks the runtime version as expected: update this")
+    generated["inference_pb2.py"] = module.replace("from google.protobuf import runtime_version as _runtime_version\n", "")
     stub = generated["inference_pb2.pyi"]
     if stub.count(_STUB_DESCRIPTOR) != 1:
         raise RuntimeError("protoc's .pyi no longer declares DESCRIPTOR as expected: update this")
