@@ -57,7 +57,9 @@ def generate(out_dir: Path) -> dict[str, str]:
     module, checks = _VERSION_CHECK.subn(_NO_VERSION_CHECK, module.replace(_DEFAULT_POOL, _OWN_POOL))
     if checks != 1:
         raise RuntimeError("protoc's output no longer checks the runtime version as expected: update this")
-    generated["inference_pb2.py"] = module.replace("from google.protobuf import runtime_version as _runtime_version\n", "")
+    generated["inference_pb2.py"] = module.replace(
+        "from google.protobuf import runtime_version as _runtime_version\n", ""
+    )
     stub = generated["inference_pb2.pyi"]
     if stub.count(_STUB_DESCRIPTOR) != 1:
         raise RuntimeError("protoc's .pyi no longer declares DESCRIPTOR as expected: update this")
