@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from batching.clock import Clock, MonotonicClock
-from model_contract.errors import ErrorKind, ServiceError
+from model_contract.errors import ErrorKind, ServiceError, echo
 from server.batch_runner import BatchRunner
 from server.metrics import Metrics
 from server.model_instance import RELEASE_TIMEOUT_S, ModelInstance
@@ -170,7 +170,7 @@ class ModelRegistry:
                 return
             self._repository_error = None
             if only and only not in scan.versions and only not in scan.errors:
-                raise ServiceError(ErrorKind.MODEL_NOT_FOUND, f"no model named {only!r} in the repository")
+                raise ServiceError(ErrorKind.MODEL_NOT_FOUND, f"no model named {echo(only)} in the repository")
             everything = set(scan.versions) | set(scan.errors) | set(self._serving) | set(self._errors)
             try:
                 for name in [only] if only else sorted(everything):
@@ -231,7 +231,7 @@ class ModelRegistry:
         async with self._lock:
             versions = self._serving.pop(name, None)
             if versions is None:
-                raise ServiceError(ErrorKind.MODEL_NOT_FOUND, f"model {name!r} is not loaded")
+                raise ServiceError(ErrorKind.MODEL_NOT_FOUND, f"model {echo(name)} is not loaded")
             self._on_change()
             await asyncio.gather(*(m.close(self._drain_timeout_s) for m in versions.values()))
 

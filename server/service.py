@@ -203,10 +203,14 @@ class ClassificationService:
     async def load(self, name: str) -> str | None:
         """Rescan this model's folder now: load new versions, retire removed ones. Returns why
         the model (or a version of it) does not serve, if it does not."""
+        if not name:
+            raise ServiceError(ErrorKind.BAD_REQUEST, "name the model to load")
         await self._catalog.reload(only=name)
         return self._catalog.errors.get(name)
 
     async def unload(self, name: str) -> None:
+        if not name:
+            raise ServiceError(ErrorKind.BAD_REQUEST, "name the model to unload")
         await self._catalog.unload(name)
 
     # Inference.

@@ -9,30 +9,48 @@ import contextlib
 from collections.abc import Callable
 from typing import Any
 
+import grpc
 from grpc_health.v1 import health, health_pb2
 
 from server.gatekeeper import Access
-from server.grpc_api.guard import Context, Guard
+from server.grpc_api.guard import Context, Guard, parsed
 
+SERVICE = "grpc.health.v1.Health"
 SERVICES = ("", "inference.GRPCInferenceService")
+"""What a client may ask the health of: the whole server, or the inference service."""
 POLL_S = 0.5
 """How often readiness is looked at for Watch streams."""
 
 
 class ServingHealth(health.aio.HealthServicer):  # type: ignore[misc]
-    def __init__(self, ready: Callable[[], bool], guard: Guard, access: Access) -> None:
+    def __init__(self, ready: Callable[[], bool]) -> None:
         super().__init__()
         self._ready = ready
-        self._check = guard.wrap("/grpc.health.v1.Health/Check", access, super().Check)
-        self._watch = guard.wrap("/grpc.health.v1.Health/Watch", access, super().Watch)
         self._task: asyncio.Task[None] | None = None
 
-    async def Check(self, request: health_pb2.HealthCheckRequest, context: Context) -> Any:
-        await self._update()  # a probe sees readiness as it is now; watchers within POLL_S
-        return await self._check(request, context)
+    def handlers(self, guard: Guard, access: Access) -> grpc.GenericRpcHandler:
+        """The service's methods behind ``guard``, each taking its message as bytes: a message
+        that does not parse is INVALID_ARGUMENT, as everywhere (gRPC's own parsing says UNKNOWN)."""
 
-    async def Watch(self, request: health_pb2.HealthCheckRequest, context: Context) -> Any:
-        return await self._watch(request, context)
+        async def check(request: bytes, context: Context) -> Any:
+            await self._update()  # a probe sees readiness as it is now; watchers within POLL_S
+            return await super(ServingHealth, self).Check(parsed(health_pb2.HealthCheckRequest, request), context)
+
+        async def watch(request: bytes, context: Context) -> Any:
+            return await super(ServingHealth, self).Watch(parsed(health_pb2.HealthCheckRequest, request), context)
+
+        serialize = health_pb2.HealthCheckResponse.SerializeToString
+        return grpc.method_handlers_generic_handler(
+            SERVICE,
+            {
+                "Check": grpc.unary_unary_rpc_method_handler(
+                    guard.wrap(f"/{SERVICE}/Check", access, check), response_serializer=serialize
+                ),
+                "Watch": grpc.unary_stream_rpc_method_handler(
+                    guard.wrap(f"/{SERVICE}/Watch", access, watch), response_serializer=serialize
+                ),
+            },
+        )
 
     async def start(self) -> None:
         await self._update()

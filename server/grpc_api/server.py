@@ -12,16 +12,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 from fastapi import FastAPI
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from google.protobuf.message import DecodeError
+from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from server.gatekeeper import Access
 from server.grpc_api import inference_pb2 as pb
-from server.grpc_api.guard import Guard, Handler
+from server.grpc_api.guard import Context, Guard, Handler
+from server.grpc_api.health import SERVICE as HEALTH
 from server.grpc_api.health import ServingHealth
 from server.grpc_api.servicer import InferenceServicer
 from server.settings import Settings
@@ -84,6 +87,30 @@ def _inference_handlers(servicer: InferenceServicer, guard: Guard, probes: Acces
     )
 
 
+def reflection_handlers(services: tuple[str, ...]) -> grpc.GenericRpcHandler:
+    """Server reflection over the stubs' pool, each request parsed here: one that does not
+    parse ends the stream INVALID_ARGUMENT (gRPC's own parsing says UNKNOWN, with a traceback)."""
+    servicer = reflection.aio.ReflectionServicer(services, pool=pb.POOL)
+
+    async def info(requests: AsyncIterator[bytes], context: Context) -> AsyncIterator[Any]:
+        async def decoded() -> AsyncIterator[Any]:
+            async for request in requests:
+                try:
+                    yield reflection_pb2.ServerReflectionRequest.FromString(request)
+                except DecodeError:
+                    await context.abort(
+                        grpc.StatusCode.INVALID_ARGUMENT, "the message is not a ServerReflectionRequest"
+                    )
+
+        async for response in servicer.ServerReflectionInfo(decoded(), context):
+            yield response
+
+    method = grpc.stream_stream_rpc_method_handler(
+        info, response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString
+    )
+    return grpc.method_handlers_generic_handler(reflection.SERVICE_NAME, {"ServerReflectionInfo": method})
+
+
 class GrpcFrontend:
     def __init__(self, app: FastAPI, settings: Settings, *, reuse_port: bool) -> None:
         """``app`` must have started: its service exists once its lifespan has begun."""
@@ -108,11 +135,10 @@ class GrpcFrontend:
             service, state.admission, body_timeout_s=settings.http.body_timeout_s, server_version=self._app.version
         )
         server.add_generic_rpc_handlers([_inference_handlers(servicer, guard, probes)])
-        self._health = ServingHealth(lambda: service.readiness().ready, guard, probes)
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        self._health = ServingHealth(lambda: service.readiness().ready)
+        server.add_generic_rpc_handlers([self._health.handlers(guard, probes)])
         if settings.docs:  # discoverability, as /docs and /openapi.json
-            names = (SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
-            reflection.enable_server_reflection(names, server, pool=pb.POOL)
+            server.add_generic_rpc_handlers([reflection_handlers((SERVICE, HEALTH, reflection.SERVICE_NAME))])
         address = listen_address(settings.host, settings.grpc_port)
         self.port = server.add_insecure_port(address)
         await self._health.start()

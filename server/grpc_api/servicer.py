@@ -21,51 +21,10 @@ from server.admission import Admission
 from server.grpc_api import inference_pb2 as pb
 from server.grpc_api.codec import check_for_model, decode_request, encode_infer_response, parse_for_model
 from server.grpc_api.guard import Context, parsed
-from server.service import ISOLATE_FROM_BYTES, PARSE_ON_LOOP_BYTES, ClassificationService
+from server.grpc_api.wire import peek_request
+from server.service import ISOLATE_FROM_BYTES, ClassificationService
 from server.triton_config import EXTENSIONS, model_config, platform_of
 from server.v2_codec import TensorLimits, v2_datatype
-
-RAW_INPUT_CONTENTS = 7
-"""``ModelInferRequest.raw_input_contents``' field number."""
-_WALK_MOST_FIELDS = 256
-
-
-def typed_numbers(message: bytes) -> bool:
-    """Whether a serialized ``ModelInferRequest`` carries its tensors as typed numbers (no raw
-    contents), from its top-level fields alone. Converting millions of typed numbers holds the
-    GIL, so a large such message is parsed in a worker process, like large JSON. A message with
-    more top-level fields than any real one is taken to be typed."""
-    offset, fields = 0, 0
-    while offset < len(message) and fields < _WALK_MOST_FIELDS:
-        key, offset = _varint(message, offset)
-        if key >> 3 == RAW_INPUT_CONTENTS:
-            return False
-        wire_type = key & 7
-        if wire_type == 0:
-            _, offset = _varint(message, offset)
-        elif wire_type == 1:
-            offset += 8
-        elif wire_type == 2:
-            length, offset = _varint(message, offset)
-            offset += length
-        elif wire_type == 5:
-            offset += 4
-        else:
-            return True  # not a valid message: the parser will say so
-        fields += 1
-    return True
-
-
-def _varint(data: bytes, offset: int) -> tuple[int, int]:
-    value, shift = 0, 0
-    while offset < len(data) and shift < 64:
-        byte = data[offset]
-        offset += 1
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return value, offset
-        shift += 7
-    return value, len(data) + 1  # truncated: ends the walk
 
 
 def _version(text: str) -> str | None:
@@ -169,10 +128,22 @@ class InferenceServicer:
                 return await self._infer(message, context)
 
     async def _read_one(self, requests: AsyncIterator[bytes]) -> bytes:
+        """The call's one message, and its end: a second message is refused, as HTTP refuses
+        data left over after the request. A unary client ends the stream with its message."""
+
+        async def one_then_end() -> bytes:
+            try:
+                message = await anext(requests)
+            except StopAsyncIteration:
+                raise ServiceError(ErrorKind.EMPTY_BODY, "the call carried no ModelInferRequest") from None
+            try:
+                await anext(requests)
+            except StopAsyncIteration:
+                return message
+            raise ServiceError(ErrorKind.BAD_REQUEST, "a ModelInfer call carries one ModelInferRequest, not more")
+
         try:
-            return await asyncio.wait_for(anext(requests), self._body_timeout_s)
-        except StopAsyncIteration:
-            raise ServiceError(ErrorKind.EMPTY_BODY, "the call carried no ModelInferRequest") from None
+            return await asyncio.wait_for(one_then_end(), self._body_timeout_s)
         except asyncio.TimeoutError:
             raise ServiceError(
                 ErrorKind.REQUEST_TIMEOUT, f"the request did not arrive within {self._body_timeout_s:g} s"
@@ -180,20 +151,24 @@ class InferenceServicer:
 
     async def _infer(self, message: bytes, context: Context) -> bytes:
         service, size = self._service, len(message)
-        # Typed numbers parse and convert slowly (ms per 100 KB, holding the GIL): off the loop, and
-        # a megabyte or more in a worker process. Raw contents parse as fast as they copy.
-        typed = size > PARSE_ON_LOOP_BYTES and typed_numbers(message)
-        request = await service.offload(partial(decode_request, message), body_bytes=size if typed else 0)
-        model = service.model(request.model_name, _version(request.model_version))
+        peek = peek_request(message)  # the model, and how much is raw bytes: nothing parsed yet
+        if not peek.model_name:
+            raise ServiceError(ErrorKind.BAD_REQUEST, "model_name is required")
+        model = service.model(peek.model_name, _version(peek.model_version))
         limits = TensorLimits.for_images(model.max_images, model.manifest.item_shape)
-        if typed and size >= ISOLATE_FROM_BYTES:
-            checked = partial(parse_for_model, message, limits, model.manifest)
+        if peek.parses_fast(size):
+            # Raw contents parse as fast as they copy: here. Converting and checking them is
+            # CPU work for a thread once they are large (FP32 pixels are converted to uint8).
+            checked = partial(check_for_model, decode_request(message), limits, model.manifest)
+            parsed, images, raw = await service.offload(checked, body_bytes=size, isolate=False)
         else:
-            checked = partial(check_for_model, request, limits, model.manifest)
-        parsed, images, raw = await service.offload(checked, body_bytes=size, isolate=typed)
+            # Typed numbers parse and convert slowly, holding the GIL: off the loop, and from a
+            # megabyte on in a worker process, as large JSON is.
+            whole = partial(parse_for_model, message, limits, model.manifest)
+            parsed, images, raw = await service.offload(whole, body_bytes=size, isolate=size >= ISOLATE_FROM_BYTES)
         inference = await service.infer(
             model_name=model.name,
-            version=None if not request.model_version else model.version,
+            version=None if not peek.model_version else model.version,
             tensors=list(images) if isinstance(images, np.ndarray) else None,
             encoded=images if isinstance(images, list) else None,
             timeout_s=call_timeout_s(parsed.timeout_us, context),

@@ -11,7 +11,8 @@ import pytest
 from model_contract.errors import ErrorKind, ServiceError
 from server.grpc_api import inference_pb2 as pb
 from server.grpc_api.codec import decode_request, encode_infer_response, parse_infer
-from server.grpc_api.servicer import call_timeout_s, typed_numbers
+from server.grpc_api.servicer import call_timeout_s
+from server.grpc_api.wire import MOST_FIELDS, MOST_PARSED_HERE, peek_request
 from server.top_k import Prediction
 from server.v2_codec import RequestedOutput, TensorLimits, pack_bytes_elements
 
@@ -118,22 +119,41 @@ def test_fp16_outputs_are_always_raw() -> None:
     assert response.outputs[0].datatype == "FP16" and len(response.raw_output_contents) == 1
 
 
-def test_typed_numbers_reads_the_top_level_fields_only() -> None:
-    raw, typed = request(typed=False).SerializeToString(), request(typed=True).SerializeToString()
-    assert not typed_numbers(raw) and typed_numbers(typed)
-    # The raw contents come last on the wire, after everything else.
-    busy = request(typed=False)
-    for i in range(8):
-        busy.parameters[f"p{i}"].int64_param = i
-        busy.outputs.add(name=f"o{i}")
-    assert not typed_numbers(busy.SerializeToString())
+def test_peek_finds_the_model_and_the_raw_bytes_without_parsing() -> None:
+    raw = request(typed=False)
+    raw.model_version = "3"
+    for i in range(8):  # parameters and outputs before the raw contents on the wire
+        raw.parameters[f"p{i}"].int64_param = i
+        raw.outputs.add(name=f"o{i}")
+    message = raw.SerializeToString()
+    peek = peek_request(message)
+    assert (peek.model_name, peek.model_version, peek.raw_bytes) == ("m", "3", PIXELS.nbytes)
+    assert peek.parses_fast(len(message))
+    typed = request(typed=True).SerializeToString()
+    assert peek_request(typed).raw_bytes == 0
 
 
-def test_typed_numbers_stops_early_on_a_message_no_client_sends() -> None:
-    """Thousands of tiny top-level fields: taken as typed (the safe side), after a bounded walk."""
-    many = b"\x1a\x00" * 100_000  # field 3 (id), empty, over and over
-    assert typed_numbers(many + request(typed=False).SerializeToString())
-    assert typed_numbers(b"\x80")  # a truncated varint
+def test_a_large_message_of_typed_numbers_is_not_parsed_on_the_event_loop() -> None:
+    typed = request(typed=True, values=np.full((8, 64, 64, 3), 200, np.uint8))
+    typed.raw_input_contents.append(b"tiny")  # a raw field beside them does not make it fast
+    message = typed.SerializeToString()
+    assert len(message) > MOST_PARSED_HERE and not peek_request(message).parses_fast(len(message))
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        b"\x80",  # a key that never ends
+        b"\x0a\x05ab",  # a name longer than the message
+        b"\x0b",  # a group: no field of this message is one
+        b"\x0a\x02\xff\xfe",  # a name that is not UTF-8
+        b"\x1a\x00" * (MOST_FIELDS + 1),  # more top-level fields than any request has
+    ],
+    ids=["truncated-key", "past-the-end", "group", "not-utf8", "too-many-fields"],
+)
+def test_peek_refuses_what_is_no_request(message: bytes) -> None:
+    with pytest.raises(ServiceError, match=r"ModelInferRequest|top-level fields"):
+        peek_request(message)
 
 
 class _Deadline:
