@@ -361,7 +361,7 @@ def test_the_valid_bases_parse_alike_on_both_protocols(base: str) -> None:
 @example(bytes([0x2A, 0x80]))  # an input whose length runs past the end
 def test_any_bytes_are_a_request_or_a_client_error(message: bytes) -> None:
     outcome(lambda: check_for_model(decode_request(message), LIMITS, MANIFEST))
-    assert typed_numbers(message) in (True, False)  # the servicer's walk of the top-level fields
+    assert isinstance(typed_numbers(message), bool)  # the servicer's walk of the top-level fields
 
 
 @given(hostile_twins())
@@ -631,14 +631,12 @@ SEEDS = seed_messages()
 
 @given(st.sampled_from(range(len(SEEDS))), st.integers(0, 2**32 - 1))
 def test_mutated_requests_are_requests_or_client_errors(index: int, seed: int) -> None:
-    """The live server's mutation fuzz (test_bad_requests.py), at the codec alone: many more
-    mutants, and a failure here names the mutations (replay with ``bad_input.mutate``)."""
+    """The live server's mutation fuzz (test_bad_requests.py) at the codec alone: a mutant costs
+    microseconds here, and a failure names its mutations (replay with ``bad_input.mutate``)."""
     mutant = mutate(SEEDS[index], SEEDS, f"{index}:{seed}")
     try:
         result = outcome(lambda: check_for_model(decode_request(mutant.data), LIMITS, MANIFEST))
-    except AssertionError:
-        raise
-    except Exception as exc:
+    except Exception as exc:  # a server fault, or an error that is no client's
         raise AssertionError(f"{type(exc).__name__}: {exc} after {mutant.what}") from exc
-    assert typed_numbers(mutant.data) in (True, False)
+    assert isinstance(typed_numbers(mutant.data), bool)
     event(f"{result[1].value if result[0] == 'error' else 'ok'}")
