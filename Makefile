@@ -38,7 +38,8 @@ FUZZ_MUTANTS ?= 2000
 fuzz: model
 	IMGSERVE_FUZZ_PROFILE=fuzz IMGSERVE_FUZZ_MUTANTS=$(FUZZ_MUTANTS) IMGSERVE_FUZZ_SEED=$$RANDOM \
 		$(BIN)/python -m pytest -p no:cacheprovider tests/model_contract/test_decode_fuzz.py \
-		tests/server/test_codec_properties.py tests/server/test_openapi_fuzz.py
+		tests/server/test_codec_properties.py tests/server/test_openapi_fuzz.py \
+		tests/server/grpc/test_codec_properties.py tests/server/grpc/test_bad_requests.py
 
 # Noisy neighbour: legitimate clients quiet, then beside a hostile client (loadtests/abuse.py).
 abuse: model

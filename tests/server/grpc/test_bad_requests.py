@@ -178,11 +178,6 @@ def test_malformed_messages_are_invalid_argument_on_every_method_that_reads_one(
     shared.good()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="grpc.health.v1.Health and reflection parse with gRPC's own deserializer: a malformed "
-    "message is UNKNOWN ('Unexpected DecodeError'), logged with a traceback, before access is checked",
-)
 @pytest.mark.parametrize("method", [HEALTH_CHECK, "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"])
 def test_malformed_messages_to_health_and_reflection_are_invalid_argument(
     shared: Served, method: str, caplog: pytest.LogCaptureFixture
@@ -232,11 +227,6 @@ def test_a_call_without_a_message_or_whose_message_never_comes_is_refused_and_fr
         served.good()  # the only request slot is free again
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ModelInfer reads one message and ignores the rest: a unary call carrying two requests "
-    "is answered OK for the first (HTTP refuses data after the request: 'binary data left over')",
-)
 def test_a_call_carrying_two_requests_is_invalid_argument(shared: Served) -> None:
     one = encoded_request([png(1)]).SerializeToString()
     method = shared.channel.stream_unary("/inference.GRPCInferenceService/ModelInfer")
@@ -498,11 +488,6 @@ def test_the_admin_token_opens_the_repository_api(tmp_path: Path) -> None:
         served.good()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="RepositoryModelLoad with an empty model_name reloads the whole repository and answers OK "
-    "(ModelRegistry.reload(only='') takes '' for 'every model'); a name that is no model is NOT_FOUND",
-)
 def test_loading_a_model_without_a_name_is_refused(shared: Served) -> None:
     admin = [("authorization", f"Bearer {ADMIN}")]
     assert_refused(
@@ -514,11 +499,6 @@ def test_loading_a_model_without_a_name_is_refused(shared: Served) -> None:
     assert answer.code in (INVALID, NOT_FOUND), answer
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="RepositoryModelLoad/Unload quote the model name with !r, not echo(): ~380 characters "
-    "of what the client sent, where every other message quotes at most 100 (MAX_ECHO_CHARS)",
-)
 def test_repository_errors_quote_at_most_100_characters_of_the_name(shared: Served) -> None:
     admin = [("authorization", f"Bearer {ADMIN}")]
     name = "n" * 7000
@@ -812,12 +792,6 @@ def many_typed_elements(raw_too: bool) -> bytes:
     return serialize([Field(1, LENGTH, MODEL.encode()), Field(5, LENGTH, tensor, "input"), *raw])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ModelInfer parses the whole message in the server's process before anything else: on the "
-    "event loop itself when typed_numbers() finds a raw_input_contents field (it stops at the first), "
-    "else on a pool thread holding the GIL; 5 such 18 MB messages stall the probes for 1.5-4 s",
-)
 def test_millions_of_typed_elements_do_not_stall_the_server(tmp_path: Path) -> None:
     """Twin of test_hostile_traffic.py::test_hostile_bodies_are_client_errors_and_health_answers_
     throughout for what the HTTP side parses in a worker process (a megabyte or more of numbers):
