@@ -124,7 +124,12 @@ class MicroBatcher(Generic[T, R]):
         return await future
 
     async def submit_many(
-        self, items: Sequence[T], *, deadline: float | None = None, on_start: Callable[[float], None] | None = None
+        self,
+        items: Sequence[T],
+        *,
+        deadline: float | None = None,
+        on_start: Callable[[float], None] | None = None,
+        priority: int = 0,
     ) -> list[R]:
         """Queue several items at once, all or none, and return their results in order.
 
@@ -132,8 +137,9 @@ class MicroBatcher(Generic[T, R]):
         consecutive batches. The first failure is raised, and the rest are withdrawn.
         ``on_start`` is told the batcher's time whenever a batch holding some of them starts
         (more than once when they span batches): where their queueing ended, for tracing.
+        ``priority``: lower runs first (0, the default, is the most urgent; see ``next_batch``).
         """
-        futures = self._admit(items, deadline, on_start)
+        futures = self._admit(items, deadline, on_start, priority)
         try:
             return list(await asyncio.gather(*futures))
         finally:
@@ -141,7 +147,11 @@ class MicroBatcher(Generic[T, R]):
                 future.cancel()  # no-op on the finished ones; drops the rest from the queue
 
     def _admit(
-        self, items: Sequence[T], deadline: float | None, on_start: Callable[[float], None] | None = None
+        self,
+        items: Sequence[T],
+        deadline: float | None,
+        on_start: Callable[[float], None] | None = None,
+        priority: int = 0,
     ) -> list[asyncio.Future[R]]:
         if self._closing or self._task is None:
             raise BatcherClosed("the batcher is not accepting work")
@@ -161,7 +171,7 @@ class MicroBatcher(Generic[T, R]):
         futures: list[asyncio.Future[R]] = []
         for item, cost in zip(items, costs, strict=True):
             future: asyncio.Future[R] = loop.create_future()
-            self._pending.append(Pending(item, cost, now, deadline, future, on_start))
+            self._pending.append(Pending(item, cost, now, deadline, future, on_start, priority))
             futures.append(future)
         self._queued_cost += total
         self._arrivals.arrival(now, total)

@@ -25,6 +25,8 @@ class Pending(Generic[T]):
     future: asyncio.Future[Any] | None = field(default=None, repr=False)
     on_start: Callable[[float], None] | None = field(default=None, repr=False)
     """Told the batcher's time when the item's batch starts running (for tracing)."""
+    priority: int = 0
+    """Lower runs first: a batch takes only items of the most urgent priority waiting."""
 
     @property
     def abandoned(self) -> bool:
@@ -76,7 +78,10 @@ def next_batch(
 ) -> BatchDecision[T]:
     """Decide what leaves the queue now, for a runner that is free to take a batch.
 
-    FIFO by arrival. A batch takes items while their summed cost fits ``max_batch_size``
+    FIFO by arrival, within the most urgent priority that has items waiting: a batch holds
+    items of one priority, so background work (a higher number) runs only when nothing more
+    urgent waits, and delays urgent work by at most the batch it is in.
+    A batch takes items while their summed cost fits ``max_batch_size``
     (an item costlier than that goes alone). A full batch leaves at once. A partial one may
     be held for more items, by either of two rules, and leaves when neither holds it:
 
@@ -104,6 +109,10 @@ def next_batch(
             live.append(p)
     if not live:
         return BatchDecision([], [], expired, abandoned)
+    urgent = min(p.priority for p in live)
+    others = [p for p in live if p.priority != urgent]
+    if others:
+        live = [p for p in live if p.priority == urgent]
 
     size = 0
     taken = 0
@@ -131,8 +140,8 @@ def next_batch(
                 run = outlook.run_seconds(expected_size) if outlook is not None else 0.0
                 wake_at = min(wake_at, min(deadlines) - run)
             if now < wake_at:
-                return BatchDecision([], live, expired, abandoned, wake_at=wake_at)
-    return BatchDecision(live[:taken], live[taken:], expired, abandoned)
+                return BatchDecision([], live + others, expired, abandoned, wake_at=wake_at)
+    return BatchDecision(live[:taken], live[taken:] + others, expired, abandoned)
 
 
 def _adaptive_hold(size: int, config: BatchingConfig, outlook: Outlook) -> float | None:

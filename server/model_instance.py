@@ -86,9 +86,13 @@ class ModelInstance:
         log.info("model %s v%d warm for batch sizes %s", self.name, self.version, list(self.batching.batch_shapes))
 
     async def infer_many(
-        self, tensors: Sequence[np.ndarray], deadline: float | None, on_start: OnStart | None = None
+        self,
+        tensors: Sequence[np.ndarray],
+        deadline: float | None,
+        on_start: OnStart | None = None,
+        priority: int = 0,
     ) -> list[np.ndarray]:
-        return await self._batcher.submit_many(tensors, deadline=deadline, on_start=on_start)
+        return await self._batcher.submit_many(tensors, deadline=deadline, on_start=on_start, priority=priority)
 
     async def remembered(self, encoded: bytes, compute: Compute, offload: Offload) -> np.ndarray:
         if self._results is None:

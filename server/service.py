@@ -262,13 +262,15 @@ class ClassificationService:
         with self._tracing.span("decode"):
             return await self._pool.run_all([partial(self._decode_outcome, model, data) for data in images])
 
-    async def _run(self, model: ServedModel, tensors: Sequence[np.ndarray], deadline: float) -> list[np.ndarray]:
+    async def _run(
+        self, model: ServedModel, tensors: Sequence[np.ndarray], deadline: float, priority: int = 0
+    ) -> list[np.ndarray]:
         """The model's outputs for ``tensors``; traced as the time queued, then the batch's run."""
         if not self._tracing.enabled:
-            return await model.infer_many(tensors, deadline)
+            return await model.infer_many(tensors, deadline, priority=priority)
         submitted, starts = self._clock.now(), list[float]()
         try:
-            return await model.infer_many(tensors, deadline, on_start=starts.append)
+            return await model.infer_many(tensors, deadline, on_start=starts.append, priority=priority)
         finally:
             ended = self._clock.now()
             started = min(starts, default=ended)
@@ -379,21 +381,28 @@ class ClassificationService:
         return await self._on_model(model_name, version, work)
 
     async def classify_many(
-        self, images: Sequence[bytes], *, model_name: str, k: int, timeout_s: float | None = None
+        self,
+        images: Sequence[bytes],
+        *,
+        model_name: str,
+        k: int,
+        timeout_s: float | None = None,
+        priority: int = 0,
     ) -> list[ItemOutcome]:
         """Per-item outcomes in order: a bad image gets its own error, the others their
-        classes. Failures of the server itself (overload, timeout) fail the whole request."""
+        classes. Failures of the server itself (overload, timeout) fail the whole request.
+        ``priority`` above 0: background work (a job's images), run when no request waits."""
         self.check_top_k(k)
         deadline = self._deadline(timeout_s)
 
         async def work(model: ServedModel) -> list[ItemOutcome]:
             with self._admission.images_held(len(images), model.max_queue_size):
-                return await self._classify_decoded(model, images, deadline, k)
+                return await self._classify_decoded(model, images, deadline, k, priority)
 
         return await self._on_model(model_name, None, work)
 
     async def _classify_decoded(
-        self, model: ServedModel, images: Sequence[bytes], deadline: float, k: int
+        self, model: ServedModel, images: Sequence[bytes], deadline: float, k: int, priority: int = 0
     ) -> list[ItemOutcome]:
         decoded = await self._decode_each(model, images)
         tensors = [t for t in decoded if not isinstance(t, ServiceError)]
@@ -402,7 +411,7 @@ class ClassificationService:
         rows: list[np.ndarray] = []
         if tensors:
             with self._model_errors(model):
-                rows = await self._run(model, tensors, deadline)
+                rows = await self._run(model, tensors, deadline, priority)
         answers = iter(rows)
         return [
             item if isinstance(item, ServiceError) else self._classification(model, next(answers), k)

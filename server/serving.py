@@ -64,10 +64,16 @@ class ServedModel(Protocol):
     def max_batch_size(self) -> int: ...
 
     async def infer_many(
-        self, tensors: Sequence[np.ndarray], deadline: float | None, on_start: OnStart | None = None
+        self,
+        tensors: Sequence[np.ndarray],
+        deadline: float | None,
+        on_start: OnStart | None = None,
+        priority: int = 0,
     ) -> list[np.ndarray]:
         """One output per input tensor, in order. ``deadline`` is on the clock the app was given.
         ``on_start`` is told (on that clock) when the tensors' batch starts running, for tracing.
+        ``priority``: 0 for requests a client waits on; higher for background work (jobs), which
+        runs only when nothing more urgent waits.
 
         Raises the batcher's errors (``Overloaded``, ``DeadlineExceeded``, ``BatcherClosed`` when
         this version was retired, ...) or what the runtime raised for one of the tensors.

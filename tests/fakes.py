@@ -215,6 +215,11 @@ class FakeModel:
         return int(self._batcher.config.max_batch_size)
 
     @property
+    def queued(self) -> int:
+        """Images waiting for a batch."""
+        return int(self._batcher.queued_cost)
+
+    @property
     def batches(self) -> list[int]:
         """The size of every batch that reached the "model"."""
         return [len(call) for call in self.runner.calls]
@@ -233,9 +238,11 @@ class FakeModel:
         self.runner.release()
 
     async def infer_many(
-        self, tensors: Sequence[np.ndarray], deadline: float | None, on_start: Any = None
+        self, tensors: Sequence[np.ndarray], deadline: float | None, on_start: Any = None, priority: int = 0
     ) -> list[np.ndarray]:
-        result: list[np.ndarray] = await self._batcher.submit_many(tensors, deadline=deadline, on_start=on_start)
+        result: list[np.ndarray] = await self._batcher.submit_many(
+            tensors, deadline=deadline, on_start=on_start, priority=priority
+        )
         return result
 
     async def remembered(self, encoded: bytes, compute: Any, offload: Any) -> np.ndarray:

@@ -211,7 +211,13 @@ class ModelOwner:
             ring = AttachedRing(header["ring"], manifest.item_shape, dtype, int(header["ring_slots"]))
             worker.rings[header["ring"]] = ring
         starts: list[float] = []
-        outputs = await model.infer_many(ring.views(header["slots"]), header["deadline"], on_start=starts.append)
+        priority = header.get("priority", 0)
+        outputs = await model.infer_many(
+            ring.views(header["slots"]),
+            header["deadline"],
+            on_start=starts.append,
+            priority=priority if isinstance(priority, int) else 0,
+        )
         stacked = np.ascontiguousarray(np.stack(outputs))
         answer = {"op": "result", "dtype": stacked.dtype.str, "shape": list(stacked.shape), "started": min(starts)}
         return answer, stacked.tobytes()

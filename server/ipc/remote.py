@@ -225,7 +225,11 @@ class RemoteModel:
         return self._info.manifest.preprocessing
 
     async def infer_many(
-        self, tensors: Sequence[np.ndarray], deadline: float | None, on_start: OnStart | None = None
+        self,
+        tensors: Sequence[np.ndarray],
+        deadline: float | None,
+        on_start: OnStart | None = None,
+        priority: int = 0,
     ) -> list[np.ndarray]:
         ring = self._rings.ring_for(self._info)
         try:
@@ -240,6 +244,7 @@ class RemoteModel:
             "ring_slots": ring.count,
             "slots": slots,
             "deadline": deadline,
+            "priority": priority,
             "rid": request_id.get(),  # the owner's log lines for it carry its id too
         }
         # Past its deadline a request only waits for the batch it is in: a reply that never

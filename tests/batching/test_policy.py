@@ -193,3 +193,24 @@ def test_adaptive_wait_never_holds_for_a_steady_stream() -> None:
     """Independent callers arrive as fast whether the batch waits or not: waiting only adds latency."""
     decision = next_batch(queued(*[9.99] * 4), ADAPTIVE, now=10.0, outlook=outlook(expected=6.0, surge=0.2))
     assert len(decision.batch) == 4
+
+
+def test_the_most_urgent_priority_goes_first_and_alone() -> None:
+    """Background work (priority 1) queued first still waits for urgent items behind it, and
+    never shares their batch: it delays them by at most the batch it is in."""
+    config = BatchingConfig(max_batch_size=4)
+    background = [Pending(item=i, cost=1, enqueued_at=0.0, priority=1) for i in range(3)]
+    urgent = [Pending(item=10 + i, cost=1, enqueued_at=1.0) for i in range(2)]
+    decision = next_batch([*background, *urgent], config, now=2.0)
+    assert [p.item for p in decision.batch] == [10, 11]
+    assert [p.item for p in decision.rest] == [0, 1, 2]
+    alone = next_batch(decision.rest, config, now=2.0)
+    assert [p.item for p in alone.batch] == [0, 1, 2] and alone.rest == []
+
+
+def test_a_partial_urgent_batch_may_wait_but_not_for_background_items() -> None:
+    config = BatchingConfig(max_batch_size=4, max_queue_delay=0.5)
+    pending = [Pending(item=0, cost=1, enqueued_at=0.0, priority=1), Pending(item=1, cost=1, enqueued_at=1.0)]
+    held = next_batch(pending, config, now=1.2)
+    assert held.batch == [] and held.wake_at == 1.5 and [p.item for p in held.rest] == [1, 0]
+    assert [p.item for p in next_batch(pending, config, now=1.5).batch] == [1]

@@ -20,7 +20,7 @@ from server.service import Classification, ClassificationService
 from server.settings import LimitSettings
 from server.work_pool import WorkPool
 from tests.fakes import FakeCatalog, FakeModel, ManualClock, fake_manifest, settle
-from tests.helpers import png
+from tests.helpers import png, until
 
 MAX_TOP_K = 20
 
@@ -209,8 +209,8 @@ def test_a_full_queue_is_overloaded_with_a_retry_after() -> None:
             assert refused.value.kind is ErrorKind.OVERLOADED
             assert refused.value.retry_after is not None and refused.value.retry_after > 0
             for _ in range(3):
+                await until(lambda: served.runner.waiting == 1)
                 served.release()
-                await settle()
             assert [(await a).outputs.argmax() for a in admitted] == [0, 1, 2]
 
     run(scenario())
@@ -324,5 +324,26 @@ def test_readiness_and_the_repository_operations() -> None:
             assert s.catalog.reloads == ["broken", "m"]
             await s.service.unload("other")
             assert [m.name for m in s.service.models()] == ["m"]
+
+    run(scenario())
+
+
+def test_background_work_runs_when_no_request_waits() -> None:
+    """A job's images (priority 1) queued before a client's request still run after it."""
+
+    async def scenario() -> None:
+        async with serving(model(hold=True, max_batch_size=4)) as s:
+            (served,) = s.catalog.serving
+            blocker = asyncio.ensure_future(s.service.classify(png(1), model_name="m", k=1))
+            await until(lambda: served.runner.waiting == 1)
+            job = asyncio.ensure_future(s.service.classify_many([png(2), png(3)], model_name="m", k=1, priority=1))
+            await until(lambda: served.queued == 2)
+            live = asyncio.ensure_future(s.service.classify(png(4), model_name="m", k=1))
+            await until(lambda: served.queued == 3)
+            for _ in range(3):
+                await until(lambda: served.runner.waiting == 1)
+                served.release()
+            await asyncio.gather(blocker, job, live)
+            assert served.runner.calls == [[1], [4], [2, 3]]
 
     run(scenario())
