@@ -126,6 +126,43 @@ class HttpSettings(BaseModel):
     )
 
 
+class JobSettings(BaseModel):
+    """Asynchronous jobs (``/v1/jobs``): images classified in the background, at a lower priority
+    than requests a client waits on, with a signed callback when done."""
+
+    enabled: bool = Field(False, description="Serve /v1/jobs (and run jobs); needs a result store.")
+    max_images_per_job: int = Field(10_000, ge=1, description="Most images in one job (413 beyond).")
+    max_queued_per_client: int = Field(
+        10, ge=1, description="Jobs one client (API key, else address) may have queued or running (429 beyond)."
+    )
+    max_queued: int = Field(1000, ge=1, description="Jobs queued or running, all clients together (429 beyond).")
+    concurrency: int = Field(1, ge=1, description="Jobs one server process runs at once.")
+    lease_s: float = Field(
+        30.0, gt=0, description="A running job's lease: a job whose runner died is taken up again after it."
+    )
+    callback_max_attempts: int = Field(6, ge=1, description="Attempts to deliver a job's callback.")
+    callback_connect_timeout_s: float = Field(3.0, gt=0, description="To connect to a callback's receiver.")
+    callback_read_timeout_s: float = Field(10.0, gt=0, description="For the receiver to answer.")
+    callback_retry_base_s: float = Field(1.0, gt=0, description="First retry after about this; doubling, jittered.")
+    callback_retry_max_s: float = Field(300.0, gt=0, description="Longest wait between attempts.")
+
+
+class StoreSettings(BaseModel):
+    """What the result store keeps, and for how long."""
+
+    keep_images: bool = Field(
+        False, description="Keep each classified image, content-addressed, in images_dir (jobs' and requests')."
+    )
+    images_dir: Path | None = Field(None, description="Where kept images go (default: images/ beside a SQLite file).")
+    retention_s: float = Field(7 * 24 * 3600.0, gt=0, description="Finished jobs and stored results older go.")
+    max_image_bytes: int = Field(
+        1024**3, ge=0, description="Kept images beyond this size together go, oldest first (0: no limit)."
+    )
+    keep_results: bool = Field(
+        True, description="Store /v1/classify answers by request id, for GET /v1/results/{request_id}."
+    )
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="IMGSERVE_", env_nested_delimiter="__")
 
@@ -173,6 +210,21 @@ class Settings(BaseSettings):
     batching: BatchingSettings = Field(default_factory=BatchingSettings)  # type: ignore[arg-type]
     limits: LimitSettings = Field(default_factory=LimitSettings)  # type: ignore[arg-type]
     http: HttpSettings = Field(default_factory=HttpSettings)  # type: ignore[arg-type]
+    jobs: JobSettings = Field(default_factory=JobSettings)  # type: ignore[arg-type]
+    store: StoreSettings = Field(default_factory=StoreSettings)  # type: ignore[arg-type]
+    result_store: str | None = Field(
+        None,
+        description="Where jobs and results are kept: sqlite:///FILE or postgresql://USER:PASSWORD@HOST/DB. "
+        "Unset: none, unless jobs are enabled (then sqlite:///imgserve.db).",
+    )
+    callback_secret: SecretStr | None = Field(
+        None, description="Key of the HMAC-SHA256 signature of job callbacks (X-Imgserve-Signature)."
+    )
+    callback_allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Hosts a job's callback_url may name (names, IP addresses or networks, comma-separated); "
+        "empty (the default): callbacks are refused.",
+    )
     log_level: str = Field("info", description="uvicorn and application log level.")
     log_format: Literal["text", "json"] = Field(
         "text", description="text: one readable line per record; json: one JSON object per line, for log collectors."
@@ -214,7 +266,7 @@ class Settings(BaseSettings):
     public_probes: bool = Field(True, description="/health, /ready and /v2/health/* need no API key.")
     public_metrics: bool = Field(True, description="/metrics needs no API key.")
 
-    @field_validator("allowed_hosts", "cors_origins", mode="before")
+    @field_validator("allowed_hosts", "cors_origins", "callback_allowed_hosts", mode="before")
     @classmethod
     def _comma_separated(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -230,6 +282,13 @@ class Settings(BaseSettings):
             except ValueError as exc:
                 raise ValueError(f"rate_limit {value!r} is not like '50/second;1000/minute'") from exc
         return value or None
+
+    @property
+    def store_url(self) -> str | None:
+        """The result store in use: the configured one, or jobs' embedded default."""
+        if self.result_store:
+            return self.result_store
+        return "sqlite:///imgserve.db" if self.jobs.enabled else None
 
     @property
     def trusted_hosts(self) -> list[str]:
