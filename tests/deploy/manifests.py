@@ -34,18 +34,6 @@ IMAGE_UID = 10001  # Dockerfile and Dockerfile.gpu: useradd --uid 10001 imgserve
 # The kinds with a Kubernetes schema, validated strictly; the others are checked field by field.
 CORE_KINDS = {"ConfigMap", "Service", "Deployment", "PodDisruptionBudget", "NetworkPolicy", "HorizontalPodAutoscaler"}
 
-# What the manifests set or read that the server on this branch may not have yet: the
-# "Operations" issue adds them to server/ (another branch). Where one is missing the tests that
-# need it still check everything else, then report it as an expected failure naming it; once
-# the server has it they pass, and its line here can go.
-PENDING_SETTINGS = {
-    "IMGSERVE_DRAIN_DELAY_S": "drain_delay_s: serve on, not ready, for a few seconds after SIGTERM",
-    "IMGSERVE_LOG_FORMAT": "log_format: json log lines for the cluster's log collector",
-}
-PENDING_METRICS = {
-    "imgserve_requests_in_progress": "the HPA's gauge: requests admitted and not yet answered, per pod",
-}
-
 # Labels Prometheus adds to every series it scrapes through a ServiceMonitor, and the bucket
 # label of histograms: allowed in queries beside the server's own labels.
 TARGET_LABELS = {"namespace", "pod", "service", "job", "instance", "container", "endpoint", "le"}
@@ -200,15 +188,6 @@ SERIES = re.compile(r"\bimgserve_[a-z0-9_]+\b")
 
 def series_in(query: str) -> set[str]:
     return set(SERIES.findall(query))
-
-
-def expect_pending(missing: set[str], pending: dict[str, str]) -> None:
-    """Call last in a test, once everything else is asserted: fail for anything missing that
-    is not pending, report what is pending as an expected failure."""
-    unexpected = missing - pending.keys()
-    assert not unexpected, f"not provided by the server: {sorted(unexpected)}"
-    if missing:
-        pytest.xfail("the server lacks, for now: " + "; ".join(f"{m} ({pending[m]})" for m in sorted(missing)))
 
 
 # Units ---------------------------------------------------------------------------------

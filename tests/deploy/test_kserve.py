@@ -13,11 +13,9 @@ from imgserve.cli import build_parser
 from tests.deploy.manifests import (
     DEPLOY,
     KUBERNETES_VERSION,
-    PENDING_SETTINGS,
     app_get_paths,
     build,
     container_port,
-    expect_pending,
     image_model_repository,
     load_yaml,
     one,
@@ -85,7 +83,7 @@ def test_the_runtimes_settings_are_settings_and_match_its_ports(monkeypatch: pyt
     assert [p["containerPort"] for p in container["ports"]] == [settings.port]  # Knative: one port
     assert str(settings.port) == runtime()["spec"]["annotations"]["prometheus.kserve.io/port"]
     assert settings.grpc_port and settings.grpc_port != settings.port
-    expect_pending(unknown, PENDING_SETTINGS)
+    assert not unknown, f"not settings of the server: {sorted(unknown)}"
 
 
 def test_the_runtimes_probes_ask_the_servers_routes_on_its_port() -> None:
