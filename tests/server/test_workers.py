@@ -258,9 +258,14 @@ def test_sigterm_drains_requests_in_progress_then_every_process_exits(tmp_path: 
         children = list(pids_by_role(url).values())
         started = threading.Event()
 
+        def in_progress() -> float:
+            lines = httpx.get(f"{url}/metrics", timeout=10).text.splitlines()
+            return sum(float(line.split()[-1]) for line in lines if line.startswith("imgserve_requests_in_progress "))
+
         def stop_soon() -> httpx.Response:
             started.wait(5)
-            time.sleep(0.3)
+            # Every request is in (a busy machine may take a while to start four threads), then stop.
+            until(lambda: in_progress() == 4, 20, "the four requests in progress")
             process.send_signal(signal.SIGTERM)
             return httpx.Response(200)
 
