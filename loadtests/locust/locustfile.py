@@ -14,23 +14,36 @@ headless, writing CSVs (loopback only):
         -H http://127.0.0.1:8000 --csv results/burst MixedTrafficUser
     IMGSERVE_SHAPE=overload locust -f loadtests/locust/locustfile.py --headless \\
         -H http://127.0.0.1:8000 --csv results/overload SingleImageUser
+    IMGSERVE_GRPC_TARGET=127.0.0.1:8001 locust -f loadtests/locust/locustfile.py --headless \\
+        -u 32 -r 8 -t 60s --csv results/grpc GrpcTensorUser
 
 429 and 503 answers are expected under the overload shape. They count as successes when they
 carry Retry-After, because shedding load is the server doing its job. Anything else is a failure.
+Over gRPC the same goes for UNAVAILABLE and RESOURCE_EXHAUSTED with ``retry-after`` in the
+trailing metadata.
 """
 
 from __future__ import annotations
 
 import os
 import random
+import time
 from typing import Any
 
-from locust import FastHttpUser, LoadTestShape, between, task
+import grpc
+import grpc.experimental.gevent
+from locust import FastHttpUser, LoadTestShape, User, between, task
 
+from loadtests.grpc_load import CHANNEL_OPTIONS, MODEL_INFER, answer_problem, is_shed
 from loadtests.locust.payloads import mixed_photo, photos, preprocessed_photos, typical_photo
-from loadtests.payloads import multipart_files, v2_binary_body
+from loadtests.payloads import grpc_infer_request, multipart_files, v2_binary_body
+
+# Locust has patched the standard library for gevent by now; gRPC's own I/O must yield to
+# gevent too, or each call blocks every user in this process until it is answered.
+grpc.experimental.gevent.init_gevent()
 
 SHED_STATUSES = (429, 503)
+TOP_K = 5
 
 
 def _check(response: Any) -> None:
@@ -118,6 +131,53 @@ class V2BinaryTensorUser(_ImgserveUser):
                 response.success()
             else:
                 _check(response)
+
+
+class GrpcTensorUser(User):
+    """The same batches as ``V2BinaryTensorUser`` over gRPC (``inference.GRPCInferenceService``):
+    ``ModelInfer`` with the tensor in ``raw_input_contents`` and top-5 through the
+    classification parameter, as tritonclient.grpc sends them. Each user has a connection of its
+    own to ``IMGSERVE_GRPC_TARGET`` (host:port, default 127.0.0.1:8001); ``-H`` is not used."""
+
+    wait_time = between(0.0, 0.05)
+    target = os.environ.get("IMGSERVE_GRPC_TARGET", "127.0.0.1:8001")
+    model = os.environ.get("IMGSERVE_MODEL", "efficientnet_lite0")
+    timeout_s = 60.0
+
+    def on_start(self) -> None:
+        self.rng = random.Random(id(self))
+        self.channel = grpc.insecure_channel(self.target, options=CHANNEL_OPTIONS)
+        self.infer_call = self.channel.unary_unary(MODEL_INFER, request_serializer=None, response_deserializer=None)
+
+    def on_stop(self) -> None:
+        self.channel.close()
+
+    @task
+    def infer(self) -> None:
+        images = preprocessed_photos()
+        picks = [self.rng.randrange(len(images)) for _ in range(self.rng.randint(1, 8))]
+        request = grpc_infer_request(images[picks], self.model, top_k=TOP_K)
+        outcome: bytes | grpc.RpcError
+        started = time.perf_counter()
+        try:
+            outcome = self.infer_call(request, timeout=self.timeout_s)
+        except grpc.RpcError as error:
+            outcome = error
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        exception: BaseException | None = None
+        if isinstance(outcome, grpc.RpcError):
+            response, exception = b"", None if is_shed(outcome) else outcome
+        else:
+            response, problem = outcome, answer_problem(outcome, len(picks), TOP_K)
+            exception = AssertionError(f"OK with {problem}") if problem else None
+        self.environment.events.request.fire(
+            request_type="grpc",
+            name="ModelInfer [raw uint8]",
+            response_time=elapsed_ms,
+            response_length=len(response),
+            exception=exception,
+            context={},
+        )
 
 
 # Load shapes: (until second, users, spawn rate) stages.
