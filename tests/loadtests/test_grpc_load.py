@@ -74,11 +74,12 @@ def test_percentiles_are_nearest_rank_in_ms() -> None:
 
 
 def test_the_summary_has_wrks_figures_and_the_errors_codes() -> None:
-    line = {"clients": 4, "channels": 2, "seconds": 2.004, "ok": 300, "error_codes": {"UNAVAILABLE": 7},
-            "p50_ms": 5.0, "p90_ms": 8.0, "p95_ms": 9.0, "p99_ms": 12.5}  # fmt: skip
+    line = {"clients": 4, "channels": 2, "seconds": 2.004, "cpu_seconds": 0.51234, "ok": 300,
+            "error_codes": {"UNAVAILABLE": 7}, "p50_ms": 5.0, "p90_ms": 8.0, "p95_ms": 9.0, "p99_ms": 12.5}  # fmt: skip
     assert grpc_load.summary(line) == {
         "clients": 4, "seconds": 2.0, "requests_ok": 300, "errors": 7, "req_per_s": 149.7, "p50_ms": 5.0,
-        "p90_ms": 8.0, "p95_ms": 9.0, "p99_ms": 12.5, "channels": 2, "error_codes": {"UNAVAILABLE": 7},
+        "p90_ms": 8.0, "p95_ms": 9.0, "p99_ms": 12.5, "channels": 2, "generator_cpu_seconds": 0.512,
+        "error_codes": {"UNAVAILABLE": 7},
     }  # fmt: skip
     assert "error_codes" not in grpc_load.summary({**line, "error_codes": {}})
 
@@ -125,6 +126,7 @@ def test_a_closed_loop_against_a_live_server_is_bounded_in_count(simulated_serve
     figures = grpc_load.closed_loop(load, 3, 30.0, max_requests=40)
     assert figures["requests_ok"] == 40 and figures["errors"] == 0
     assert figures["seconds"] < 30 and figures["channels"] == 2 and figures["clients"] == 3
+    assert 0 < figures["generator_cpu_seconds"] < 30
     assert 0 < figures["p50_ms"] <= figures["p99_ms"]
 
 
@@ -161,7 +163,7 @@ def test_a_measured_grpc_point_has_the_servers_cpu_per_request_and_the_generator
     assert figures["mode"] == "closed" and figures["generator"] == "grpc.aio" and figures["channels"] == 4
     assert figures["requests_ok"] > 10 and figures["errors"] == 0
     assert figures["server_cpu_ms_per_request"] > 0 and figures["server_cpu"] > 0
-    assert figures["generator_cpu"] > 0  # the generator's process, once it has exited
+    assert figures["generator_cpu"] > 0 and "generator_cpu_seconds" not in figures  # in cores, the child's own
     assert figures["mean_batch_size"] >= 1
     json.dumps(figures)
     with pytest.raises(ValueError, match="closed loop"):
