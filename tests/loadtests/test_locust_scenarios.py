@@ -45,9 +45,18 @@ def run_locust(
         "--csv", str(csv_prefix), "--only-summary", user_class,
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "IMGSERVE_MODEL": "simulated", **(env or {})}
-    subprocess.run(command, check=False, capture_output=True, timeout=seconds + 60, env=env, cwd=REPO_ROOT)
+    with open(f"{csv_prefix}.log", "wb") as log:
+        subprocess.run(command, check=False, stdout=log, stderr=log, timeout=seconds + 60, env=env, cwd=REPO_ROOT)
     with open(f"{csv_prefix}_stats.csv", newline="") as f:
         return list(csv.DictReader(f))
+
+
+def failures(csv_prefix: Path) -> str:
+    """Locust's failures CSV (what failed, how often) and the end of its output, for an
+    assertion's message."""
+    failed = Path(f"{csv_prefix}_failures.csv")
+    log = Path(f"{csv_prefix}.log").read_text(errors="replace").splitlines()[-15:]
+    return (failed.read_text() if failed.exists() else "(no failures file)") + "\n" + "\n".join(log)
 
 
 def grpc_calls(base_url: str, code: str) -> float:
@@ -77,10 +86,10 @@ def test_scenario_runs_headless_and_every_request_succeeds(
     simulated_server: LiveServer, tmp_path: Path, user_class: str, endpoint: str
 ) -> None:
     rows = {row["Name"]: row for row in run_locust(simulated_server.base_url, user_class, tmp_path / user_class)}
-    assert endpoint in rows, sorted(rows)
+    assert endpoint in rows, failures(tmp_path / user_class)
     total = rows["Aggregated"]
-    assert int(total["Request Count"]) > 10
-    assert int(total["Failure Count"]) == 0
+    assert int(total["Request Count"]) > 10, failures(tmp_path / user_class)
+    assert int(total["Failure Count"]) == 0, failures(tmp_path / user_class)
 
 
 def test_the_grpc_user_runs_headless_its_calls_overlap_and_every_one_succeeds(
@@ -90,11 +99,11 @@ def test_the_grpc_user_runs_headless_its_calls_overlap_and_every_one_succeeds(
     answered, batches = grpc_calls(base_url, "OK"), batches_run(base_url)
     env = {"IMGSERVE_GRPC_TARGET": simulated_server.grpc_target}
     rows = {row["Name"]: row for row in run_locust(base_url, "GrpcTensorUser", tmp_path / "grpc", users=8, env=env)}
-    assert GRPC_ENDPOINT in rows, sorted(rows)
+    assert GRPC_ENDPOINT in rows, failures(tmp_path / "grpc")
     assert rows[GRPC_ENDPOINT]["Type"] == "grpc"
     total = rows["Aggregated"]
-    assert int(total["Request Count"]) > 10
-    assert int(total["Failure Count"]) == 0
+    assert int(total["Request Count"]) > 10, failures(tmp_path / "grpc")
+    assert int(total["Failure Count"]) == 0, failures(tmp_path / "grpc")
     # The calls went over gRPC, each answered with its classification (the user checks the answer)...
     calls = grpc_calls(base_url, "OK") - answered
     assert calls >= int(total["Request Count"])
@@ -114,8 +123,8 @@ def test_shed_calls_with_a_retry_hint_count_as_successes_and_other_errors_do_not
         rows = run_locust(base_url, "GrpcTensorUser", tmp_path / "shed", users=8, seconds=3,
                           env={"IMGSERVE_GRPC_TARGET": target})  # fmt: skip
         total = {row["Name"]: row for row in rows}["Aggregated"]
-        assert int(total["Request Count"]) > 10
-        assert int(total["Failure Count"]) == 0
+        assert int(total["Request Count"]) > 10, failures(tmp_path / "shed")
+        assert int(total["Failure Count"]) == 0, failures(tmp_path / "shed")
         assert grpc_calls(base_url, "UNAVAILABLE") > 0 and grpc_calls(base_url, "OK") > 0
 
         request = grpc_infer_request(np.zeros((1, 224, 224, 3), np.uint8), "no_such_model")
