@@ -227,8 +227,11 @@ def closed_loop(
             "--max-requests", str(max_requests), "--timeout-s", str(timeout_s),
         ]  # fmt: skip
         run = subprocess.run(
-            command, check=True, capture_output=True, text=True, timeout=duration + timeout_s + 60, cwd=REPO_ROOT
+            command, check=False, capture_output=True, text=True, timeout=duration + timeout_s + 60, cwd=REPO_ROOT
         )
+    if run.returncode != 0:
+        tail = "\n".join(run.stderr.strip().splitlines()[-5:])
+        raise RuntimeError(f"the gRPC load generator exited with {run.returncode}: {tail}")
     return summary(json.loads(run.stdout.strip().splitlines()[-1]))
 
 

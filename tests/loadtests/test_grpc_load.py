@@ -140,6 +140,11 @@ def test_a_closed_loop_against_a_live_server_is_bounded_in_time_and_counts_error
     assert 0.9 < figures["seconds"] < 5
 
 
+def test_a_generator_that_fails_says_why() -> None:
+    with pytest.raises(RuntimeError, match=r"exited with 1: (.|\n)*ValueError: a closed loop needs requests"):
+        grpc_load.closed_loop(GrpcLoad("127.0.0.1:1", []), 1, 1.0)  # nothing to send
+
+
 def test_waiting_for_an_answer_checks_it_and_is_bounded(simulated_server: LiveServer) -> None:
     target = simulated_server.grpc_target
     grpc_load.wait_for_answer(target, simulated_requests()[0], images=1, top_k=5)
