@@ -22,8 +22,8 @@ generator's CPU (in cores) says whether wrk, not the server, was the limit.
 (``inference.GRPCInferenceService/ModelInfer``, the same uint8 tensor in ``raw_input_contents``,
 top-5 through the classification parameter), from ``loadtests.grpc_load``'s own process:
 ``grpc.aio`` with one channel (connection) per client unless ``--grpc-channels`` says fewer. A
-JPEG upload is HTTP only. A ``protocol`` column then says which (and a ``model`` column which
-model, where a table that has none measures more than one).
+JPEG upload is HTTP only. A ``protocol`` column then says which, and the generator's CPU is
+shown (a ``model`` column too, where a table that has none measures more than one).
 
 ``--workers 0`` is one process (HTTP, decode and model together); N > 0 is N front-end
 processes beside a model-owner process under a supervisor, all in the server's process tree.
@@ -291,14 +291,18 @@ def grpc_requests_for(model_name: str, crop_size: int) -> list[bytes]:
 
 
 def columns(plan: Plan) -> tuple[str, ...]:
-    """The table's columns, with ``protocol`` after the payload when gRPC is measured, and
-    ``model`` first when the table has no such column but the plan measures more than one."""
+    """The table's columns, with ``protocol`` after the payload and the generator's CPU before
+    the errors when gRPC is measured (its generator is Python, on the same cores), and ``model``
+    first when the table has no such column but the plan measures more than one."""
     out = TABLES[plan.table].columns
     if "model" not in out and len(plan.models) > 1:
         out = ("model", *out)
     if "grpc" in plan.protocols:
         at = out.index("payload") + 1
         out = (*out[:at], "protocol", *out[at:])
+        if "generator_cpu_cores" not in out:
+            at = out.index("errors")
+            out = (*out[:at], "generator_cpu_cores", *out[at:])
     return out
 
 

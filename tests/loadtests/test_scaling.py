@@ -232,7 +232,7 @@ def test_with_grpc_the_table_says_each_rows_protocol() -> None:
     p = plan("--table", "real", "--payloads", "v2", "--protocols", "http,grpc")
     assert scaling.columns(p) == (
         "payload", "protocol", "workers", "clients", "req_per_s", "p50_ms", "p99_ms", "server_cpu_ms_per_request",
-        "server_cpu_cores", "mean_batch_size", "errors",
+        "server_cpu_cores", "mean_batch_size", "generator_cpu_cores", "errors",
     )  # fmt: skip
     rows = [
         row("real", "v2", 0, 80.0, protocol="grpc", clients=32, p50_ms=380.0, p99_ms=500.0, errors=0),
@@ -254,6 +254,8 @@ def test_a_table_without_a_model_column_gains_one_when_it_measures_two_models() 
         "workers",
     )
     assert scaling.columns(plan("--table", "scaling")) == scaling.TABLES["scaling"].columns  # it has one
+    with_grpc = scaling.columns(plan("--table", "scaling", "--protocols", "http,grpc"))
+    assert with_grpc.count("generator_cpu_cores") == 1 and with_grpc[:3] == ("model", "payload", "protocol")
 
 
 def test_efficiency_compares_a_protocol_with_itself() -> None:
