@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from server.grpc_api import inference_pb2 as pb  # the protocol's messages alone: no server code
+
 PHOTO_SOURCES = (
     ("skimage", "chelsea.png"),
     ("skimage", "coffee.png"),
@@ -88,6 +90,28 @@ def v2_binary_body(images: np.ndarray, input_name: str = "images") -> tuple[byte
     ).encode()
     headers = {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(len(header))}
     return header + np.ascontiguousarray(images, dtype=np.uint8).tobytes(), headers
+
+
+def grpc_infer_request(
+    images: np.ndarray, model: str, input_name: str = "images", output_name: str = "probabilities", top_k: int = 5
+) -> bytes:
+    """The same uint8 batch as ``v2_binary_body``, as a serialized gRPC ``ModelInferRequest``: the
+    tensor in ``raw_input_contents`` and top-``top_k`` through the classification parameter, as
+    tritonclient.grpc sends them (``InferRequestedOutput(..., class_count=top_k)``). Serialize
+    once, send many times."""
+    array = np.ascontiguousarray(images, dtype=np.uint8)
+    request = pb.ModelInferRequest(
+        model_name=model,
+        inputs=[pb.ModelInferRequest.InferInputTensor(name=input_name, datatype="UINT8", shape=list(array.shape))],
+        outputs=[
+            pb.ModelInferRequest.InferRequestedOutputTensor(
+                name=output_name, parameters={"classification": pb.InferParameter(int64_param=top_k)}
+            )
+        ],
+        raw_input_contents=[array.tobytes()],
+    )
+    serialized: bytes = request.SerializeToString()
+    return serialized
 
 
 def preprocessed_photos(size: int = 224) -> np.ndarray:

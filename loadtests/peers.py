@@ -39,7 +39,8 @@ from typing import Any
 import httpx
 
 from loadtests.batching_bench import write_model
-from loadtests.measure import batch_stats, closed_loop
+from loadtests.grpc_load import GrpcLoad
+from loadtests.measure import batch_stats, closed_loop, cpu_ms_per_request, generator_name
 from loadtests.payloads import HttpRequest
 from loadtests.server_process import free_port, server_process
 from loadtests.system import machine, tree_cpu_seconds, wait_until_quiet
@@ -148,10 +149,12 @@ def mlserver_server(python: Path, port: int, workdir: Path) -> Server:
     return Server([str(python.parent / "mlserver"), "start", str(workdir)], port, {}, workdir)
 
 
-def imgserve_command(repository: Path, port: int, workers: int) -> list[str]:
-    """``imgserve serve`` on 127.0.0.1 with ``workers`` front-end processes (0: one process)."""
+def imgserve_command(repository: Path, port: int, workers: int, grpc_port: int = 0) -> list[str]:
+    """``imgserve serve`` on 127.0.0.1 with ``workers`` front-end processes (0: one process), and
+    gRPC on ``grpc_port`` if one is given."""
     command = [sys.executable, "-m", "imgserve", "serve", "--model-repository", str(repository)]
-    return [*command, "--workers", str(workers), "--port", str(port)]
+    grpc = ["--grpc-port", str(grpc_port)] if grpc_port else []
+    return [*command, "--workers", str(workers), *grpc, "--port", str(port)]
 
 
 def imgserve_server(port: int, workdir: Path, workers: int = 0) -> Server:
@@ -213,10 +216,6 @@ def check_answer(base_url: str, body: HttpRequest) -> None:
         raise RuntimeError(f"bad answer: {response.status_code} {response.text[:300]}")
 
 
-def cpu_ms_per_request(cpu_seconds: float, requests: float) -> float | None:
-    return round(cpu_seconds * 1000 / requests, 3) if requests else None
-
-
 def own_and_children_cpu_seconds() -> float:
     """This process's CPU and its finished children's (a wrk run, once it has exited)."""
     usage = os.times()
@@ -231,21 +230,31 @@ def mean_batch(before: tuple[float, float], after: tuple[float, float]) -> float
 
 
 def measure(
-    base_url: str, server_pid: int, bodies: list[HttpRequest], clients: int, duration: float, path: str = INFER_PATH
+    base_url: str,
+    server_pid: int,
+    bodies: list[HttpRequest],
+    clients: int,
+    duration: float,
+    path: str = INFER_PATH,
+    *,
+    grpc: GrpcLoad | None = None,
 ) -> dict[str, Any]:
     """One closed-loop point on one server, after a warm-up and a wait for a quiet machine: wrk
     figures, the CPU of the server's whole process tree (per request and in cores), the load
     generator's CPU in cores (wrk, or this process), and the mean batch where the server reports
-    imgserve's batch metrics."""
+    imgserve's batch metrics. With ``grpc``, the load is its gRPC calls instead, from
+    ``loadtests.grpc_load``'s process (the generator's CPU is that process's while it sent)."""
     url = f"{base_url}{path}"
-    closed_loop(url, bodies, clients, min(3.0, duration))  # warm up
+    closed_loop(url, bodies, clients, min(3.0, duration), grpc=grpc)  # warm up
     wait_until_quiet()
     batches_before = batch_stats(base_url)  # outside the CPU window: /metrics costs the server CPU
     generator_before = own_and_children_cpu_seconds()
     before = tree_cpu_seconds(server_pid)
-    figures = closed_loop(url, bodies, clients, duration)
+    figures = closed_loop(url, bodies, clients, duration, grpc=grpc)
     cpu = tree_cpu_seconds(server_pid) - before
-    generator = own_and_children_cpu_seconds() - generator_before
+    generator = figures.pop("generator_cpu_seconds", None)  # a gRPC generator's own, in its window
+    if generator is None:
+        generator = own_and_children_cpu_seconds() - generator_before
     batch = mean_batch(batches_before, batch_stats(base_url))
     seconds = float(figures["seconds"])
     return {
@@ -253,6 +262,7 @@ def measure(
         "server_cpu_cores": round(cpu / seconds, 2),
         "server_cpu_ms_per_request": cpu_ms_per_request(cpu, float(figures["requests_ok"]) + figures["errors"]),
         "generator_cpu_cores": round(generator / seconds, 2),
+        "generator": generator_name(grpc),
         **({} if batch is None else {"mean_batch_size": batch}),
     }
 

@@ -6,17 +6,24 @@ from pathlib import Path
 from typing import Any
 
 
+def label(point: dict[str, Any]) -> str:
+    """A point's configuration, and its protocol where it is not HTTP."""
+    return f"{point['config']} over gRPC" if point.get("protocol") == "grpc" else str(point["config"])
+
+
 def markdown_table(points: list[dict[str, Any]]) -> str:
     lines = [
-        "| config | load | req/s | p50 ms | p95 ms | p99 ms | mean batch | errors | server CPU | generator CPU |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| config | load | req/s | p50 ms | p95 ms | p99 ms | mean batch | errors | server CPU | server CPU ms/req "
+        "| generator CPU |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for p in points:
         load = f"{p['clients']} clients" if p["mode"] == "closed" else f"{p['rate']} req/s offered"
+        cpu_ms = p.get("server_cpu_ms_per_request")
         lines.append(
-            f"| {p['config']} | {load} | {p['req_per_s']} | {p['p50_ms']} | {p.get('p95_ms', '-')} | {p['p99_ms']} | "
+            f"| {label(p)} | {load} | {p['req_per_s']} | {p['p50_ms']} | {p.get('p95_ms', '-')} | {p['p99_ms']} | "
             f"{p.get('mean_batch_size', '-')} | {p['errors']} | {p.get('server_cpu', '-')} | "
-            f"{p.get('generator_cpu', '-')} |"
+            f"{'-' if cpu_ms is None else cpu_ms} | {p.get('generator_cpu', '-')} |"
         )
     return "\n".join(lines)
 
@@ -29,10 +36,8 @@ def plot(points: list[dict[str, Any]], path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    for config in dict.fromkeys(p["config"] for p in points):
-        series = sorted(
-            (p for p in points if p["config"] == config and p["mode"] == "closed"), key=lambda p: p["clients"]
-        )
+    for config in dict.fromkeys(label(p) for p in points):
+        series = sorted((p for p in points if label(p) == config and p["mode"] == "closed"), key=lambda p: p["clients"])
         if not series:
             continue
         ax.plot([p["req_per_s"] for p in series], [p["p99_ms"] for p in series], marker="o", label=config)

@@ -18,11 +18,18 @@ IMGSERVE_RUNTIME and IMGSERVE_DEVICE), with JPEG uploads and with preprocessed u
 v2 binary tensors, at 32 clients per worker. Efficiency = req/s(N) / (N x req/s(1)); the load
 generator's CPU (in cores) says whether wrk, not the server, was the limit.
 
+``--protocols http,grpc`` measures the v2 payload over gRPC too, on the same server
+(``inference.GRPCInferenceService/ModelInfer``, the same uint8 tensor in ``raw_input_contents``,
+top-5 through the classification parameter), from ``loadtests.grpc_load``'s own process:
+``grpc.aio`` with one channel (connection) per client unless ``--grpc-channels`` says fewer. A
+JPEG upload is HTTP only. A ``protocol`` column then says which, and the generator's CPU is
+shown (a ``model`` column too, where a table that has none measures more than one).
+
 ``--workers 0`` is one process (HTTP, decode and model together); N > 0 is N front-end
 processes beside a model-owner process under a supervisor, all in the server's process tree.
 Every other choice (``--workers``, ``--clients``, ``--clients-per-worker``, ``--models``,
-``--payloads``, the simulated cost, ``--max-batch``, ``--server-env``) overrides the table's
-default. Each server runs as its own process on 127.0.0.1 on a free port and is stopped by its
+``--payloads``, ``--protocols``, the simulated cost, ``--max-batch``, ``--server-env``)
+overrides the table's default. Each server runs as its own process on 127.0.0.1 on a free port and is stopped by its
 PID; each point waits for a quiet machine after its warm-up. Writes ``scaling-<table>.json``
 (every figure, the machine, the settings) and ``scaling-<table>.md`` to ``--out-dir``, and
 prints the table.
@@ -42,10 +49,18 @@ from typing import Any
 import httpx
 from PIL import Image, ImageOps
 
-from loadtests import wrk
+from loadtests import grpc_load, wrk
 from loadtests.batching_bench import write_model
 from loadtests.gpu_bench import device_name
-from loadtests.payloads import HttpRequest, jpeg_payloads, multipart_body, preprocessed_photos, v2_binary_body
+from loadtests.grpc_load import GrpcLoad
+from loadtests.payloads import (
+    HttpRequest,
+    grpc_infer_request,
+    jpeg_payloads,
+    multipart_body,
+    preprocessed_photos,
+    v2_binary_body,
+)
 from loadtests.peers import FAILURES, failure, imgserve_command, measure, worker_counts
 from loadtests.server_process import free_port, server_process
 from loadtests.system import machine
@@ -56,6 +71,9 @@ SIMULATED_SIZE = 224  # write_model's default input: the v2 tensors' height and 
 UPLOAD_SIZE = (640, 480)
 MODELS = ("simulated", "real")
 PAYLOADS = {"jpeg": "640x480 JPEG upload to /v1/classify", "v2": "uint8 v2 binary tensor"}
+PROTOCOLS = ("http", "grpc")
+GRPC_PAYLOADS = ("v2",)  # what gRPC carries: tensors
+TOP_K = 5
 Payload = tuple[str, list[HttpRequest]]  # the path, and the bodies sent to it in turn
 
 
@@ -79,6 +97,7 @@ class Table:
 COLUMNS = {
     "model": "model",
     "payload": "payload",
+    "protocol": "protocol",
     "workers": "workers",
     "clients": "clients",
     "req_per_s": "req/s",
@@ -130,9 +149,15 @@ class Plan:
     device: str | None
     duration: float
     server_env: dict[str, str] = field(default_factory=dict)
+    protocols: list[str] = field(default_factory=lambda: ["http"])
+    grpc_channels: int | None = None  # None: one per client
 
     def clients_at(self, workers: int) -> list[int]:
         return [c * max(workers, 1) for c in self.clients] if self.per_worker else list(self.clients)
+
+    def protocols_for(self, payload: str) -> list[str]:
+        """The protocols a payload is measured over: gRPC carries tensors only."""
+        return [p for p in self.protocols if p == "http" or payload in GRPC_PAYLOADS]
 
 
 def _names(text: str, allowed: tuple[str, ...] | list[str], what: str) -> list[str]:
@@ -159,6 +184,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Plan, Path]:
     load.add_argument("--clients-per-worker", help="concurrencies per worker, times N (scaling: 32)")
     parser.add_argument("--models", help="simulated and/or real (default per table)")
     parser.add_argument("--payloads", help="jpeg and/or v2 (default per table)")
+    parser.add_argument("--protocols", default="http", help="http and/or grpc (the v2 payload only); default http")
+    parser.add_argument("--grpc-channels", type=int, help="gRPC connections per point (default: one per client)")
     parser.add_argument("--fixed-ms", type=float, help="simulated model's cost per batch (corems 5, scaling 2)")
     parser.add_argument("--per-image-ms", type=float, help="and per image (corems 0.1, scaling 0.02)")
     parser.add_argument("--max-batch", type=int, help="the server's max_batch_size (corems 32, scaling 128)")
@@ -177,6 +204,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Plan, Path]:
     try:
         if any("=" not in item for item in args.server_env):
             raise ValueError(f"--server-env takes KEY=VALUE, got {args.server_env}")
+        if args.grpc_channels is not None and args.grpc_channels < 1:
+            raise ValueError(f"--grpc-channels: a whole number from 1, got {args.grpc_channels}")
         plan = Plan(
             table=args.table,
             workers=worker_counts(args.workers or table.workers),
@@ -193,7 +222,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[Plan, Path]:
             device=args.device,
             duration=args.duration,
             server_env=dict(item.split("=", 1) for item in args.server_env),
+            protocols=_names(args.protocols, PROTOCOLS, "protocols"),
+            grpc_channels=args.grpc_channels,
         )
+        if "grpc" in plan.protocols and not set(plan.payloads) & set(GRPC_PAYLOADS):
+            raise ValueError(f"gRPC carries tensors: add {','.join(GRPC_PAYLOADS)} to --payloads")
     except ValueError as error:
         parser.error(str(error))
     return plan, args.out_dir
@@ -252,12 +285,33 @@ def requests_for(payload: str, model_name: str, crop_size: int) -> Payload:
     return f"/v2/models/{model_name}/infer", [v2_binary_body(image[None]) for image in preprocessed_photos(crop_size)]
 
 
+def grpc_requests_for(model_name: str, crop_size: int) -> list[bytes]:
+    """The v2 payload's images as gRPC ``ModelInferRequest``s: the same uint8 tensors, batch 1."""
+    return [grpc_infer_request(image[None], model_name, top_k=TOP_K) for image in preprocessed_photos(crop_size)]
+
+
+def columns(plan: Plan) -> tuple[str, ...]:
+    """The table's columns, with ``protocol`` after the payload and the generator's CPU before
+    the errors when gRPC is measured (its generator is Python, on the same cores), and ``model``
+    first when the table has no such column but the plan measures more than one."""
+    out = TABLES[plan.table].columns
+    if "model" not in out and len(plan.models) > 1:
+        out = ("model", *out)
+    if "grpc" in plan.protocols:
+        at = out.index("payload") + 1
+        out = (*out[:at], "protocol", *out[at:])
+        if "generator_cpu_cores" not in out:
+            at = out.index("errors")
+            out = (*out[:at], "generator_cpu_cores", *out[at:])
+    return out
+
+
 def efficiency(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Each row with N >= 1 workers gains req/s(N) / (N x req/s(1)), against the 1-worker row of
     the same model, payload and load (clients per worker, or clients)."""
 
     def key(r: dict[str, Any]) -> tuple[Any, ...]:
-        return r.get("model"), r.get("payload"), r.get("clients_per_worker", r.get("clients"))
+        return r.get("model"), r.get("payload"), r.get("protocol"), r.get("clients_per_worker", r.get("clients"))
 
     base = {key(r): r["req_per_s"] for r in rows if r.get("workers") == 1 and r.get("req_per_s")}
     out = []
@@ -273,7 +327,7 @@ def markdown(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> str:
     lines = ["| " + " | ".join(COLUMNS[c] for c in columns) + " |", "|" + "---|" * len(columns)]
     for r in rows:
         if "error" in r:
-            head = [str(r.get(c, "-")) for c in columns if c in ("model", "payload", "workers")]
+            head = [str(r.get(c, "-")) for c in columns if c in ("model", "payload", "protocol", "workers")]
             cells = [*head, f"failed: {r['error']}"] + [""] * (len(columns) - len(head) - 1)
         else:
             cells = ["-" if r.get(c) is None else str(r[c]) for c in columns]
@@ -288,11 +342,20 @@ def _check(base_url: str, path: str, body: HttpRequest) -> None:
 
 
 def measure_server(
-    plan: Plan, model: str, workers: int, repository: Path, workdir: Path, payloads: dict[str, Payload]
+    plan: Plan,
+    model: str,
+    workers: int,
+    repository: Path,
+    workdir: Path,
+    payloads: dict[str, Payload],
+    grpc_requests: list[bytes] | None = None,
 ) -> list[dict[str, Any]]:
-    """Start one server, check each payload once, measure each payload at each load, stop it."""
+    """Start one server, check each payload once (over each protocol), measure each payload over
+    each protocol at each load, stop it."""
     port = free_port()
-    command = imgserve_command(repository, port, workers)
+    grpc_port = free_port() if grpc_requests else 0
+    command = imgserve_command(repository, port, workers, grpc_port)
+    grpc = GrpcLoad(f"127.0.0.1:{grpc_port}", grpc_requests, plan.grpc_channels) if grpc_requests else None
     rows = []
     with (
         (workdir / "server.log").open("wb") as log,
@@ -303,14 +366,18 @@ def measure_server(
     ):  # fmt: skip
         for path, bodies in payloads.values():
             _check(base_url, path, bodies[0])
+        if grpc is not None:
+            grpc_load.wait_for_answer(grpc.target, grpc.requests[0], images=1, top_k=TOP_K)
         for payload, (path, bodies) in payloads.items():
-            for n in plan.clients_at(workers):
-                print(f"{model} {payload}: {workers} workers, {n} clients ...", file=sys.stderr)
-                figures = measure(base_url, process.pid, bodies, n, plan.duration, path=path)
-                row = {"model": model, "payload": payload, "workers": workers, **figures}
-                if plan.per_worker:
-                    row["clients_per_worker"] = n // max(workers, 1)
-                rows.append(row)
+            for protocol in plan.protocols_for(payload):
+                over = grpc if protocol == "grpc" else None
+                for n in plan.clients_at(workers):
+                    print(f"{model} {payload} over {protocol}: {workers} workers, {n} clients ...", file=sys.stderr)
+                    figures = measure(base_url, process.pid, bodies, n, plan.duration, path=path, grpc=over)
+                    row = {"model": model, "payload": payload, "protocol": protocol, "workers": workers, **figures}
+                    if plan.per_worker:
+                        row["clients_per_worker"] = n // max(workers, 1)
+                    rows.append(row)
     return rows
 
 
@@ -328,11 +395,13 @@ def run(plan: Plan) -> list[dict[str, Any]]:
                 repository, name = plan.model.parent.parent.resolve(), plan.model.parent.name
                 crop = ModelManifest.read(plan.model).preprocessing.crop_size
             payloads = {p: requests_for(p, name, crop) for p in plan.payloads}
+            over_grpc = any("grpc" in plan.protocols_for(p) for p in plan.payloads)
+            grpc_requests = grpc_requests_for(name, crop) if over_grpc else None
             for workers in plan.workers:
                 workdir = Path(tmp) / f"{model}-{workers}"
                 workdir.mkdir()
                 try:
-                    rows += measure_server(plan, model, workers, repository, workdir, payloads)
+                    rows += measure_server(plan, model, workers, repository, workdir, payloads, grpc_requests)
                 except FAILURES as error:
                     label, log = f"{model} at {workers} workers", workdir / "server.log"
                     rows.append({"model": model, "workers": workers, "error": failure(label, error, log, tmp)})
@@ -359,7 +428,7 @@ def report(plan: Plan, rows: list[dict[str, Any]]) -> dict[str, Any]:
 def main() -> None:
     plan, out_dir = parse_args()
     result = report(plan, run(plan))
-    table = markdown(result["rows"], TABLES[plan.table].columns)
+    table = markdown(result["rows"], columns(plan))
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"scaling-{plan.table}.json").write_text(json.dumps(result, indent=2))
     (out_dir / f"scaling-{plan.table}.md").write_text(f"## {result['title']}\n\n{table}\n")

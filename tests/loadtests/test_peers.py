@@ -161,3 +161,9 @@ def test_the_worker_counts_reach_the_run_from_this_command_and_from_bench(monkey
         assert call["imgserve_workers"] == [0, 2] and call["servers"] == ["imgserve"]
         assert call["clients"] == [16] and call["duration"] == 2.0
     assert _captured_run(monkeypatch, ["peers"], peers.main)["imgserve_workers"] == [0]
+
+
+def test_imgserve_serves_grpc_only_on_a_port_it_is_given(tmp_path: Path) -> None:
+    assert "--grpc-port" not in peers.imgserve_command(tmp_path, 8127, 1)
+    command = peers.imgserve_command(tmp_path, 8127, 1, grpc_port=8128)
+    assert command[-6:] == ["--workers", "1", "--grpc-port", "8128", "--port", "8127"]

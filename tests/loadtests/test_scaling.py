@@ -13,6 +13,7 @@ from PIL import Image
 
 from loadtests import scaling
 from model_contract.manifest import ModelManifest
+from server.grpc_api import inference_pb2 as pb
 
 
 def plan(*argv: str) -> scaling.Plan:
@@ -198,3 +199,83 @@ def test_the_report_names_the_real_model_without_its_path() -> None:
     assert report["settings"]["real_model"] == "efficientnet_lite0/1"
     assert "/somewhere" not in json.dumps(report)
     assert {"cpus", "cpu_model", "gpu"} <= set(report["machine"])
+
+
+def test_http_is_the_protocol_unless_grpc_is_asked_for() -> None:
+    assert plan("--table", "real").protocols == ["http"]
+    assert scaling.columns(plan("--table", "real")) == scaling.TABLES["real"].columns
+    both = plan("--table", "real", "--payloads", "jpeg,v2", "--protocols", "http,grpc", "--grpc-channels", "4")
+    assert both.protocols == ["http", "grpc"] and both.grpc_channels == 4
+    assert both.protocols_for("v2") == ["http", "grpc"]
+    assert both.protocols_for("jpeg") == ["http"]  # an upload to /v1/classify is HTTP only
+    assert plan("--table", "real", "--payloads", "v2", "--protocols", "grpc").protocols_for("v2") == ["grpc"]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--protocols", "grpc"],  # the real table's payload is jpeg
+        ["--protocols", "http,grpc", "--payloads", "jpeg"],
+        ["--protocols", "quic", "--payloads", "v2"],
+        ["--protocols", "", "--payloads", "v2"],
+        ["--protocols", "grpc", "--payloads", "v2", "--grpc-channels", "0"],
+    ],
+)
+def test_bad_protocol_options_stop_before_anything_runs(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        scaling.parse_args(["--table", "real", *argv])
+    assert stopped.value.code == 2
+    capsys.readouterr()
+
+
+def test_with_grpc_the_table_says_each_rows_protocol() -> None:
+    p = plan("--table", "real", "--payloads", "v2", "--protocols", "http,grpc")
+    assert scaling.columns(p) == (
+        "payload", "protocol", "workers", "clients", "req_per_s", "p50_ms", "p99_ms", "server_cpu_ms_per_request",
+        "server_cpu_cores", "mean_batch_size", "generator_cpu_cores", "errors",
+    )  # fmt: skip
+    rows = [
+        row("real", "v2", 0, 80.0, protocol="grpc", clients=32, p50_ms=380.0, p99_ms=500.0, errors=0),
+        {"model": "real", "workers": 1, "error": "server exited with 1"},
+    ]
+    table = scaling.markdown(rows, scaling.columns(p)).splitlines()
+    assert table[0].startswith("| payload | protocol | workers | clients | req/s |")
+    assert table[2].startswith("| v2 | grpc | 0 | 32 | 80.0 | 380.0 | 500.0 |")
+    assert table[3].startswith("| - | - | 1 | failed: server exited with 1 |")
+    assert table[3].count("|") == table[0].count("|")
+
+
+def test_a_table_without_a_model_column_gains_one_when_it_measures_two_models() -> None:
+    both = plan("--table", "real", "--models", "simulated,real", "--payloads", "v2", "--protocols", "http,grpc")
+    assert scaling.columns(both)[:4] == ("model", "payload", "protocol", "workers")
+    assert scaling.columns(plan("--table", "corems", "--models", "simulated,real"))[:3] == (
+        "model",
+        "payload",
+        "workers",
+    )
+    assert scaling.columns(plan("--table", "scaling")) == scaling.TABLES["scaling"].columns  # it has one
+    with_grpc = scaling.columns(plan("--table", "scaling", "--protocols", "http,grpc"))
+    assert with_grpc.count("generator_cpu_cores") == 1 and with_grpc[:3] == ("model", "payload", "protocol")
+
+
+def test_efficiency_compares_a_protocol_with_itself() -> None:
+    rows = scaling.efficiency(
+        [
+            row("simulated", "v2", 1, 100.0, protocol="http", clients=32),
+            row("simulated", "v2", 1, 50.0, protocol="grpc", clients=32),
+            row("simulated", "v2", 2, 150.0, protocol="http", clients=32),
+            row("simulated", "v2", 2, 150.0, protocol="grpc", clients=32),
+        ]
+    )
+    assert [r.get("efficiency") for r in rows] == [1.0, 1.0, 0.75, 1.5]
+
+
+def test_the_grpc_requests_are_the_v2_payloads_images_for_the_model() -> None:
+    requests = scaling.grpc_requests_for("simulated", 224)
+    assert len(requests) == 5 and len(set(requests)) == 5
+    message = pb.ModelInferRequest.FromString(requests[0])
+    assert message.model_name == "simulated" and list(message.inputs[0].shape) == [1, 224, 224, 3]
+    [(path, bodies)] = [scaling.requests_for("v2", "simulated", 224)]
+    assert path == "/v2/models/simulated/infer"
+    header_length = int(bodies[0][1]["Inference-Header-Content-Length"])
+    assert bodies[0][0][header_length:] == message.raw_input_contents[0]  # the same bytes on both protocols
