@@ -123,11 +123,11 @@ class InferenceServicer:
 
     async def model_infer(self, requests: AsyncIterator[bytes], context: Context) -> bytes:
         with self._admission.requests.held(1):
-            message = await self._read_one(requests)
+            message = await self._read_one(requests, context)
             with self._admission.body_bytes.held(len(message)):
                 return await self._infer(message, context)
 
-    async def _read_one(self, requests: AsyncIterator[bytes]) -> bytes:
+    async def _read_one(self, requests: AsyncIterator[bytes], context: Context) -> bytes:
         """The call's one message, and its end: a second message is refused, as HTTP refuses
         data left over after the request. A unary client ends the stream with its message."""
 
@@ -135,7 +135,9 @@ class InferenceServicer:
             try:
                 message = await anext(requests)
             except StopAsyncIteration:
-                raise ServiceError(ErrorKind.EMPTY_BODY, "the call carried no ModelInferRequest") from None
+                # A cancel or a deadline ends the stream too, a moment before gRPC says so.
+                await asyncio.sleep(CANCEL_NOTICE_S)
+                raise _ended_early(context) from None
             try:
                 await anext(requests)
             except StopAsyncIteration:
@@ -186,6 +188,21 @@ class InferenceServicer:
             served.manifest.output.dtype,
             raw,
         )
+
+
+CANCEL_NOTICE_S = 0.05
+"""How long a call whose stream ended with no message is given to turn out cancelled."""
+
+
+def _ended_early(context: Context) -> ServiceError:
+    """Why a call's stream ended before its message: gRPC ends it the same way when the client
+    cancels, when the deadline passes, and when the client sent nothing."""
+    if context.cancelled():
+        return ServiceError(ErrorKind.CLIENT_CLOSED_REQUEST, "the client cancelled the call")
+    remaining = context.time_remaining()
+    if remaining is not None and remaining <= 0:
+        return ServiceError(ErrorKind.TIMEOUT, "the call's deadline passed before its message arrived")
+    return ServiceError(ErrorKind.EMPTY_BODY, "the call carried no ModelInferRequest")
 
 
 def call_timeout_s(timeout_us: float | None, context: Context) -> float | None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -149,3 +149,33 @@ def test_sigterm_answers_the_calls_in_progress_and_refuses_new_ones(tmp_path: Pa
         assert [a.model_name for a in answers] == ["simulated"] * 3  # all three ran to the end
         assert code == grpc.StatusCode.UNAVAILABLE and refused_after < 5  # refused, not queued
         assert process.wait(timeout=60) in (0, -signal.SIGTERM)
+
+
+def test_a_call_that_ends_before_its_message_arrives_is_not_the_clients_mistake(tmp_path: Path) -> None:
+    """Cancelled, or past its deadline, while the message is still on its way: counted as such,
+    not as a malformed call."""
+    grpc_port = free_port()
+    app = fake_app(tmp_path, GatedRuntime(), grpc_port=grpc_port)
+    registry = app.state.metrics.registry
+    stop = threading.Event()
+
+    def nothing_yet() -> Iterator[bytes]:
+        stop.wait(10)
+        return
+        yield b""  # a generator that never sends
+
+    def counted(code: str) -> float:
+        return registry.get_sample_value("imgserve_grpc_requests_total", {"method": INFER, "code": code}) or 0.0
+
+    with live_server(app, grpc=app.state.settings), grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+        call = channel.stream_unary(INFER, request_serializer=None, response_deserializer=None)
+        pending = call.future(nothing_yet(), timeout=30)
+        time.sleep(0.5)
+        pending.cancel()
+        poll(lambda: counted("CANCELLED") == 1)
+        with pytest.raises(grpc.RpcError) as late:
+            call(nothing_yet(), timeout=0.5)
+        assert late.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        stop.set()
+        poll(lambda: counted("DEADLINE_EXCEEDED") + counted("CANCELLED") == 2)
+    assert counted("INVALID_ARGUMENT") == 0
