@@ -4,13 +4,13 @@ Each stage refuses on its own:
 
 - ``CallbackPolicy.check``, at submission: the URL's form, and its host against
   ``IMGSERVE_CALLBACK_ALLOWED_HOSTS``. No network at all, not even DNS.
-- ``CallbackSender.deliver``, at each attempt: the URL is checked again (the settings may have
+- ``CallbackPolicy.deliver``, at each attempt: the URL is checked again (the settings may have
   changed since the job was stored), its host resolved, and every address screened (a name that
   resolves to one refused address is refused whole). The request then goes to the screened
   address itself, not to the name again, which could answer differently the second time (DNS
   rebinding): the address is in the URL, the name in ``Host`` and, for https, in the TLS server
   name that the certificate is checked against.
-- The receiver checks the signature with ``verify`` (the README shows one).
+- The receiver checks the signature as ``verify`` does.
 
 What "allowed" means. A name entry (``hooks.example.com``, or ``*.example.com`` for the names
 under it) admits URLs that name that host, and the public addresses it resolves to. An IP or
@@ -27,6 +27,7 @@ The runner keeps the schedule; ``retry_delay`` only computes the wait before the
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -37,7 +38,7 @@ import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import httpx
 
@@ -194,16 +195,48 @@ def _authority(url: str) -> str:
 
 
 @dataclass(frozen=True)
+class Attempt:
+    ok: bool
+    status: int | None
+    """The receiver's HTTP status, when it answered."""
+    error: str | None
+    """Why the attempt failed, short (stored with the job)."""
+
+
+def _failed(error: str, status: int | None = None) -> Attempt:
+    error = error if len(error) <= MAX_ERROR_CHARS else error[: MAX_ERROR_CHARS - 3] + "..."
+    return Attempt(ok=False, status=status, error=error)
+
+
+async def resolve_host(name: str, port: int) -> list[str]:
+    """The system resolver, off the event loop (``getaddrinfo`` runs in the default executor)."""
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(name, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
+    return [str(info[4][0]) for info in infos]
+
+
+@functools.cache
+def system_tls() -> ssl.SSLContext:
+    """httpx's default trust (the system's CAs), made once per process: making it costs ~40 ms."""
+    return httpx.create_ssl_context()
+
+
+@dataclass(frozen=True)
 class CallbackPolicy:
-    """What the settings allow, and the decisions that need no network."""
+    """What the settings allow, the decisions that need no network (``check``, ``screen``,
+    ``retry_delay``), and ``deliver``. ``resolve``, ``clock`` and ``tls`` (None: the system's
+    CAs) are there for tests and for receivers behind a private CA (``dataclasses.replace``)."""
 
     allowed: AllowList
-    secret: bytes | None
+    secret: bytes | None = field(repr=False)  # kept out of logs
     connect_timeout_s: float
     read_timeout_s: float
     max_attempts: int
     retry_base_s: float
     retry_max_s: float
+    resolve: Resolver = resolve_host
+    clock: Callable[[], float] = time.time
+    tls: ssl.SSLContext | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> CallbackPolicy:
@@ -269,7 +302,10 @@ class CallbackPolicy:
             if isinstance(address, ipaddress.IPv6Address) and address.scope_id:
                 return f"the host resolved to {address}, a scoped address"
             if not (is_public(address) or self.allowed.admits_address(address)):
-                return f"the host resolved to {address}, not a public address, and no allowed network holds it"
+                shown = address
+                if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+                    shown = address.ipv4_mapped  # ::ffff:7f00:1 reads better as 127.0.0.1
+                return f"the host resolved to {shown}, not a public address, and no allowed network holds it"
         return None
 
     def retry_delay(self, attempt: int, rng: random.Random) -> float | None:
@@ -284,74 +320,15 @@ class CallbackPolicy:
         ceiling = min(self.retry_max_s, self.retry_base_s * 2.0 ** min(attempt - 1, 60))
         return rng.uniform(0.0, ceiling)
 
-
-@dataclass(frozen=True)
-class Attempt:
-    ok: bool
-    status: int | None
-    """The receiver's HTTP status, when it answered."""
-    error: str | None
-    """Why the attempt failed, short (stored with the job)."""
-
-
-def _failed(error: str, status: int | None = None) -> Attempt:
-    error = error if len(error) <= MAX_ERROR_CHARS else error[: MAX_ERROR_CHARS - 3] + "..."
-    return Attempt(ok=False, status=status, error=error)
-
-
-async def resolve_host(name: str, port: int) -> list[str]:
-    """The system resolver, off the event loop (``getaddrinfo`` runs in the default executor)."""
-    loop = asyncio.get_running_loop()
-    infos = await loop.getaddrinfo(name, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
-    return [str(info[4][0]) for info in infos]
-
-
-class CallbackSender:
-    """Delivers callbacks, one attempt per ``deliver``. One per process; ``aclose`` when done.
-
-    ``resolve``, ``clock`` and ``verify`` (the TLS trust: True for the system's CAs) are there
-    for tests and for receivers behind a private CA."""
-
-    def __init__(
-        self,
-        policy: CallbackPolicy,
-        *,
-        resolve: Resolver = resolve_host,
-        clock: Callable[[], float] = time.time,
-        verify: ssl.SSLContext | bool = True,
-    ) -> None:
-        self._policy = policy
-        self._resolve = resolve
-        self._clock = clock
-        timeout = httpx.Timeout(
-            connect=policy.connect_timeout_s,
-            read=policy.read_timeout_s,
-            write=policy.read_timeout_s,
-            pool=policy.connect_timeout_s,
-        )
-        # No proxy from the environment (it would connect to the name, not the screened address),
-        # no redirects, and no connection reuse: a connection opened and verified for one name
-        # must never carry a request for another name that resolved to the same address.
-        self._client = httpx.AsyncClient(
-            timeout=timeout,
-            follow_redirects=False,
-            trust_env=False,
-            verify=verify,
-            limits=httpx.Limits(max_keepalive_connections=0),
-        )
-
-    async def aclose(self) -> None:
-        await self._client.aclose()
-
     async def deliver(self, url: str, body: bytes) -> Attempt:
         """One attempt to POST ``body`` (the job, as JSON) to ``url``. Never raises for what the
         receiver, its name or its network do: every failure is an ``Attempt`` with a reason."""
         try:
-            checked = httpx.URL(self._policy.check(url))
+            checked = httpx.URL(self.check(url))
         except ServiceError as exc:
             return _failed(exc.message)
         # The httpx timeouts bound each phase; this bounds a receiver that trickles its answer.
-        limit = self._policy.connect_timeout_s + self._policy.read_timeout_s
+        limit = self.connect_timeout_s + self.read_timeout_s
         try:
             return await asyncio.wait_for(self._attempt(checked, body), timeout=limit)
         except asyncio.TimeoutError:
@@ -365,46 +342,55 @@ class CallbackSender:
         else:
             port = url.port or (443 if url.scheme == "https" else 80)
             try:
-                found = await asyncio.wait_for(self._resolve(name, port), timeout=self._policy.connect_timeout_s)
+                found = await asyncio.wait_for(self.resolve(name, port), timeout=self.connect_timeout_s)
             except (OSError, ValueError, asyncio.TimeoutError) as exc:
                 return _failed(f"could not resolve {name}: {str(exc) or 'timed out'}")
             parsed = [_ip(text) for text in found]
             if None in parsed:
                 return _failed(f"could not resolve {name}: the resolver gave no IP address")
             addresses = list(dict.fromkeys(a for a in parsed if a is not None))
-        refusal = self._policy.screen(addresses)
+        refusal = self.screen(addresses)
         if refusal is not None:
             log.warning("callback to %s refused: %s", name, refusal)
             return _failed(f"refused: {refusal}")
-        request_headers = self._headers(url, body)
         # TLS is checked against the name, whatever address the connection goes to.
         extensions = {"sni_hostname": name} if url.scheme == "https" and literal is None else {}
-        error = "no address to connect to"
-        for address in addresses[:MAX_ADDRESSES_TRIED]:
-            request = self._client.build_request(
-                "POST", url.copy_with(host=str(address)), content=body, headers=request_headers, extensions=extensions
-            )
-            try:
-                response = await self._client.send(request, stream=True)
-            except httpx.ConnectTimeout:
-                error = f"connecting to {address} timed out"
-                continue
-            except httpx.ConnectError as exc:
-                error = f"could not connect to {address}: {exc}"
-                continue
-            except httpx.TimeoutException:
-                return _failed(f"the receiver did not answer within {self._policy.read_timeout_s:g}s")
-            except httpx.HTTPError as exc:
-                return _failed(f"the exchange with the receiver failed: {type(exc).__name__}")
-            # The body is never read: only the status counts.
-            await response.aclose()
-            return _outcome(response.status_code)
-        return _failed(error)
+        timeout = httpx.Timeout(
+            connect=self.connect_timeout_s, read=self.read_timeout_s, write=self.read_timeout_s, pool=None
+        )
+        # A client per attempt, so no connection opened (and verified) for one name ever carries
+        # a request for another that resolved to the same address; no proxy from the environment
+        # (it would connect to the name, not to the screened address); no redirects.
+        async with httpx.AsyncClient(
+            timeout=timeout, follow_redirects=False, trust_env=False, verify=self.tls or system_tls()
+        ) as client:
+            headers = self._headers(url, body)
+            error = "no address to connect to"
+            for address in addresses[:MAX_ADDRESSES_TRIED]:
+                request = client.build_request(
+                    "POST", url.copy_with(host=str(address)), content=body, headers=headers, extensions=extensions
+                )
+                try:
+                    response = await client.send(request, stream=True)
+                except httpx.ConnectTimeout:
+                    error = f"connecting to {address} timed out"
+                    continue
+                except httpx.ConnectError as exc:
+                    error = f"could not connect to {address}: {exc}"
+                    continue
+                except httpx.TimeoutException:
+                    return _failed(f"the receiver did not answer within {self.read_timeout_s:g}s")
+                except httpx.HTTPError as exc:
+                    return _failed(f"the exchange with the receiver failed: {type(exc).__name__}")
+                # The body is never read: only the status counts.
+                await response.aclose()
+                return _outcome(response.status_code)
+            return _failed(error)
 
     def _headers(self, url: httpx.URL, body: bytes) -> dict[str, str]:
-        secret = self._policy.secret
+        secret = self.secret
         assert secret is not None, "check refuses every URL without a secret"
-        timestamp = int(self._clock())
+        timestamp = int(self.clock())
         return {
             "Host": url.netloc.decode("ascii"),
             "Content-Type": "application/json",

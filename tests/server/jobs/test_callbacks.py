@@ -7,6 +7,7 @@ through fake resolvers, and addresses outside loopback appear only in refusals."
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ipaddress
 import random
 import shutil
@@ -31,7 +32,6 @@ from server.jobs.callbacks import (
     AllowList,
     Attempt,
     CallbackPolicy,
-    CallbackSender,
     is_public,
     sign,
     verify,
@@ -142,7 +142,7 @@ def make_policy(hosts: str = "127.0.0.1", secret: bytes | None = SECRET, **jobs:
     timeouts = {"callback_connect_timeout_s": 1.0, "callback_read_timeout_s": 1.0, **jobs}
     settings = Settings(
         callback_allowed_hosts=hosts,  # type: ignore[arg-type]  # the comma-separated form, as from the environment
-        callback_secret=secret.decode() if secret else None,  # type: ignore[arg-type]
+        callback_secret=secret.decode() if secret is not None else None,  # type: ignore[arg-type]
         jobs=JobSettings(**timeouts),
     )
     return CallbackPolicy.from_settings(settings)
@@ -155,21 +155,18 @@ def run(coroutine: Awaitable[T]) -> T:
     return asyncio.run(bounded())
 
 
-def deliver_each(policy: CallbackPolicy, urls: list[str], body: bytes = BODY, **sender: Any) -> list[Attempt]:
-    """Attempts one after another, by one sender."""
+def deliver_each(policy: CallbackPolicy, urls: list[str], body: bytes = BODY, **options: Any) -> list[Attempt]:
+    """Attempts one after another; ``options`` replace the policy's resolver, clock or TLS trust."""
+    policy = dataclasses.replace(policy, **options)
 
     async def attempts() -> list[Attempt]:
-        callbacks = CallbackSender(policy, **sender)
-        try:
-            return [await callbacks.deliver(url, body) for url in urls]
-        finally:
-            await callbacks.aclose()
+        return [await policy.deliver(url, body) for url in urls]
 
     return run(attempts())
 
 
-def deliver(policy: CallbackPolicy, url: str, body: bytes = BODY, **sender: Any) -> Attempt:
-    [attempt] = deliver_each(policy, [url], body, **sender)
+def deliver(policy: CallbackPolicy, url: str, body: bytes = BODY, **options: Any) -> Attempt:
+    [attempt] = deliver_each(policy, [url], body, **options)
     return attempt
 
 
@@ -317,14 +314,38 @@ def test_a_name_allowed_but_resolving_to_loopback_is_refused_at_delivery(receive
 
 
 def test_a_name_resolving_to_any_refused_address_is_refused_whole(receiver: Receiver) -> None:
+    # Only loopback answers are delivered to: were the screen broken, the connection would reach
+    # the receiver (and be counted), never another machine.
     url = receiver.url("/ok", host="hooks.example.com")
-    policy = make_policy("hooks.example.com")
-    for answer in (["10.0.0.5"], ["127.0.0.1"], ["93.184.216.34", "10.0.0.5"], ["::ffff:127.0.0.1"]):
+    policy = make_policy("hooks.example.com,127.0.0.1")
+    for answer in (["127.0.0.2"], ["::ffff:127.0.0.2"], ["127.0.0.1", "127.0.0.2"], ["127.0.0.2", "127.0.0.1"]):
         attempt = deliver(policy, url, resolve=fake_resolver({"hooks.example.com": answer}))
-        assert attempt.ok is False and attempt.error and "refused" in attempt.error, answer
+        assert attempt.ok is False and attempt.error and "refused" in attempt.error and "127.0.0.2" in attempt.error
     assert receiver.connections == 0
     nothing = deliver(policy, url, resolve=fake_resolver({"hooks.example.com": []}))
     assert nothing.error and "no address" in nothing.error
+    not_an_address = deliver(policy, url, resolve=fake_resolver({"hooks.example.com": ["hooks.example.com"]}))
+    assert not_an_address.error and "no IP address" in not_an_address.error
+    # Private and public answers together, screened without delivering (nothing is dialled).
+    policy = make_policy("hooks.example.com")
+    public, private = ipaddress.ip_address("93.184.216.34"), ipaddress.ip_address("10.0.0.5")
+    assert policy.screen([public]) is None
+    assert "10.0.0.5" in (policy.screen([public, private]) or "")
+
+
+def test_proxies_from_the_environment_are_not_used(receiver: Receiver, monkeypatch: pytest.MonkeyPatch) -> None:
+    proxy = Receiver()
+    proxy.start()
+    try:
+        for variable in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+            monkeypatch.setenv(variable, f"http://127.0.0.1:{proxy.port}")
+        for variable in ("NO_PROXY", "no_proxy"):
+            monkeypatch.delenv(variable, raising=False)
+        attempt = deliver(make_policy(), receiver.url("/ok"))
+        assert attempt.ok, attempt.error
+        assert proxy.connections == 0 and receiver.connections == 1
+    finally:
+        proxy.stop()
 
 
 def test_the_connection_goes_to_the_screened_address_not_the_name_again(receiver: Receiver) -> None:
@@ -369,12 +390,12 @@ def test_https_connects_to_the_screened_address_and_checks_the_certificate_again
         trust = ssl.create_default_context(cafile=str(cert))
         resolve = fake_resolver({"hooks.test": ["127.0.0.1"], "other.test": ["127.0.0.1"]})
         policy = make_policy("hooks.test,other.test,127.0.0.1")
-        attempt = deliver(policy, server.url("/ok", host="hooks.test", scheme="https"), resolve=resolve, verify=trust)
+        attempt = deliver(policy, server.url("/ok", host="hooks.test", scheme="https"), resolve=resolve, tls=trust)
         assert attempt.ok, attempt.error
         assert server.server_names == ["hooks.test"]
         assert server.requests[0].headers["Host"] == f"hooks.test:{server.port}"
         # The same address under a name the certificate does not carry: TLS refuses it.
-        wrong = deliver(policy, server.url("/ok", host="other.test", scheme="https"), resolve=resolve, verify=trust)
+        wrong = deliver(policy, server.url("/ok", host="other.test", scheme="https"), resolve=resolve, tls=trust)
         assert wrong.ok is False and wrong.error and "certificate" in wrong.error.lower()
         assert len(server.requests) == 1
     finally:
@@ -448,6 +469,22 @@ def test_callbacks_are_refused_until_configured(receiver: Receiver) -> None:
     attempt = deliver(make_policy(secret=None), url)
     assert attempt.ok is False and attempt.error and "IMGSERVE_CALLBACK_SECRET" in attempt.error
     assert receiver.connections == 0
+
+
+def test_the_policy_reads_the_settings_and_keeps_the_secret_out_of_its_repr() -> None:
+    policy = make_policy(
+        "hooks.example.com",
+        callback_max_attempts=3,
+        callback_connect_timeout_s=2.0,
+        callback_read_timeout_s=7.0,
+        callback_retry_base_s=0.5,
+        callback_retry_max_s=30.0,
+    )
+    assert policy.secret == SECRET and policy.allowed.names == {"hooks.example.com"}
+    assert (policy.max_attempts, policy.connect_timeout_s, policy.read_timeout_s) == (3, 2.0, 7.0)
+    assert (policy.retry_base_s, policy.retry_max_s) == (0.5, 30.0)
+    assert SECRET.decode() not in repr(policy)
+    assert make_policy(secret=b"").secret is None  # an empty secret is no secret
 
 
 def test_the_allow_list_reads_names_wildcards_addresses_and_networks() -> None:
