@@ -16,6 +16,7 @@ from server.api.access import DOCS_PATHS, METRICS_PATHS, PROBE_PATHS, AccessCont
 from server.api.admit import AdmitRequests
 from server.api.body_deadline import BodyDeadline
 from server.api.error_handlers import install_error_handlers
+from server.api.job_routes import router as jobs_router
 from server.api.middleware import RequestMetrics
 from server.api.request_log import RequestLog
 from server.api.responses import OrjsonResponse
@@ -26,6 +27,8 @@ from server.api.v2_routes import router as v2_router
 from server.api_keys import ApiKeys
 from server.cpu_budget import CpuBudgets
 from server.gatekeeper import Gatekeeper
+from server.hooks import PredictionHooks
+from server.jobs.lifecycle import open_jobs
 from server.local_models import LocalModels, build_registry
 from server.metrics import Metrics
 from server.rate_limit import RateLimiter
@@ -68,16 +71,23 @@ def create_app(
         # A parse peaks at about 25x its JSON body's size (nested lists of Python objects).
         worker_memory = max(1 << 30, 64 * settings.limits.max_body_bytes)
         pool = WorkPool(threads=settings.decode_threads or os.cpu_count() or 1, worker_memory_bytes=worker_memory)
-        app.state.service = ClassificationService(models.catalog, admission, pool, metrics, clock, tracing)
+        app.state.service = service = ClassificationService(models.catalog, admission, pool, metrics, clock, tracing)
+        # In-process hooks (entry points imgserve.prediction_callbacks): never delay a request.
+        app.state.hooks = hooks = PredictionHooks.from_entry_points(metrics.hook_drops)
+        jobs = await open_jobs(settings, service, hooks.notify)  # None without a result store
+        app.state.jobs = None if jobs is None else jobs.jobs
         # Load in the background: /health answers at once, /ready turns true after warm-up.
         await models.start()
         try:
             yield
         finally:
-            # Ordered: let the other protocols' calls in progress end (they use the models), stop
-            # loading and polling, drain each model's queue, release models, then threads.
+            # Ordered: let the other protocols' calls and the jobs in progress end (they use the
+            # models), stop loading and polling, drain each model's queue, release models, then threads.
             for drained in app.state.before_close:
                 await drained()
+            if jobs is not None:
+                await jobs.close(settings.drain_timeout_s)
+            await asyncio.to_thread(hooks.close)
             await models.close()
             await asyncio.to_thread(pool.shutdown)
 
@@ -107,6 +117,7 @@ def create_app(
     app.include_router(router)
     app.include_router(v2_router)
     app.include_router(tfserving_router)
+    app.include_router(jobs_router)
     install_error_handlers(app)
     _add_middleware(app, settings, admission, metrics, gatekeeper, tracing)
     return app
@@ -136,7 +147,8 @@ def _add_middleware(
     bottom-up: the request's id, its trace span (when tracing is on), metrics, trusted host, CORS,
     access control, admission, then the body deadline."""
     app.add_middleware(BodyDeadline, timeout_s=settings.http.body_timeout_s)
-    app.add_middleware(AdmitRequests, admission=admission)
+    larger = {"/v1/jobs": settings.jobs.max_body_bytes} if settings.jobs.enabled else {}
+    app.add_middleware(AdmitRequests, admission=admission, larger_bodies=larger)
     app.add_middleware(AccessControl, gatekeeper=gatekeeper, public_paths=_public_paths(settings))
     if settings.cors_origins:
         # Outside access control: a browser's preflight carries no credentials.

@@ -13,6 +13,7 @@ services in ``server/grpc_api``).
 from __future__ import annotations
 
 import hmac
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -35,6 +36,9 @@ class Access(Enum):
 
 @dataclass(frozen=True)
 class Admitted:
+    identity: str
+    """Who the client is: ``key:<name>`` for an API key, else ``address:<ip>``. What it stores
+    (jobs, results) is its own."""
     account: CpuAccount | None
     """The CPU budget the call's work is charged to (None: no budget applies)."""
     rate_limit: dict[str, str] = field(default_factory=dict)
@@ -69,9 +73,9 @@ class Gatekeeper:
     def admit(self, access: Access, credential: str | None, address: str | None) -> Admitted:
         """Let a call in, or raise ``Refused``. ``credential`` is the bearer token or API key the
         client presented; ``address`` its network address (None when unknown)."""
-        if access is Access.PUBLIC:
-            return Admitted(None)
         by_address = f"address:{address or 'unknown'}"
+        if access is Access.PUBLIC:
+            return Admitted(by_address, None)
         client = self._api_keys.client_of(credential) if self._api_keys and credential else None
         tier = client if client is not None and access is Access.CLIENT else None
         identity = f"key:{tier.name}" if tier is not None else by_address
@@ -91,7 +95,7 @@ class Gatekeeper:
                 raise ServiceError(
                     ErrorKind.UNAUTHORIZED, f"{what}: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'"
                 )
-            return Admitted(self._cpu_account(identity, tier), rate_limit)
+            return Admitted(identity, self._cpu_account(identity, tier), rate_limit)
         except ServiceError as error:
             raise Refused(error, rate_limit) from None
 
@@ -111,6 +115,10 @@ class Gatekeeper:
             )
         if credential is None or not hmac.compare_digest(credential.encode(), self._admin_token):
             raise ServiceError(ErrorKind.UNAUTHORIZED, "the repository API needs 'Authorization: Bearer <admin token>'")
+
+
+client_identity: ContextVar[str | None] = ContextVar("client_identity", default=None)
+"""Set by access control for the request being handled (``Admitted.identity``)."""
 
 
 def bearer_or_key(authorization: str | None, api_key: str | None) -> str | None:

@@ -115,6 +115,11 @@ class Metrics:
             registry=r,
             multiprocess_mode="livesum",
         )
+        self.hook_drops = Counter(
+            "imgserve_prediction_hook_drops_total",
+            "Prediction hook notifications dropped: the hooks' queue was full (server/hooks.py).",
+            registry=r,
+        )
         # gRPC calls, by full method name and status code name (grpc-prometheus names them alike).
         self.grpc_requests = Counter(
             "imgserve_grpc_requests_total", "gRPC calls by method and status code.", ["method", "code"], registry=r

@@ -17,7 +17,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
-from typing import Awaitable, Callable, Sequence, TypeVar, Union
+from typing import Any, Awaitable, Callable, Sequence, TypeVar, Union
 
 import numpy as np
 
@@ -62,6 +62,17 @@ class Classification:
     model: str
     version: int
     predictions: list[Prediction]
+
+    def as_dict(self) -> dict[str, Any]:
+        """As ``/v1/classify`` answers it (and a job's result for one image)."""
+        best = self.predictions[0]
+        return {
+            "model": self.model,
+            "version": self.version,
+            "class": best.label,
+            "confidence": best.score,
+            "predictions": [{"label": p.label, "index": p.index, "score": p.score} for p in self.predictions],
+        }
 
 
 ItemOutcome = Union[Classification, ServiceError]

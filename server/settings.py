@@ -132,6 +132,11 @@ class JobSettings(BaseModel):
 
     enabled: bool = Field(False, description="Serve /v1/jobs (and run jobs); needs a result store.")
     max_images_per_job: int = Field(10_000, ge=1, description="Most images in one job (413 beyond).")
+    max_body_bytes: int = Field(
+        256 * 1024 * 1024,
+        ge=1,
+        description="Largest POST /v1/jobs body (413 beyond); at most the limits' max_body_bytes_in_flight.",
+    )
     max_queued_per_client: int = Field(
         10, ge=1, description="Jobs one client (API key, else address) may have queued or running (429 beyond)."
     )
@@ -282,6 +287,12 @@ class Settings(BaseSettings):
             except ValueError as exc:
                 raise ValueError(f"rate_limit {value!r} is not like '50/second;1000/minute'") from exc
         return value or None
+
+    @model_validator(mode="after")
+    def _a_job_fits_the_body_budget(self) -> Settings:
+        if self.jobs.enabled and self.jobs.max_body_bytes > self.limits.max_body_bytes_in_flight:
+            raise ValueError("jobs.max_body_bytes must be at most limits.max_body_bytes_in_flight")
+        return self
 
     @property
     def store_url(self) -> str | None:

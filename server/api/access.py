@@ -15,7 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from model_contract.errors import ErrorKind, ServiceError
 from server.api.error_handlers import refuse
 from server.cpu_budget import current_account
-from server.gatekeeper import Access, Gatekeeper, Refused, bearer_or_key
+from server.gatekeeper import Access, Gatekeeper, Refused, bearer_or_key, client_identity
 
 ADMIN_PREFIX = "/v2/repository"
 PROBE_PATHS = frozenset({"/health", "/ready", "/v2/health/live", "/v2/health/ready"})
@@ -94,11 +94,12 @@ class AccessControl:
         except Refused as refused:
             await refuse(refused.error, scope, receive, send, refused.rate_limit)
             return
-        token = current_account.set(admitted.account)
+        token, who = current_account.set(admitted.account), client_identity.set(admitted.identity)
         try:
             headers = admitted.rate_limit
             await self.app(scope, receive, _with_headers(send, headers) if headers else send)
         finally:
+            client_identity.reset(who)
             current_account.reset(token)
 
 

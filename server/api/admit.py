@@ -30,13 +30,16 @@ def declared_length(scope: Scope) -> int | None:
 
 
 class AdmitRequests:
-    def __init__(self, app: ASGIApp, admission: Admission) -> None:
+    def __init__(self, app: ASGIApp, admission: Admission, larger_bodies: dict[str, int] | None = None) -> None:
+        """``larger_bodies``: paths whose body limit is not the server's (a job's many images)."""
         self.app = app
         self.admission = admission
         self.max_body = admission.limits.max_body_bytes
+        self.larger_bodies = larger_bodies or {}
 
-    def _too_large(self) -> ServiceError:
-        return ServiceError(ErrorKind.PAYLOAD_TOO_LARGE, f"request body exceeds {self.max_body} bytes")
+    @staticmethod
+    def _too_large(limit: int) -> ServiceError:
+        return ServiceError(ErrorKind.PAYLOAD_TOO_LARGE, f"request body exceeds {limit} bytes")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] not in BODY_METHODS:
@@ -44,10 +47,11 @@ class AdmitRequests:
             return
         budget = self.admission
         reserved = 0
+        max_body = self.larger_bodies.get(scope["path"], self.max_body)
         try:
             declared = declared_length(scope)
-            if declared is not None and declared > self.max_body:
-                raise self._too_large()
+            if declared is not None and declared > max_body:
+                raise self._too_large(max_body)
             budget.requests.take(1)
         except ServiceError as error:
             await refuse(error, scope, receive, send)
@@ -68,8 +72,8 @@ class AdmitRequests:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_body:
-                    raise self._too_large()
+                if received > max_body:
+                    raise self._too_large(max_body)
                 if received > reserved:  # chunked: no length was declared up front
                     budget.body_bytes.take(received - reserved)
                     reserved = received

@@ -13,7 +13,9 @@ from server.api.deps import metrics_of, service_of, settings_of
 from server.api.disconnect import unless_disconnected
 from server.api.error_handlers import imgserve_body
 from server.api.responses import OrjsonResponse
-from server.service import Classification, ItemOutcome
+from server.gatekeeper import client_identity
+from server.request_context import request_id
+from server.service import ItemOutcome
 
 router = APIRouter()
 
@@ -56,27 +58,22 @@ _IMAGES_BODY: dict[str, Any] = {
 }
 
 
-def classification_body(result: Classification) -> dict[str, Any]:
-    best = result.predictions[0]
-    return {
-        "model": result.model,
-        "version": result.version,
-        "class": best.label,
-        "confidence": best.score,
-        "predictions": [{"label": p.label, "index": p.index, "score": p.score} for p in result.predictions],
-    }
-
-
 def _item_body(outcome: ItemOutcome) -> dict[str, Any]:
     if isinstance(outcome, ServiceError):
         return imgserve_body(outcome)
-    return classification_body(outcome)
+    return outcome.as_dict()
 
 
 async def _classify(request: Request, model: str, top_k: int, timeout_ms: float | None) -> Response:
     data = await uploads.single_image(request)
     work = service_of(request).classify(data, model_name=model, k=top_k, timeout_s=_seconds(timeout_ms))
-    return OrjsonResponse(classification_body(await unless_disconnected(request, work)))
+    body = (await unless_disconnected(request, work)).as_dict()
+    rid = request_id.get() or ""
+    request.app.state.hooks.notify(rid, body)  # queued for the hooks' threads: never waits
+    jobs = request.app.state.jobs
+    if jobs is not None:  # the result store keeps it, by the request's id, behind the answer
+        jobs.remember(rid, client_identity.get() or "address:unknown", body, data)
+    return OrjsonResponse(body)
 
 
 @router.post("/v1/classify", openapi_extra=_IMAGE_BODY, tags=["classify"])
@@ -94,7 +91,12 @@ async def classify_batch(request: Request, top_k: int = TopK, timeout_ms: float 
         images, model_name=settings.default_model, k=top_k, timeout_s=_seconds(timeout_ms)
     )
     outcomes = await unless_disconnected(request, work)
-    return OrjsonResponse({"results": [_item_body(o) for o in outcomes]})
+    results = [_item_body(o) for o in outcomes]
+    rid = request_id.get() or ""
+    for index, (outcome, result) in enumerate(zip(outcomes, results, strict=True)):
+        if not isinstance(outcome, ServiceError):
+            request.app.state.hooks.notify(f"{rid}/{index}", result)
+    return OrjsonResponse({"results": results})
 
 
 @router.post("/v1/models/{name}/classify", openapi_extra=_IMAGE_BODY, tags=["classify"])

@@ -38,11 +38,13 @@ async def single_image(request: Request) -> bytes:
     )
 
 
-async def many_images(request: Request, max_files: int) -> list[bytes]:
+def require_multipart(request: Request, how: str) -> None:
     if _content_type(request) != "multipart/form-data":
-        raise ServiceError(
-            ErrorKind.UNSUPPORTED_MEDIA_TYPE, "send multipart/form-data with one 'files' field per image"
-        )
+        raise ServiceError(ErrorKind.UNSUPPORTED_MEDIA_TYPE, how)
+
+
+async def many_images(request: Request, max_files: int) -> list[bytes]:
+    require_multipart(request, "send multipart/form-data with one 'files' field per image")
     files = await _form_files(request, "files", max_files=max_files + 1)
     if len(files) > max_files:
         raise ServiceError(ErrorKind.TOO_MANY_IMAGES, f"at most {max_files} images per request")

@@ -21,7 +21,7 @@ from model_contract.errors import ErrorKind, ServiceError
 from server.access_log import log_grpc
 from server.cpu_budget import current_account
 from server.errors import from_batching_error
-from server.gatekeeper import Access, Gatekeeper, Refused, bearer_or_key
+from server.gatekeeper import Access, Gatekeeper, Refused, bearer_or_key, client_identity
 from server.grpc_api.status import GRPC_STATUS, Metadata, rate_limit_metadata, retry_hint
 from server.metrics import Metrics
 from server.request_context import HEADER, accepted_request_id, request_id
@@ -103,7 +103,7 @@ class Guard:
                     admitted = self._gatekeeper.admit(access, credential_of(context), address_of(context))
                     metadata += rate_limit_metadata(admitted.rate_limit)
                     context.set_trailing_metadata(metadata)
-                    token = current_account.set(admitted.account)
+                    token, who = current_account.set(admitted.account), client_identity.set(admitted.identity)
                     try:
                         if not self._tracing.enabled:
                             return await handler(request, context)
@@ -111,6 +111,7 @@ class Guard:
                         with self._tracing.request(method, carrier, {"rpc.system": "grpc", "rpc.method": method}):
                             return await handler(request, context)
                     finally:
+                        client_identity.reset(who)
                         current_account.reset(token)
                 except Refused as refused:
                     metadata += rate_limit_metadata(refused.rate_limit)

@@ -99,6 +99,7 @@ class JobView:
 @dataclass(frozen=True)
 class DueCallback:
     job_id: str
+    owner: str
     url: str
     attempts: int
     """Attempts made so far."""
@@ -142,7 +143,8 @@ class ResultStore(Protocol):
     async def job(self, job_id: str, owner: str, items: bool = True) -> JobView | None: ...
 
     async def due_callbacks(self, limit: int) -> list[DueCallback]:
-        """Finished jobs whose callback is pending and whose next attempt is due now."""
+        """Finished jobs whose callback is pending and whose next attempt is due now, each taken
+        for a while (its next attempt moves on): two processes never deliver one at once."""
         ...
 
     async def callback_attempted(

@@ -306,13 +306,16 @@ class SqlResultStore:
             update(Job)
             .where(Job.id == oldest.c.id, due)
             .values(callback_next_attempt_at=now + self._callback_claim)
-            .returning(Job.id, Job.callback_url, Job.callback_attempts, Job.finished_at)
+            .returning(Job.id, Job.owner, Job.callback_url, Job.callback_attempts, Job.finished_at)
         )
         async with writing(self._engine) as connection:
             claimed = (await connection.execute(claim)).all()
         # RETURNING's order is the database's: the oldest job first, as the query chose them.
-        rows = sorted(claimed, key=lambda row: (row[3], row[0]))
-        return [DueCallback(job_id=job_id, url=url or "", attempts=attempts) for job_id, url, attempts, _ in rows]
+        rows = sorted(claimed, key=lambda row: (row[4], row[0]))
+        return [
+            DueCallback(job_id=job_id, owner=owner, url=url or "", attempts=attempts)
+            for job_id, owner, url, attempts, _ in rows
+        ]
 
     async def callback_attempted(
         self, job_id: str, status: CallbackStatus, error: str | None, retry_in_s: float | None

@@ -1,0 +1,106 @@
+"""``/v1/jobs``: images classified in the background, and ``/v1/results``: a request's answer
+fetched again by its id. Parse, call ``server/jobs/manager.py``, render."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from starlette.datastructures import UploadFile
+from starlette.responses import Response
+
+from model_contract.errors import ErrorKind, ServiceError
+from server.api.deps import settings_of
+from server.api.responses import OrjsonResponse
+from server.api.uploads import require_multipart
+from server.gatekeeper import client_identity
+from server.jobs.manager import Jobs
+from server.jobs.render import job_body
+
+router = APIRouter(tags=["jobs"])
+
+_JOB_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["files"],
+                    "properties": {
+                        "files": {"type": "array", "items": {"type": "string", "format": "binary"}},
+                        "callback_url": {"type": "string", "description": "POSTed the job when it ends, signed"},
+                        "top_k": {"type": "integer", "minimum": 1, "default": 5},
+                        "model": {"type": "string", "description": "default: the server's default model"},
+                    },
+                }
+            }
+        },
+    }
+}
+_FIELDS = ("callback_url", "top_k", "model")
+
+
+def _jobs(request: Request) -> Jobs:
+    jobs: Jobs | None = getattr(request.app.state, "jobs", None)
+    if jobs is None:
+        raise ServiceError(ErrorKind.NOT_FOUND, "this server keeps no jobs or results (IMGSERVE_JOBS__ENABLED)")
+    return jobs
+
+
+def _owner() -> str:
+    return client_identity.get() or "address:unknown"
+
+
+def _top_k(value: str | None) -> int:
+    if value is None:
+        return 5
+    if not value.isdigit() or len(value) > 9:
+        raise ServiceError(ErrorKind.INVALID_PARAMETER, "top_k must be a whole number")
+    return int(value)
+
+
+@router.post("/v1/jobs", status_code=202, openapi_extra=_JOB_BODY)
+async def submit_job(request: Request) -> Response:
+    """Queue images to classify in the background; answers at once with the job's id."""
+    jobs, settings = _jobs(request), settings_of(request)
+    require_multipart(request, "send multipart/form-data with one 'files' field per image")
+    most = settings.jobs.max_images_per_job
+    async with request.form(max_files=most + 1, max_fields=len(_FIELDS)) as form:
+        uploads = [v for v in form.getlist("files") if isinstance(v, UploadFile)]
+        if len(uploads) > most:
+            raise ServiceError(ErrorKind.TOO_MANY_IMAGES, f"at most {most} images in one job")
+        fields = {name: form.get(name) for name in _FIELDS}
+        if any(value is not None and not isinstance(value, str) for value in fields.values()):
+            raise ServiceError(ErrorKind.INVALID_PARAMETER, f"{', '.join(_FIELDS)} are text fields, not files")
+        images = [await upload.read() for upload in uploads]
+        names = [upload.filename or "" for upload in uploads]
+    job_id = await jobs.submit(
+        _owner(),
+        images,
+        names,
+        model=str(fields["model"] or settings.default_model),
+        top_k=_top_k(fields["top_k"]),  # type: ignore[arg-type]
+        callback_url=fields["callback_url"] or None,  # type: ignore[arg-type]
+    )
+    status_url = f"/v1/jobs/{job_id}"
+    body = {"job_id": job_id, "status": "queued", "status_url": status_url}
+    return OrjsonResponse(body, status_code=202, headers={"Location": status_url})
+
+
+@router.get("/v1/jobs/{job_id}")
+async def get_job(request: Request, job_id: str) -> Response:
+    """The job's status, each image's result or error, and its timestamps."""
+    return OrjsonResponse(job_body(await _jobs(request).view(job_id, _owner())))
+
+
+@router.delete("/v1/jobs/{job_id}")
+async def cancel_job(request: Request, job_id: str) -> Response:
+    """Cancel a job that has not finished (a finished one is answered as it is)."""
+    return OrjsonResponse(job_body(await _jobs(request).cancel(job_id, _owner())))
+
+
+@router.get("/v1/results/{request_id}")
+async def get_result(request: Request, request_id: str) -> Response:
+    """A /v1/classify answer, again, by the request's X-Request-ID (when the server keeps results)."""
+    return OrjsonResponse(await _jobs(request).result(request_id, _owner()))
