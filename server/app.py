@@ -11,9 +11,9 @@ from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
 from batching.clock import Clock, MonotonicClock
-from server.admission import Admission
+from server.admission import Admission, Budget
 from server.api.access import DOCS_PATHS, METRICS_PATHS, PROBE_PATHS, AccessControl, TrustedHosts
-from server.api.admit import AdmitRequests
+from server.api.admit import AdmitRequests, Uploads
 from server.api.body_deadline import BodyDeadline
 from server.api.error_handlers import install_error_handlers
 from server.api.job_routes import router as jobs_router
@@ -74,11 +74,12 @@ def create_app(
         app.state.service = service = ClassificationService(models.catalog, admission, pool, metrics, clock, tracing)
         # In-process hooks (entry points imgserve.prediction_callbacks): never delay a request.
         app.state.hooks = hooks = PredictionHooks.from_entry_points(metrics.hook_drops)
-        jobs = await open_jobs(settings, service, hooks.notify)  # None without a result store
-        app.state.jobs = None if jobs is None else jobs.jobs
-        # Load in the background: /health answers at once, /ready turns true after warm-up.
-        await models.start()
+        jobs = None
         try:
+            jobs = await open_jobs(settings, service, metrics, hooks.notify)  # None without a result store
+            app.state.jobs = None if jobs is None else jobs.jobs
+            # Load in the background: /health answers at once, /ready turns true after warm-up.
+            await models.start()
             yield
         finally:
             # Ordered: let the other protocols' calls and the jobs in progress end (they use the
@@ -105,6 +106,7 @@ def create_app(
     app.state.metrics = metrics
     app.state.before_close = []  # awaited at shutdown before the models close: gRPC's drain
     app.state.tracing = tracing
+    app.state.jobs = None  # the result store's jobs, once the lifespan has opened it (when configured)
     # What every protocol admits by: the gRPC services (server/grpc_api) take them from here.
     app.state.admission = admission
     app.state.gatekeeper = gatekeeper = Gatekeeper(
@@ -147,8 +149,13 @@ def _add_middleware(
     bottom-up: the request's id, its trace span (when tracing is on), metrics, trusted host, CORS,
     access control, admission, then the body deadline."""
     app.add_middleware(BodyDeadline, timeout_s=settings.http.body_timeout_s)
-    larger = {"/v1/jobs": settings.jobs.max_body_bytes} if settings.jobs.enabled else {}
-    app.add_middleware(AdmitRequests, admission=admission, larger_bodies=larger)
+    jobs = settings.jobs
+    uploads = (
+        {"/v1/jobs": Uploads(jobs.max_body_bytes, Budget("bytes of job uploads", jobs.max_body_bytes_in_flight))}
+        if jobs.enabled
+        else {}
+    )
+    app.add_middleware(AdmitRequests, admission=admission, uploads=uploads)
     app.add_middleware(AccessControl, gatekeeper=gatekeeper, public_paths=_public_paths(settings))
     if settings.cors_origins:
         # Outside access control: a browser's preflight carries no credentials.

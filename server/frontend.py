@@ -64,6 +64,9 @@ class ServingServer(uvicorn.Server):
         self._app.state.before_close.append(self.grpc.stopped)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        service = getattr(self._app.state, "service", None)
+        if service is not None:
+            service.drain()  # not ready; and the job runners take no new job
         if self.grpc is not None:
             self.grpc.begin_drain()  # at once, beside HTTP's; the app's lifespan waits for its end
         await super().shutdown(sockets)
@@ -74,6 +77,9 @@ def port_is_free(host: str, port: int) -> bool:
     bind it with SO_REUSEPORT, which would otherwise share it silently with another server."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
+        # As the server binds: a port whose last connections are in TIME_WAIT is free; Linux
+        # still refuses one that something listens on.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError:

@@ -121,6 +121,11 @@ client_identity: ContextVar[str | None] = ContextVar("client_identity", default=
 """Set by access control for the request being handled (``Admitted.identity``)."""
 
 
+def current_client() -> str:
+    """The identity of the client whose request is being handled (``address:unknown`` outside one)."""
+    return client_identity.get() or "address:unknown"
+
+
 def bearer_or_key(authorization: str | None, api_key: str | None) -> str | None:
     """The credential of ``Authorization: Bearer <x>`` or ``X-API-Key: <x>`` (HTTP headers
     and gRPC metadata alike)."""

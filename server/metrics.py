@@ -115,6 +115,11 @@ class Metrics:
             registry=r,
             multiprocess_mode="livesum",
         )
+        self.result_write_drops = Counter(
+            "imgserve_result_store_drops_total",
+            "Request results not kept: the store fell behind and too many bytes waited to be written.",
+            registry=r,
+        )
         self.hook_drops = Counter(
             "imgserve_prediction_hook_drops_total",
             "Prediction hook notifications dropped: the hooks' queue was full (server/hooks.py).",

@@ -20,6 +20,7 @@ the root logger (stderr), and uvicorn's loggers without handlers of their own, p
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import logging.config
 import os
@@ -138,7 +139,9 @@ def _json_stderr(role: str) -> None:
                     text = line.decode("utf-8", "replace").rstrip("\n")
                     fields = {"level": "INFO", "logger": "stderr", "message": text, "pid": pid, "role": role}
                     line = orjson.dumps({**fields, "time": datetime.now(timezone.utc).isoformat()}) + b"\n"
-                out.write(line)
+                # The reader may have gone (a closed terminal, a dead parent): keep draining the pipe.
+                with contextlib.suppress(OSError):
+                    out.write(line)
 
     thread = threading.Thread(target=relay, name="json-stderr", daemon=True)
     thread.start()

@@ -132,10 +132,18 @@ class JobSettings(BaseModel):
 
     enabled: bool = Field(False, description="Serve /v1/jobs (and run jobs); needs a result store.")
     max_images_per_job: int = Field(10_000, ge=1, description="Most images in one job (413 beyond).")
-    max_body_bytes: int = Field(
-        256 * 1024 * 1024,
+    max_body_bytes: int = Field(64 * 1024 * 1024, ge=1, description="Largest POST /v1/jobs body (413 beyond).")
+    max_body_bytes_in_flight: int = Field(
+        128 * 1024 * 1024,
         ge=1,
-        description="Largest POST /v1/jobs body (413 beyond); at most the limits' max_body_bytes_in_flight.",
+        description="Bytes of job uploads being received or held, all together: a budget of their own, apart "
+        "from the requests' (429 beyond), so uploads of jobs never crowd out requests.",
+    )
+    images_per_batch: int = Field(
+        8,
+        ge=1,
+        description="Most of a job's images in one model call (and at most the model's batch): a request that "
+        "arrives meanwhile waits for at most that batch.",
     )
     max_queued_per_client: int = Field(
         10, ge=1, description="Jobs one client (API key, else address) may have queued or running (429 beyond)."
@@ -217,7 +225,7 @@ class Settings(BaseSettings):
     http: HttpSettings = Field(default_factory=HttpSettings)  # type: ignore[arg-type]
     jobs: JobSettings = Field(default_factory=JobSettings)  # type: ignore[arg-type]
     store: StoreSettings = Field(default_factory=StoreSettings)  # type: ignore[arg-type]
-    result_store: str | None = Field(
+    result_store: SecretStr | None = Field(
         None,
         description="Where jobs and results are kept: sqlite:///FILE or postgresql://USER:PASSWORD@HOST/DB. "
         "Unset: none, unless jobs are enabled (then sqlite:///imgserve.db).",
@@ -290,16 +298,17 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _a_job_fits_the_body_budget(self) -> Settings:
-        if self.jobs.enabled and self.jobs.max_body_bytes > self.limits.max_body_bytes_in_flight:
-            raise ValueError("jobs.max_body_bytes must be at most limits.max_body_bytes_in_flight")
+        if self.jobs.max_body_bytes > self.jobs.max_body_bytes_in_flight:
+            raise ValueError("jobs.max_body_bytes must be at most jobs.max_body_bytes_in_flight")
         return self
 
     @property
-    def store_url(self) -> str | None:
-        """The result store in use: the configured one, or jobs' embedded default."""
-        if self.result_store:
+    def store_url(self) -> SecretStr | None:
+        """The result store in use (a secret: it may hold a password): the configured one, or
+        jobs' embedded default."""
+        if self.result_store and self.result_store.get_secret_value():
             return self.result_store
-        return "sqlite:///imgserve.db" if self.jobs.enabled else None
+        return SecretStr("sqlite:///imgserve.db") if self.jobs.enabled else None
 
     @property
     def trusted_hosts(self) -> list[str]:

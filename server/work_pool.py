@@ -6,8 +6,8 @@ yet started are withdrawn from the pool, and the call returns only once the part
 running have ended. So a request's admission, held by its caller, covers every thread that
 still works for it, and a failed request leaves no decodes behind to delay the next one.
 
-Work of clients that have spent most of their CPU budget (server/cpu_budget.py) runs on
-threads of its own, half as many: the budget bounds what they spend on average, and their
+Work of clients that have spent most of their CPU budget (server/cpu_budget.py), and background
+work (a job's images), runs on threads of its own, half as many: the budget bounds what they spend on average, and their
 own threads keep one client's 0.5 s decodes from queueing ahead of everybody else's 3 ms ones.
 Clients within their budget, a server-wide one included, share the main threads.
 
@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
+from contextvars import ContextVar
 from typing import Any, TypeVar, cast
 
 from model_contract.errors import ErrorKind, ServiceError
@@ -36,6 +37,10 @@ from model_contract.memory import release_freed_memory
 from server.cpu_budget import charged, current_account
 
 T = TypeVar("T")
+
+background: ContextVar[bool] = ContextVar("background", default=False)
+"""Set by work nobody waits on (a job's images): it runs on the secondary threads, so it never
+queues ahead of a request's decodes on the main ones."""
 
 
 class WorkPool:
@@ -79,6 +84,8 @@ class WorkPool:
             calls = [charged(call, account) for call in calls]
             if account.heavy():
                 executor = self._budgeted
+        if background.get():
+            executor = self._budgeted
         return await _gather([executor.submit(call) for call in calls])
 
     async def run_isolated(self, call: Callable[[], T]) -> T:

@@ -10,10 +10,12 @@ the handler started) has ended.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from model_contract.errors import ErrorKind, ServiceError
-from server.admission import Admission
+from server.admission import Admission, Budget
 from server.api.error_handlers import refuse
 
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -29,13 +31,21 @@ def declared_length(scope: Scope) -> int | None:
     return None
 
 
+@dataclass(frozen=True)
+class Uploads:
+    """A path whose bodies have a limit and a budget of their own (a job's many images): large
+    uploads there never take the bytes that requests are admitted by."""
+
+    max_body_bytes: int
+    budget: Budget
+
+
 class AdmitRequests:
-    def __init__(self, app: ASGIApp, admission: Admission, larger_bodies: dict[str, int] | None = None) -> None:
-        """``larger_bodies``: paths whose body limit is not the server's (a job's many images)."""
+    def __init__(self, app: ASGIApp, admission: Admission, uploads: dict[str, Uploads] | None = None) -> None:
         self.app = app
         self.admission = admission
         self.max_body = admission.limits.max_body_bytes
-        self.larger_bodies = larger_bodies or {}
+        self.uploads = uploads or {}
 
     @staticmethod
     def _too_large(limit: int) -> ServiceError:
@@ -47,7 +57,9 @@ class AdmitRequests:
             return
         budget = self.admission
         reserved = 0
-        max_body = self.larger_bodies.get(scope["path"], self.max_body)
+        upload = self.uploads.get(scope["path"])
+        max_body = upload.max_body_bytes if upload is not None else self.max_body
+        body_bytes = upload.budget if upload is not None else budget.body_bytes
         try:
             declared = declared_length(scope)
             if declared is not None and declared > max_body:
@@ -58,7 +70,7 @@ class AdmitRequests:
             return
         try:
             if declared:
-                budget.body_bytes.take(declared)
+                body_bytes.take(declared)
                 reserved = declared
         except ServiceError as error:
             budget.requests.give(1)
@@ -75,12 +87,12 @@ class AdmitRequests:
                 if received > max_body:
                     raise self._too_large(max_body)
                 if received > reserved:  # chunked: no length was declared up front
-                    budget.body_bytes.take(received - reserved)
+                    body_bytes.take(received - reserved)
                     reserved = received
             return message
 
         try:
             await self.app(scope, admitted_receive, send)
         finally:
-            budget.body_bytes.give(reserved)
+            body_bytes.give(reserved)
             budget.requests.give(1)

@@ -13,7 +13,7 @@ from server.api.deps import metrics_of, service_of, settings_of
 from server.api.disconnect import unless_disconnected
 from server.api.error_handlers import imgserve_body
 from server.api.responses import OrjsonResponse
-from server.gatekeeper import client_identity
+from server.gatekeeper import current_client
 from server.request_context import request_id
 from server.service import ItemOutcome
 
@@ -72,7 +72,7 @@ async def _classify(request: Request, model: str, top_k: int, timeout_ms: float 
     request.app.state.hooks.notify(rid, body)  # queued for the hooks' threads: never waits
     jobs = request.app.state.jobs
     if jobs is not None:  # the result store keeps it, by the request's id, behind the answer
-        jobs.remember(rid, client_identity.get() or "address:unknown", body, data)
+        jobs.remember(rid, current_client(), body, data)
     return OrjsonResponse(body)
 
 

@@ -43,6 +43,10 @@ class Context(Protocol):
 
     def cancelled(self) -> bool: ...
 
+    async def write(self, message: Any) -> None: ...
+
+    def code(self) -> grpc.StatusCode | None: ...
+
     def set_trailing_metadata(self, trailing_metadata: Metadata) -> None: ...
 
     async def abort(self, code: grpc.StatusCode, details: str = "", trailing_metadata: Metadata = ()) -> NoReturn: ...
@@ -122,8 +126,11 @@ class Guard:
                 # Not logged, as over HTTP: a client must not be able to write a log line per call.
                 code = GRPC_STATUS[error.kind]
                 await context.abort(code, error.message, metadata + retry_hint(error))
-            except (grpc.aio.AbortError, asyncio.CancelledError) as exc:
-                code = grpc.StatusCode.CANCELLED if isinstance(exc, asyncio.CancelledError) else code
+            except asyncio.CancelledError:
+                code = grpc.StatusCode.CANCELLED
+                raise
+            except grpc.aio.AbortError:
+                code = context.code() or grpc.StatusCode.UNKNOWN  # a handler (health's) aborted itself
                 raise
             except Exception:
                 log.exception("unhandled error in gRPC %s", method)

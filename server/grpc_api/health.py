@@ -13,7 +13,9 @@ import grpc
 from grpc_health.v1 import health, health_pb2
 
 from server.gatekeeper import Access
+from server.grpc_api.calls import reading
 from server.grpc_api.guard import Context, Guard, parsed
+from server.grpc_api.streams import StreamSlots
 
 SERVICE = "grpc.health.v1.Health"
 SERVICES = ("", "inference.GRPCInferenceService")
@@ -28,26 +30,32 @@ class ServingHealth(health.aio.HealthServicer):  # type: ignore[misc]
         self._ready = ready
         self._task: asyncio.Task[None] | None = None
 
-    def handlers(self, guard: Guard, access: Access) -> grpc.GenericRpcHandler:
-        """The service's methods behind ``guard``, each taking its message as bytes: a message
-        that does not parse is INVALID_ARGUMENT, as everywhere (gRPC's own parsing says UNKNOWN)."""
+    def handlers(self, guard: Guard, access: Access, streams: StreamSlots, timeout_s: float) -> grpc.GenericRpcHandler:
+        """The service's methods behind ``guard``, client-streaming as every method here
+        (``calls.py``), each parsing its message itself: one that does not parse is
+        INVALID_ARGUMENT (gRPC's own parsing says UNKNOWN). A Watch takes a stream slot."""
 
         async def check(request: bytes, context: Context) -> Any:
-            await self._update()  # a probe sees readiness as it is now; watchers within POLL_S
+            await self._update()  # a probe sees readiness as it is now; watchers' changes within POLL_S
             return await super(ServingHealth, self).Check(parsed(health_pb2.HealthCheckRequest, request), context)
 
         async def watch(request: bytes, context: Context) -> Any:
-            return await super(ServingHealth, self).Watch(parsed(health_pb2.HealthCheckRequest, request), context)
+            with streams.held():
+                await self._update()  # the first answer is readiness as it is now
+                return await super(ServingHealth, self).Watch(parsed(health_pb2.HealthCheckRequest, request), context)
 
         serialize = health_pb2.HealthCheckResponse.SerializeToString
+        what = "HealthCheckRequest"
         return grpc.method_handlers_generic_handler(
             SERVICE,
             {
-                "Check": grpc.unary_unary_rpc_method_handler(
-                    guard.wrap(f"/{SERVICE}/Check", access, check), response_serializer=serialize
+                "Check": grpc.stream_unary_rpc_method_handler(
+                    guard.wrap(f"/{SERVICE}/Check", access, reading(check, timeout_s, what)),
+                    response_serializer=serialize,
                 ),
-                "Watch": grpc.unary_stream_rpc_method_handler(
-                    guard.wrap(f"/{SERVICE}/Watch", access, watch), response_serializer=serialize
+                "Watch": grpc.stream_stream_rpc_method_handler(
+                    guard.wrap(f"/{SERVICE}/Watch", access, reading(watch, timeout_s, what)),
+                    response_serializer=serialize,
                 ),
             },
         )

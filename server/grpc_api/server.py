@@ -21,12 +21,15 @@ from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
+from model_contract.errors import ErrorKind, ServiceError
 from server.gatekeeper import Access
 from server.grpc_api import inference_pb2 as pb
-from server.grpc_api.guard import Context, Guard, Handler
+from server.grpc_api.calls import Unary, ignoring, reading
+from server.grpc_api.guard import Context, Guard
 from server.grpc_api.health import SERVICE as HEALTH
 from server.grpc_api.health import ServingHealth
 from server.grpc_api.servicer import InferenceServicer
+from server.grpc_api.streams import MAX_STREAMS, StreamSlots
 from server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -57,21 +60,30 @@ def _options(settings: Settings, reuse_port: bool) -> list[tuple[str, Any]]:
     ]
 
 
-def _inference_handlers(servicer: InferenceServicer, guard: Guard, probes: Access) -> grpc.GenericRpcHandler:
-    def unary(name: str, access: Access, handler: Handler, response: Any) -> grpc.RpcMethodHandler[Any, Any]:
-        guarded = guard.wrap(f"/{SERVICE}/{name}", access, handler)
-        return grpc.unary_unary_rpc_method_handler(guarded, response_serializer=response.SerializeToString)
+def _inference_handlers(
+    servicer: InferenceServicer, guard: Guard, probes: Access, timeout_s: float
+) -> grpc.GenericRpcHandler:
+    """Every method served client-streaming (``calls.py``): admitted, then its message read."""
+
+    def unary(name: str, access: Access, handler: Unary, response: Any) -> grpc.RpcMethodHandler[Any, Any]:
+        what = response.DESCRIPTOR.name.removesuffix("Response") + "Request"
+        guarded = guard.wrap(f"/{SERVICE}/{name}", access, reading(handler, timeout_s, what))
+        return grpc.stream_unary_rpc_method_handler(guarded, response_serializer=response.SerializeToString)
+
+    def blind(name: str, access: Access, handler: Unary, response: Any) -> grpc.RpcMethodHandler[Any, Any]:
+        guarded = guard.wrap(f"/{SERVICE}/{name}", access, ignoring(handler))
+        return grpc.stream_unary_rpc_method_handler(guarded, response_serializer=response.SerializeToString)
 
     s, client, admin = servicer, Access.CLIENT, Access.ADMIN
-    # Served client-streaming: the call is admitted before its one message is read (servicer.py).
+    # ModelInfer reads its message itself: between admission and the read it takes a request slot.
     infer = grpc.stream_unary_rpc_method_handler(guard.wrap(f"/{SERVICE}/ModelInfer", client, s.model_infer))
     return grpc.method_handlers_generic_handler(
         SERVICE,
         {
-            "ServerLive": unary("ServerLive", probes, s.server_live, pb.ServerLiveResponse),
-            "ServerReady": unary("ServerReady", probes, s.server_ready, pb.ServerReadyResponse),
+            "ServerLive": blind("ServerLive", probes, s.server_live, pb.ServerLiveResponse),
+            "ServerReady": blind("ServerReady", probes, s.server_ready, pb.ServerReadyResponse),
             "ModelReady": unary("ModelReady", client, s.model_ready, pb.ModelReadyResponse),
-            "ServerMetadata": unary("ServerMetadata", client, s.server_metadata, pb.ServerMetadataResponse),
+            "ServerMetadata": blind("ServerMetadata", client, s.server_metadata, pb.ServerMetadataResponse),
             "ModelMetadata": unary("ModelMetadata", client, s.model_metadata, pb.ModelMetadataResponse),
             "ModelInfer": infer,
             "ModelConfig": unary("ModelConfig", client, s.model_config, pb.ModelConfigResponse),
@@ -87,26 +99,28 @@ def _inference_handlers(servicer: InferenceServicer, guard: Guard, probes: Acces
     )
 
 
-def reflection_handlers(services: tuple[str, ...]) -> grpc.GenericRpcHandler:
-    """Server reflection over the stubs' pool, each request parsed here: one that does not
-    parse ends the stream INVALID_ARGUMENT (gRPC's own parsing says UNKNOWN, with a traceback)."""
+def reflection_handlers(services: tuple[str, ...], guard: Guard, streams: StreamSlots) -> grpc.GenericRpcHandler:
+    """Server reflection over the stubs' pool, behind the guard (public: discoverability, as
+    /docs) and a stream slot, each request parsed here: one that does not parse ends the stream
+    INVALID_ARGUMENT (gRPC's own parsing says UNKNOWN, with a traceback)."""
     servicer = reflection.aio.ReflectionServicer(services, pool=pb.POOL)
 
-    async def info(requests: AsyncIterator[bytes], context: Context) -> AsyncIterator[Any]:
+    async def info(requests: AsyncIterator[bytes], context: Context) -> None:
         async def decoded() -> AsyncIterator[Any]:
             async for request in requests:
                 try:
                     yield reflection_pb2.ServerReflectionRequest.FromString(request)
                 except DecodeError:
-                    await context.abort(
-                        grpc.StatusCode.INVALID_ARGUMENT, "the message is not a ServerReflectionRequest"
-                    )
+                    raise ServiceError(ErrorKind.BAD_REQUEST, "the message is not a ServerReflectionRequest") from None
 
-        async for response in servicer.ServerReflectionInfo(decoded(), context):
-            yield response
+        with streams.held():
+            async for response in servicer.ServerReflectionInfo(decoded(), context):
+                await context.write(response)
 
+    name = f"/{reflection.SERVICE_NAME}/ServerReflectionInfo"
     method = grpc.stream_stream_rpc_method_handler(
-        info, response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString
+        guard.wrap(name, Access.PUBLIC, info),
+        response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
     )
     return grpc.method_handlers_generic_handler(reflection.SERVICE_NAME, {"ServerReflectionInfo": method})
 
@@ -134,11 +148,15 @@ class GrpcFrontend:
         servicer = InferenceServicer(
             service, state.admission, body_timeout_s=settings.http.body_timeout_s, server_version=self._app.version
         )
-        server.add_generic_rpc_handlers([_inference_handlers(servicer, guard, probes)])
+        timeout_s = settings.http.body_timeout_s
+        server.add_generic_rpc_handlers([_inference_handlers(servicer, guard, probes, timeout_s)])
+        # Watch and reflection streams last as long as their clients want: a few, not every call slot.
+        streams = StreamSlots(max(1, min(MAX_STREAMS, settings.http.max_connections // 4)))
         self._health = ServingHealth(lambda: service.readiness().ready)
-        server.add_generic_rpc_handlers([self._health.handlers(guard, probes)])
+        server.add_generic_rpc_handlers([self._health.handlers(guard, probes, streams, timeout_s)])
         if settings.docs:  # discoverability, as /docs and /openapi.json
-            server.add_generic_rpc_handlers([reflection_handlers((SERVICE, HEALTH, reflection.SERVICE_NAME))])
+            names = (SERVICE, HEALTH, reflection.SERVICE_NAME)
+            server.add_generic_rpc_handlers([reflection_handlers(names, guard, streams)])
         address = listen_address(settings.host, settings.grpc_port)
         self.port = server.add_insecure_port(address)
         await self._health.start()

@@ -9,7 +9,6 @@ are then counted against the in-flight body budget, as an HTTP body is.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from functools import partial
 
@@ -19,6 +18,7 @@ from google.protobuf import json_format
 from model_contract.errors import ErrorKind, ServiceError
 from server.admission import Admission
 from server.grpc_api import inference_pb2 as pb
+from server.grpc_api.calls import read_one
 from server.grpc_api.codec import check_for_model, decode_request, encode_infer_response, parse_for_model
 from server.grpc_api.guard import Context, parsed
 from server.grpc_api.wire import peek_request
@@ -123,33 +123,9 @@ class InferenceServicer:
 
     async def model_infer(self, requests: AsyncIterator[bytes], context: Context) -> bytes:
         with self._admission.requests.held(1):
-            message = await self._read_one(requests, context)
+            message = await read_one(requests, context, self._body_timeout_s, "ModelInferRequest")
             with self._admission.body_bytes.held(len(message)):
                 return await self._infer(message, context)
-
-    async def _read_one(self, requests: AsyncIterator[bytes], context: Context) -> bytes:
-        """The call's one message, and its end: a second message is refused, as HTTP refuses
-        data left over after the request. A unary client ends the stream with its message."""
-
-        async def one_then_end() -> bytes:
-            try:
-                message = await anext(requests)
-            except StopAsyncIteration:
-                # A cancel or a deadline ends the stream too, a moment before gRPC says so.
-                await asyncio.sleep(CANCEL_NOTICE_S)
-                raise _ended_early(context) from None
-            try:
-                await anext(requests)
-            except StopAsyncIteration:
-                return message
-            raise ServiceError(ErrorKind.BAD_REQUEST, "a ModelInfer call carries one ModelInferRequest, not more")
-
-        try:
-            return await asyncio.wait_for(one_then_end(), self._body_timeout_s)
-        except asyncio.TimeoutError:
-            raise ServiceError(
-                ErrorKind.REQUEST_TIMEOUT, f"the request did not arrive within {self._body_timeout_s:g} s"
-            ) from None
 
     async def _infer(self, message: bytes, context: Context) -> bytes:
         service, size = self._service, len(message)
@@ -188,21 +164,6 @@ class InferenceServicer:
             served.manifest.output.dtype,
             raw,
         )
-
-
-CANCEL_NOTICE_S = 0.05
-"""How long a call whose stream ended with no message is given to turn out cancelled."""
-
-
-def _ended_early(context: Context) -> ServiceError:
-    """Why a call's stream ended before its message: gRPC ends it the same way when the client
-    cancels, when the deadline passes, and when the client sent nothing."""
-    if context.cancelled():
-        return ServiceError(ErrorKind.CLIENT_CLOSED_REQUEST, "the client cancelled the call")
-    remaining = context.time_remaining()
-    if remaining is not None and remaining <= 0:
-        return ServiceError(ErrorKind.TIMEOUT, "the call's deadline passed before its message arrived")
-    return ServiceError(ErrorKind.EMPTY_BODY, "the call carried no ModelInferRequest")
 
 
 def call_timeout_s(timeout_us: float | None, context: Context) -> float | None:

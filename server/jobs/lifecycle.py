@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from server.jobs.callbacks import CallbackPolicy
 from server.jobs.manager import Jobs
 from server.jobs.runner import JobRunner, Notify
+from server.metrics import Metrics
 from server.service import ClassificationService
 from server.settings import Settings
 from server.store.model import ResultStore
@@ -30,14 +31,20 @@ class JobsInProcess:
         await self.store.close()
 
 
-async def open_jobs(settings: Settings, service: ClassificationService, notify: Notify) -> JobsInProcess | None:
+async def open_jobs(
+    settings: Settings, service: ClassificationService, metrics: Metrics, notify: Notify
+) -> JobsInProcess | None:
     """The store, jobs and (when jobs are enabled) a runner; None without a store."""
     url = settings.store_url
     if url is None:
         return None
-    store = await SqlResultStore.open(url, settings.store)
+    jobs_settings = settings.jobs
+    # A callback handed to this process is withheld from the others while its attempt may last.
+    claim_s = 2 * (jobs_settings.callback_connect_timeout_s + jobs_settings.callback_read_timeout_s) + 10
+    store = await SqlResultStore.open(url.get_secret_value(), settings.store, callback_claim_s=claim_s)
     callbacks = CallbackPolicy.from_settings(settings)
-    jobs = Jobs(store, service, settings.jobs, callbacks, enabled=settings.jobs.enabled)
+    drops = metrics.result_write_drops
+    jobs = Jobs(store, service, jobs_settings, settings.store, callbacks, drops, enabled=jobs_settings.enabled)
     runner = None
     if settings.jobs.enabled:
         # Unique across processes and replicas: the store hands each job to one runner by name.

@@ -16,6 +16,7 @@ import logging
 import random
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 
@@ -25,6 +26,7 @@ from server.jobs.render import job_body
 from server.service import Classification, ClassificationService
 from server.settings import JobSettings
 from server.store.model import CallbackStatus, ClaimedJob, ItemOutcome, JobStatus, ResultStore
+from server.work_pool import background
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +110,8 @@ class JobRunner:
         await self._forever(self._run_one, "running a job", IDLE_POLL_S)
 
     async def _run_one(self) -> bool:
+        if self._service.readiness().draining:
+            return False  # the server is going away: another takes the next job
         job = await self._store.claim_job(self._name, self._settings.lease_s)
         if job is None:
             return False
@@ -116,8 +120,10 @@ class JobRunner:
         return True
 
     async def _run(self, job: ClaimedJob) -> None:
+        background.set(True)  # this task's decodes queue behind requests' (server/work_pool.py)
         try:
-            chunk = self._service.model(job.model).max_batch_size
+            model = self._service.model(job.model)
+            chunk = min(self._settings.images_per_batch, model.max_batch_size, model.max_images)
         except ServiceError:
             chunk = 1  # the model has gone: each image will say so
         while True:
@@ -134,7 +140,7 @@ class JobRunner:
                 return
             await self._store.save_outcomes(job.id, outcomes)
         view = await self._store.job(job.id, job.owner)
-        failed = view is not None and view.items and all(item.error is not None for item in view.items)
+        failed = view is not None and view.images_failed == view.images_total
         await self._store.finish_job(job.id, JobStatus.FAILED if failed else JobStatus.DONE)
         log.info("job %s: %s", job.id, "failed" if failed else "done")
 
@@ -150,7 +156,8 @@ class JobRunner:
             except ServiceError as exc:
                 if exc.kind not in TRANSIENT:
                     return [ItemOutcome(index, error=_error(exc)) for index, _ in pending]
-                await self._pause(max(exc.retry_after or 0.0, delay))
+                # Within the lease, which is renewed right after.
+                await self._pause(min(max(exc.retry_after or 0.0, delay), self._settings.lease_s / 2))
                 delay = min(delay * 2, self._settings.lease_s / 2)
                 if not await self._store.renew_lease(job.id, self._name, self._settings.lease_s):
                     return []
@@ -173,7 +180,8 @@ class JobRunner:
         await self._forever(self._deliver_due, "delivering callbacks", IDLE_POLL_S)
 
     async def _deliver_due(self) -> bool:
-        due = await self._store.due_callbacks(limit=8)
+        # One at a time: each is withheld from other processes only while its own attempt may last.
+        due = await self._store.due_callbacks(limit=1)
         for callback in due:
             job = await self._store.job(callback.job_id, callback.owner)
             if job is None:
@@ -184,7 +192,9 @@ class JobRunner:
                 continue
             retry_in = self._callbacks.retry_delay(callback.attempts + 1, self._rng)
             status = CallbackStatus.PENDING if retry_in is not None else CallbackStatus.FAILED
-            log.warning("job %s: callback to %s failed: %s", job.id, echo(callback.url), attempt.error)
+            # The host only: a callback URL often carries a token.
+            host = urlsplit(callback.url).hostname
+            log.warning("job %s: callback to %s failed: %s", job.id, echo(host), attempt.error)
             await self._store.callback_attempted(job.id, status, attempt.error, retry_in)
         return bool(due)
 

@@ -23,7 +23,11 @@ async def upsert_result(connection: AsyncConnection, row: dict[str, Any]) -> Non
 
 
 async def insert_kept_images(connection: AsyncConnection, rows: list[dict[str, Any]]) -> None:
-    """A row per distinct image: one kept before (here or by another process) keeps its row."""
+    """A row per distinct image: one kept before (here or by another process) keeps its row, with
+    its time moved on: pruning by size goes oldest first, and an image in use again is not old."""
     if rows:
-        statement = _insert(connection)(KeptImage).on_conflict_do_nothing(index_elements=["sha256"])
+        insert = _insert(connection)(KeptImage)
+        statement = insert.on_conflict_do_update(
+            index_elements=["sha256"], set_={"created_at": insert.excluded.created_at}
+        )
         await connection.execute(statement, rows)

@@ -93,7 +93,10 @@ class JobView:
     callback_status: CallbackStatus
     callback_attempts: int
     callback_error: str | None
+    images_failed: int = 0
+    """Images whose outcome is an error."""
     items: list[JobItemView] = field(default_factory=list)
+    """The items asked for (a window of them), in order."""
 
 
 @dataclass(frozen=True)
@@ -105,9 +108,20 @@ class DueCallback:
     """Attempts made so far."""
 
 
+class QueueFull(Exception):
+    """Too many jobs queued or running: the owner's (``per_owner``) or everyone's."""
+
+    def __init__(self, per_owner: bool) -> None:
+        super().__init__("the owner's job queue is full" if per_owner else "the job queue is full")
+        self.per_owner = per_owner
+
+
 class ResultStore(Protocol):
-    async def create_job(self, job: NewJob) -> str:
-        """Store a queued job with its images (held until they have run); its new id."""
+    async def create_job(self, job: NewJob, max_per_owner: int | None = None, max_total: int | None = None) -> str:
+        """Store a queued job with its images (held until they have run); its new id. Raises
+        ``QueueFull`` when the owner has ``max_per_owner`` jobs queued or running, or everyone
+        ``max_total``: counted in the same transaction as the insert, so concurrent submissions
+        cannot get past the limits together."""
         ...
 
     async def queued_jobs(self, owner: str | None = None) -> int:
@@ -140,7 +154,9 @@ class ResultStore(Protocol):
         None when ``owner`` has no such job."""
         ...
 
-    async def job(self, job_id: str, owner: str, items: bool = True) -> JobView | None: ...
+    async def job(self, job_id: str, owner: str, items: tuple[int, int] | None = None) -> JobView | None:
+        """The job, with its items from ``items`` = (offset, limit), in order (None: no items)."""
+        ...
 
     async def due_callbacks(self, limit: int) -> list[DueCallback]:
         """Finished jobs whose callback is pending and whose next attempt is due now, each taken

@@ -20,7 +20,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, case, func, insert, literal, or_, select, update
+from sqlalchemy import ColumnElement, and_, case, func, insert, literal, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from server.settings import StoreSettings
@@ -36,14 +36,19 @@ from server.store.model import (
     JobStatus,
     JobView,
     NewJob,
+    QueueFull,
 )
 from server.store.retention import FINISHED, delete_expired, delete_images_over
-from server.store.schema import ItemStatus, Job, JobItem, StoredResult, UtcDateTime
+from server.store.schema import ItemStatus, Job, JobItem, KeptImage, StoredResult, UtcDateTime
 from server.store.views import job_view
 
 Clock = Callable[[], datetime]
 
 UNFINISHED = (JobStatus.QUEUED, JobStatus.RUNNING)
+ALL_ITEMS = 1 << 31
+"""An items window's limit that takes them all (a job holds far fewer)."""
+# Any constant of our own (migrate.py has another): PostgreSQL's lock on counting and adding jobs.
+_SUBMISSION_LOCK = 0x696D67_0001
 
 
 def utc_now() -> datetime:
@@ -95,7 +100,7 @@ class SqlResultStore:
 
     # Jobs.
 
-    async def create_job(self, job: NewJob) -> str:
+    async def create_job(self, job: NewJob, max_per_owner: int | None = None, max_total: int | None = None) -> str:
         if len(job.images) != len(job.filenames):
             raise ValueError(f"{len(job.images)} images but {len(job.filenames)} filenames")
         digests = await asyncio.to_thread(lambda: [kept_images.sha256(image) for image in job.images])
@@ -113,6 +118,7 @@ class SqlResultStore:
             for index, (image, filename, digest) in enumerate(zip(job.images, job.filenames, digests, strict=True))
         ]
         async with writing(self._engine) as connection:
+            await self._check_queue(connection, job.owner, max_per_owner, max_total)
             await connection.execute(
                 insert(Job).values(
                     id=job_id,
@@ -131,6 +137,24 @@ class SqlResultStore:
             if items:
                 await connection.execute(insert(JobItem), items)
         return job_id
+
+    @staticmethod
+    async def _check_queue(
+        connection: AsyncConnection, owner: str, max_per_owner: int | None, max_total: int | None
+    ) -> None:
+        """Inside the submission's own write transaction: SQLite's is IMMEDIATE (it holds the
+        write lock); on PostgreSQL submissions take a transaction lock of their own."""
+        if max_per_owner is None and max_total is None:
+            return
+        if connection.dialect.name == "postgresql":
+            await connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SUBMISSION_LOCK})
+        unfinished = select(func.count()).select_from(Job).where(Job.status.in_(UNFINISHED))
+        if max_per_owner is not None:
+            mine = (await connection.execute(unfinished.where(Job.owner == owner))).scalar_one()
+            if mine >= max_per_owner:
+                raise QueueFull(per_owner=True)
+        if max_total is not None and (await connection.execute(unfinished)).scalar_one() >= max_total:
+            raise QueueFull(per_owner=False)
 
     async def queued_jobs(self, owner: str | None = None) -> int:
         query = select(func.count()).select_from(Job).where(Job.status.in_(UNFINISHED))
@@ -242,7 +266,7 @@ class SqlResultStore:
         it is. The job's view (with its items), or None when ``owner`` has no such job."""
         async with writing(self._engine) as connection:
             await self._end(connection, job_id, JobStatus.CANCELLED, and_(Job.id == job_id, Job.owner == owner))
-            return await job_view(connection, job_id, owner, items=True)
+            return await job_view(connection, job_id, owner, items=(0, ALL_ITEMS))
 
     async def _end(
         self, connection: AsyncConnection, job_id: str, status: JobStatus, which: ColumnElement[bool]
@@ -267,7 +291,7 @@ class SqlResultStore:
                 update(JobItem).where(JobItem.job_id == job_id, JobItem.image.is_not(None)).values(image=None)
             )
 
-    async def job(self, job_id: str, owner: str, items: bool = True) -> JobView | None:
+    async def job(self, job_id: str, owner: str, items: tuple[int, int] | None = None) -> JobView | None:
         async with self._engine.connect() as connection:
             if connection.dialect.name == "postgresql":
                 # The job and its items from one snapshot (READ COMMITTED takes one per statement);
@@ -350,7 +374,10 @@ class SqlResultStore:
         kept: list[dict[str, Any]] = []
         digest = None
         if image is not None:
-            digest = kept_images.sha256(image)
+            # Hashing megabytes is CPU work: off the event loop (a thumbnail's is not worth a thread).
+            digest = (
+                kept_images.sha256(image) if len(image) <= 65536 else await asyncio.to_thread(kept_images.sha256, image)
+            )
             if self._settings.keep_images:
                 kept = await self._keep({digest: image})
         row = {"request_id": request_id, "owner": owner, "created_at": self._now(), "result": result, "sha256": digest}
@@ -374,8 +401,14 @@ class SqlResultStore:
             removed = await delete_expired(connection, cutoff)
             paths = await delete_images_over(connection, self._settings.max_image_bytes)
         if paths and self._images_dir is not None:
-            # After the commit: a file outlives its row only if deleting it fails.
-            await asyncio.to_thread(kept_images.remove_images, self._images_dir, paths)
+            # After the commit, and not the files another process has kept again meanwhile (their
+            # rows are back). What slips between the two (a keep at that very moment) leaves a row
+            # whose file is gone: the next keep of that image writes it again.
+            async with self._engine.connect() as connection:
+                again = set(
+                    (await connection.execute(select(KeptImage.path).where(KeptImage.path.in_(paths)))).scalars()
+                )
+            await asyncio.to_thread(kept_images.remove_images, self._images_dir, [p for p in paths if p not in again])
         return removed + len(paths)
 
     # Kept images.

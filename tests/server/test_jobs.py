@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
+from server.api_keys import digest
 from server.jobs.callbacks import verify
 from tests.fakes import GatedRuntime
 from tests.helpers import png, queue_depth, serving, until
@@ -114,7 +115,7 @@ def test_a_job_runs_and_its_signed_callback_arrives(tmp_path: Path, receiver: Re
             job_id = submitted.json()["job_id"]
             assert submitted.headers["Location"] == submitted.json()["status_url"] == f"/v1/jobs/{job_id}"
             job = await wait_job(client, job_id)
-            assert job["status"] == "done" and job["images"] == {"total": 3, "done": 3}
+            assert job["status"] == "done" and job["images"] == {"total": 3, "done": 3, "failed": 1}
             first, bad, third = job["results"]
             assert first["result"]["class"] == "class1" and len(first["result"]["predictions"]) == 2
             assert bad["status"] == "failed" and bad["error"]["code"] == "invalid_image"
@@ -129,7 +130,9 @@ def test_a_job_runs_and_its_signed_callback_arrives(tmp_path: Path, receiver: Re
     assert signature.startswith("sha256=") and verify(SECRET.encode(), stamp, signature, body, time.time())
     assert not verify(b"another secret", stamp, signature, body, time.time())
     assert not verify(SECRET.encode(), stamp, signature, body.replace(b"done", b"fail"), time.time())
-    assert b'"status":"done"' in body and b'"invalid_image"' in body
+    # The job's state and counts, and where its results are: a job's results can be megabytes.
+    assert b'"status":"done"' in body and b'"failed":1' in body and b'"results"' not in body
+    assert b'"status_url":"/v1/jobs/' in body
 
 
 def test_a_job_whose_images_all_fail_fails_and_still_calls_back(tmp_path: Path, receiver: Receiver) -> None:
@@ -141,7 +144,7 @@ def test_a_job_whose_images_all_fail_fails_and_still_calls_back(tmp_path: Path, 
             assert [r["error"]["code"] for r in job["results"]] == ["invalid_image", "invalid_image"]
 
     asyncio.run(scenario())
-    assert b'"status":"failed"' in receiver.requests[0][1]
+    assert b'"status":"failed"' in receiver.requests[0][1] and b'"failed":2' in receiver.requests[0][1]
 
 
 def test_a_receiver_that_fails_at_first_gets_the_callback_again(tmp_path: Path) -> None:
@@ -155,7 +158,10 @@ def test_a_receiver_that_fails_at_first_gets_the_callback_again(tmp_path: Path) 
 
         asyncio.run(scenario())
     assert len(flaky.requests) == 3
-    assert len({headers["x-imgserve-signature"] for headers, _ in flaky.requests}) >= 1
+    # Each attempt is signed afresh: its own timestamp, covered by its own signature.
+    for headers, body in flaky.requests:
+        stamp, signature = headers["x-imgserve-timestamp"], headers["x-imgserve-signature"]
+        assert verify(SECRET.encode(), stamp, signature, body, time.time())
 
 
 def test_a_callback_that_keeps_failing_shows_as_failed(tmp_path: Path) -> None:
@@ -286,7 +292,6 @@ def test_a_finished_job_and_a_kept_result_survive_a_restart(tmp_path: Path) -> N
             answer = await client.post(
                 "/v1/classify", content=png(6), headers={"Content-Type": "image/png", "X-Request-ID": "req-6"}
             )
-            await until(lambda: True)
             for _ in range(50):  # the result is written behind the answer
                 if (await client.get("/v1/results/req-6")).status_code == 200:
                     break
@@ -308,3 +313,115 @@ def test_a_finished_job_and_a_kept_result_survive_a_restart(tmp_path: Path) -> N
 
     (tmp_path.with_name(tmp_path.name + "-again")).mkdir()
     asyncio.run(second_life())
+
+
+def test_a_job_and_a_kept_result_are_their_clients_alone(tmp_path: Path) -> None:
+    keys = tmp_path.with_name(f"{tmp_path.name}-keys.txt")
+    keys.write_text(f"alice {digest('alice-key')}\nbob {digest('bob-key')}\n")
+    alice, bob = {"X-API-Key": "alice-key"}, {"X-API-Key": "bob-key"}
+
+    async def scenario() -> None:
+        async with serving(tmp_path, GatedRuntime(), **jobs_settings(tmp_path), api_keys_file=keys) as (client, _):
+            files = [("files", ("a.png", png(1), "image/png"))]
+            job_id = (await client.post("/v1/jobs", files=files, headers=alice)).json()["job_id"]
+            assert (await client.get(f"/v1/jobs/{job_id}", headers=alice)).status_code == 200
+            assert (await client.get(f"/v1/jobs/{job_id}", headers=bob)).status_code == 404
+            assert (await client.delete(f"/v1/jobs/{job_id}", headers=bob)).status_code == 404
+            assert (await client.get(f"/v1/jobs/{job_id}")).status_code == 401
+            image = {"Content-Type": "image/png", "X-Request-ID": "mine/1"}  # a slash in an id is fine
+            answer = await client.post("/v1/classify", content=png(2), headers={**image, **alice})
+            assert answer.status_code == 200
+            for _ in range(50):  # written behind the answer
+                kept = await client.get("/v1/results/mine/1", headers=alice)
+                if kept.status_code == 200:
+                    break
+                await asyncio.sleep(0.02)
+            assert kept.json() == answer.json()
+            assert (await client.get("/v1/results/mine/1", headers=bob)).status_code == 404
+
+    asyncio.run(scenario())
+
+
+def test_results_come_in_windows(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with serving(tmp_path, GatedRuntime(), **jobs_settings(tmp_path)) as (client, _):
+            job_id = (await submit(client, [png(40 + i) for i in range(7)])).json()["job_id"]
+            await wait_job(client, job_id)
+            window = (await client.get(f"/v1/jobs/{job_id}?offset=2&limit=3")).json()
+            assert [r["index"] for r in window["results"]] == [2, 3, 4] and window["results_offset"] == 2
+            assert window["images"] == {"total": 7, "done": 7, "failed": 0}
+            counts_only = (await client.get(f"/v1/jobs/{job_id}?limit=0")).json()
+            assert counts_only["results"] == [] and counts_only["status"] == "done"
+            for bad in ("limit=1001", "offset=-1", "limit=x"):
+                assert (await client.get(f"/v1/jobs/{job_id}?{bad}")).status_code == 422
+
+    asyncio.run(scenario())
+
+
+def test_a_jobs_batches_stay_within_the_per_request_limit(tmp_path: Path) -> None:
+    """A model batching more images than one request may carry still runs a job: its batches
+    are cut to what a request may carry."""
+
+    async def scenario() -> None:
+        runtime = GatedRuntime()
+        settings = {
+            **jobs_settings(tmp_path),
+            "batching": {"max_batch_size": 8},
+            "limits": {"max_images_per_request": 3},
+        }
+        async with serving(tmp_path, runtime, **settings) as (client, _):
+            job_id = (await submit(client, [png(40 + i) for i in range(7)])).json()["job_id"]
+            job = await wait_job(client, job_id)
+            assert job["status"] == "done" and job["images"] == {"total": 7, "done": 7, "failed": 0}
+            assert max(runtime.batch_sizes[-3:]) <= 3
+
+    asyncio.run(scenario())
+
+
+def test_the_server_wide_job_queue_is_bounded(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        runtime = GatedRuntime()
+        async with serving(tmp_path, runtime, **jobs_settings(tmp_path, max_queued=1)) as (client, _):
+            runtime.gate.clear()
+            assert (await submit(client, [png(1)])).status_code == 202
+            full = await submit(client, [png(2)])
+            assert full.status_code == 429 and full.json()["error"]["code"] == "overloaded"
+            assert int(full.headers["Retry-After"]) >= 1
+            runtime.gate.set()
+
+    asyncio.run(scenario())
+
+
+def test_a_jobs_upload_has_a_limit_and_a_budget_of_its_own(tmp_path: Path) -> None:
+    """Declared too large: 413 before a byte is read. Within its limit, a job's upload takes the
+    jobs' budget, not the one requests are admitted by."""
+
+    async def scenario() -> None:
+        settings = jobs_settings(tmp_path, max_body_bytes=8192, max_body_bytes_in_flight=8192)
+        limits = {"max_body_bytes": 2048, "max_body_bytes_in_flight": 2048}
+        async with serving(tmp_path, GatedRuntime(), **settings, limits=limits) as (client, _):
+            big = await client.post("/v1/jobs", content=b"x" * 9000, headers={"Content-Type": "multipart/form-data"})
+            assert big.status_code == 413
+            files = [("files", (f"{i}.png", png(40 + i), "image/png")) for i in range(20)]
+            upload = client.build_request("POST", "/v1/jobs", files=files)
+            assert 2048 < len(upload.read()) <= 8192  # over the requests' budget, within the jobs' own
+            accepted = await client.send(upload)
+            assert accepted.status_code == 202, accepted.text
+
+    asyncio.run(scenario())
+
+
+def test_control_characters_in_a_file_name_do_not_reach_the_store(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with serving(tmp_path, GatedRuntime(), **jobs_settings(tmp_path)) as (client, _):
+            # Written by hand: httpx would percent-encode the name.
+            part = b'--b\r\nContent-Disposition: form-data; name="files"; filename="a\x00b\x07c.png"\r\n\r\n'
+            body = part + png(1) + b"\r\n--b--\r\n"
+            sent = await client.post(
+                "/v1/jobs", content=body, headers={"Content-Type": "multipart/form-data; boundary=b"}
+            )
+            job_id = sent.json()["job_id"]
+            job = await wait_job(client, job_id)
+            assert job["results"][0]["filename"] == "abc.png"
+
+    asyncio.run(scenario())

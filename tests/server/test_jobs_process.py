@@ -66,4 +66,4 @@ def test_a_job_cut_short_by_a_crash_is_finished_by_the_next_server(tmp_path: Pat
     results = job["results"]
     assert isinstance(results, list) and len(results) == 12
     assert [r["result"]["class"] for r in results] == [f"class{i % 10}" for i in range(12)]
-    assert job["images"] == {"total": 12, "done": 12}
+    assert job["images"] == {"total": 12, "done": 12, "failed": 0}

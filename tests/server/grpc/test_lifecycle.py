@@ -5,6 +5,7 @@ health says NOT_SERVING) before the models close."""
 from __future__ import annotations
 
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -18,6 +19,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from loadtests.server_process import free_port
+from server.frontend import port_is_free
 from server.grpc_api import inference_pb2 as pb
 from server.settings import BatchingSettings, Settings
 from tests.fakes import GatedRuntime
@@ -179,3 +181,39 @@ def test_a_call_that_ends_before_its_message_arrives_is_not_the_clients_mistake(
         stop.set()
         poll(lambda: counted("DEADLINE_EXCEEDED") + counted("CANCELLED") == 2)
     assert counted("INVALID_ARGUMENT") == 0
+
+
+def test_watch_streams_have_slots_of_their_own(tmp_path: Path) -> None:
+    """Health Watch streams stay open as long as their clients want, and need no key: a few of
+    them, not every call slot (here 8 connections: 2 streams)."""
+    grpc_port = free_port()
+    app = fake_app(tmp_path, GatedRuntime(), grpc_port=grpc_port, http={"max_connections": 8})
+    with live_server(app, grpc=app.state.settings), grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        watching = [health.Watch(health_pb2.HealthCheckRequest(), timeout=30) for _ in range(2)]
+        for stream in watching:
+            assert next(stream).status == health_pb2.HealthCheckResponse.SERVING
+        with pytest.raises(grpc.RpcError) as refused:
+            next(health.Watch(health_pb2.HealthCheckRequest(), timeout=30))
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert dict(refused.value.trailing_metadata())["retry-after"] == "5"
+        assert (
+            health.Check(health_pb2.HealthCheckRequest(), timeout=10).status == health_pb2.HealthCheckResponse.SERVING
+        )
+        watching[0].cancel()
+        poll(lambda: next(health.Watch(health_pb2.HealthCheckRequest(), timeout=30)).status == 1)
+
+
+def test_a_port_whose_last_connections_wait_is_free_for_the_supervisor() -> None:
+    """TIME_WAIT after gRPC traffic must not make the supervisor refuse to start (it binds the
+    way the server does); a port something listens on is not free."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    assert not port_is_free("127.0.0.1", port)
+    client = socket.create_connection(("127.0.0.1", port))
+    accepted, _ = listener.accept()
+    accepted.close()  # the server's side closes first: its end waits in TIME_WAIT
+    time.sleep(0.1)
+    client.close()
+    listener.close()
+    assert port_is_free("127.0.0.1", port)

@@ -86,7 +86,7 @@ def test_a_retry_schedule_survives_a_restart(database_url: str, clock: UtcClock)
 
         reopened = await open_store(database_url, clock)
         try:
-            view = await reopened.job(job_id, "alice", items=False)
+            view = await reopened.job(job_id, "alice", items=(0, 1000))
             assert view is not None
             assert (view.callback_status, view.callback_attempts, view.callback_error) == (
                 CallbackStatus.PENDING,
@@ -117,7 +117,7 @@ def test_delivered_and_failed_callbacks_are_never_due_again(database_url: str, c
             await store.callback_attempted(delivered, CallbackStatus.FAILED, "timed out", None)
             clock.advance(3600)
             assert await store.due_callbacks(limit=10) == []
-            views = [await store.job(job_id, "alice", items=False) for job_id in (delivered, given_up)]
+            views = [await store.job(job_id, "alice", items=(0, 1000)) for job_id in (delivered, given_up)]
             assert [(v.callback_status, v.callback_attempts, v.callback_error) for v in views if v] == [
                 (CallbackStatus.DELIVERED, 1, None),
                 (CallbackStatus.FAILED, 1, "connection refused"),
@@ -148,7 +148,7 @@ def test_an_empty_callback_url_asks_for_no_callback(database_url: str, clock: Ut
         store = await open_store(database_url, clock)
         try:
             job_id = await finished_job(store, callback_url="")
-            view = await store.job(job_id, "alice", items=False)
+            view = await store.job(job_id, "alice", items=(0, 1000))
             assert view is not None and (view.callback_url, view.callback_status) == (None, CallbackStatus.NONE)
             assert await store.due_callbacks(limit=10) == []
         finally:

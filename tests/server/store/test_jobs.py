@@ -41,14 +41,14 @@ def test_a_job_runs_from_queued_to_done(database_url: str, clock: UtcClock) -> N
 
         await store.save_outcomes(job_id, [ItemOutcome(0, result=classification("cat")), ItemOutcome(2, error=BROKEN)])
         assert await store.pending_images(job_id, limit=10) == [(1, b"image 1")]
-        running = await store.job(job_id, "alice")
+        running = await store.job(job_id, "alice", items=(0, 1000))
         assert running is not None and running.status is JobStatus.RUNNING and running.images_done == 2
         assert running.callback_status is CallbackStatus.PENDING  # pending: not due before the end
 
         await store.save_outcomes(job_id, [ItemOutcome(1, result=classification("dog"))])
         clock.advance(5)
         await store.finish_job(job_id, JobStatus.DONE)
-        view = await store.job(job_id, "alice")
+        view = await store.job(job_id, "alice", items=(0, 1000))
         await store.close()
 
         assert view is not None
@@ -85,12 +85,14 @@ def test_a_job_runs_from_queued_to_done(database_url: str, clock: UtcClock) -> N
 def test_a_view_without_items_has_none(database_url: str, clock: UtcClock) -> None:
     async def scenario() -> None:
         store = await open_store(database_url, clock)
-        job_id = await store.create_job(new_job(images=2))
-        view = await store.job(job_id, "alice", items=False)
-        full = await store.job(job_id, "alice")
+        job_id = await store.create_job(new_job(images=3))
+        view = await store.job(job_id, "alice")
+        full = await store.job(job_id, "alice", items=(0, 1000))
+        window = await store.job(job_id, "alice", items=(1, 1))
         await store.close()
-        assert view is not None and view.items == [] and view.images_total == 2
-        assert full is not None and [item.status for item in full.items] == ["pending", "pending"]
+        assert view is not None and view.items == [] and view.images_total == 3
+        assert full is not None and [item.status for item in full.items] == ["pending"] * 3
+        assert window is not None and [item.index for item in window.items] == [1]
 
     asyncio.run(scenario())
 
@@ -119,7 +121,7 @@ def test_an_outcome_is_recorded_once(database_url: str, clock: UtcClock) -> None
         await store.save_outcomes(job_id, [ItemOutcome(0, result=classification("cat"))])
         await store.save_outcomes(job_id, [ItemOutcome(0, result=classification("cat"))])
         await store.save_outcomes(job_id, [ItemOutcome(0, error=BROKEN)])
-        view = await store.job(job_id, "alice")
+        view = await store.job(job_id, "alice", items=(0, 1000))
         await store.close()
         assert view is not None and view.images_done == 1
         assert (view.items[0].status, view.items[0].result, view.items[0].error) == (
@@ -170,11 +172,11 @@ def test_a_finished_job_survives_a_restart(database_url: str, clock: UtcClock) -
         await store.claim_job("runner", lease_s=30)
         await store.save_outcomes(job_id, [ItemOutcome(0, result=classification("cat")), ItemOutcome(1, error=BROKEN)])
         await store.finish_job(job_id, JobStatus.DONE)
-        before = await store.job(job_id, "alice")
+        before = await store.job(job_id, "alice", items=(0, 1000))
         await store.close()
 
         reopened = await open_store(database_url, clock)
-        after = await reopened.job(job_id, "alice")
+        after = await reopened.job(job_id, "alice", items=(0, 1000))
         claimable = await reopened.claim_job("runner", lease_s=30)
         await reopened.close()
         assert before is not None and after == before
@@ -200,7 +202,7 @@ def test_a_crashed_runners_job_is_taken_over_where_it_stopped(database_url: str,
         second = await store.claim_job("runner-2", lease_s=30)
         pending = await store.pending_images(job_id, limit=10)
         stale_renewal = await store.renew_lease(job_id, "runner-1", lease_s=30)
-        view = await store.job(job_id, "alice")
+        view = await store.job(job_id, "alice", items=(0, 1000))
         await store.close()
         assert first is not None and second == first
         assert pending == [(1, b"image 1"), (2, b"image 2")]
@@ -245,7 +247,7 @@ def test_a_running_job_is_cancelled_and_its_runner_stops(database_url: str, cloc
         await store.finish_job(job_id, JobStatus.DONE)  # the runner's last word changes nothing
         clock.advance(3600)
         reclaimed = await store.claim_job("other", lease_s=30)
-        after = await store.job(job_id, "alice")
+        after = await store.job(job_id, "alice", items=(0, 1000))
         await store.close()
         assert view is not None and view.status is JobStatus.CANCELLED and view.images_done == 1
         assert view.callback_status is CallbackStatus.NONE  # it asked for none
@@ -262,7 +264,7 @@ def test_cancelling_a_finished_job_changes_nothing(database_url: str, clock: Utc
         await store.claim_job("runner", lease_s=30)
         await store.save_outcomes(job_id, [ItemOutcome(0, result=classification("cat"))])
         await store.finish_job(job_id, JobStatus.DONE)
-        finished = await store.job(job_id, "alice")
+        finished = await store.job(job_id, "alice", items=(0, 1000))
         clock.advance(10)
         cancelled = await store.cancel_job(job_id, "alice")
         await store.close()
@@ -279,7 +281,7 @@ def test_another_owners_job_does_not_exist(database_url: str, clock: UtcClock) -
         seen = await store.job(job_id, "mallory")
         cancelled = await store.cancel_job(job_id, "mallory")
         unknown = await store.cancel_job("0" * 32, "alice")
-        view = await store.job(job_id, "alice")
+        view = await store.job(job_id, "alice", items=(0, 1000))
         await store.close()
         assert (seen, cancelled, unknown) == (None, None, None)
         assert view is not None and view.status is JobStatus.QUEUED

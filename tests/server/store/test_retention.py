@@ -37,10 +37,10 @@ def test_finished_jobs_and_results_older_than_the_retention_go(database_url: str
             assert await store.prune() == 0  # the oldest are exactly a day old: not older
             clock.advance(1)
             assert await store.prune() == 2
-            assert await store.job(old_job, "alice") is None
+            assert await store.job(old_job, "alice", items=(0, 1000)) is None
             assert await store.result("old", "alice") is None
-            assert await store.job(recent_job, "alice") is not None
-            assert await store.job(waiting, "alice") is not None
+            assert await store.job(recent_job, "alice", items=(0, 1000)) is not None
+            assert await store.job(waiting, "alice", items=(0, 1000)) is not None
             assert await store.result("recent", "alice") == classification("dog")
             # The pruned job's items went with it.
             assert await scalar(database_url, "SELECT count(*) FROM job_items WHERE job_id = :id", id=old_job) == 0
