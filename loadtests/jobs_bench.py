@@ -50,17 +50,24 @@ def run(model_repository: Path, images: int, clients: int, duration: float, time
         "--model-repository",
         str(model_repository),
     ]
-    env = {"IMGSERVE_JOBS__ENABLED": "true", "IMGSERVE_RESULT_STORE": f"sqlite:///{scratch / 'store.db'}"}
-    bodies = upload_requests()
     photos = jpeg_payloads()
     job_images = [photos[i % len(photos)] for i in range(images)]
     body, content_type = multipart_files("files", job_images)
+    # A large job may be larger than the default upload limit (64 MiB): the bench raises it to fit.
+    upload_limit = str(max(64 * 1024 * 1024, 2 * len(body)))
+    env = {
+        "IMGSERVE_JOBS__ENABLED": "true",
+        "IMGSERVE_JOBS__MAX_BODY_BYTES": upload_limit,
+        "IMGSERVE_JOBS__MAX_BODY_BYTES_IN_FLIGHT": upload_limit,
+        "IMGSERVE_RESULT_STORE": f"sqlite:///{scratch / 'store.db'}",
+    }
+    bodies = upload_requests()
     with server_process(command, port, env, startup_s=300) as (base_url, process):
         quiet = measure_point(base_url, bodies, duration, clients=clients, server_pid=process.pid)
-        submitted = httpx.post(
-            f"{base_url}/v1/jobs", content=body, headers={"Content-Type": content_type}, timeout=300
-        ).json()
-        job_id = submitted["job_id"]
+        answer = httpx.post(f"{base_url}/v1/jobs", content=body, headers={"Content-Type": content_type}, timeout=300)
+        if answer.status_code != 202:
+            raise SystemExit(f"the job was refused: {answer.status_code} {answer.text}")
+        job_id = answer.json()["job_id"]
         started = time.monotonic()
         while _job(base_url, job_id)["status"] == "queued" and time.monotonic() - started < 60:
             time.sleep(0.1)
