@@ -96,6 +96,8 @@ def test_the_published_version_records_its_training_report(trained: Trained) -> 
     assert set(validation["per_class_recall"]) == {"0", "1", "4", "7"}
     assert np.array(validation["confusion_matrix"]).sum() == 32
     assert validation["served_max_abs_prob_diff"] < 1e-4
+    # Measured at the epoch early stopping kept.
+    assert validation["validation_loss"] == pytest.approx(report["training"]["head"]["best_val_loss"], abs=1e-3)
     # Each image once, and two copies of each training image.
     assert report["training"]["features_computed"] == 4 * 40 + 4 * 32 * 2
     assert report["training"]["features_from_cache"] == 0
@@ -176,7 +178,7 @@ def test_the_keras_artifact_is_the_served_network(trained: Trained, held_out: li
 
 def test_a_model_short_of_the_margin_is_not_published(trained: Trained, capsys: pytest.CaptureFixture[str]) -> None:
     # 4 balanced classes: the baseline is 0.25, so no model can beat it by 0.9.
-    assert trained.train(3, "--min-margin", "0.9") == 1
+    assert trained.train(3, "--min-margin", "0.9", "--epochs", "2") == 1
     error = capsys.readouterr().err
     assert "does not beat the majority-class baseline 0.2500 (always '0') by 0.9" in error
     assert "the model was not published" in error
@@ -197,15 +199,22 @@ def test_a_class_lost_to_undecodable_files_is_refused(
     assert not (tmp_path / "repo").exists()
 
 
+FINE_TUNING = ("--augment-copies", "0", "--fine-tune-blocks", "1", "--epochs", "3")
+
+
 def test_fine_tuning_trains_the_top_block_and_nothing_below(trained: Trained, tmp_path: Path) -> None:
+    """Three epochs leave the head short of its best, so fine-tuning lowers the validation loss
+    further and is kept."""
     import keras
 
     data = write_class_folders(tmp_path / "data", digit_images((0, 1, 4), 0, 10))
     repository = tmp_path / "repo"
-    args = ("--augment-copies", "0", "--fine-tune-blocks", "1", "--epochs", "3", "--min-margin", "0")
-    assert trained.train(1, *args, data=data, repository=repository) == 0
+    assert trained.train(1, *FINE_TUNING, "--min-margin", "0", data=data, repository=repository) == 0
     report = json.loads((repository / "digits" / "1" / "manifest.json").read_text())["build"]
-    assert report["training"]["fine_tuning"]["epochs"] >= 1
+    fine_tuning = report["training"]["fine_tuning"]
+    assert fine_tuning["kept"] and fine_tuning["best_val_loss"] < fine_tuning["head_val_loss"]
+    assert fine_tuning["head_val_loss"] == report["training"]["head"]["best_val_loss"]
+    assert report["validation"]["validation_loss"] == pytest.approx(fine_tuning["best_val_loss"], abs=1e-3)
     assert report["validation"]["served_max_abs_prob_diff"] < 1e-4
 
     tuned = keras.saving.load_model(repository / "digits" / "1" / "model.keras", compile=False)
@@ -220,3 +229,19 @@ def test_fine_tuning_trains_the_top_block_and_nothing_below(trained: Trained, tm
     assert not same("block15_project_conv") and not same("block15_dw_conv") and not same("head_conv")
     assert same("block14_project_conv") and same("stem_conv")
     assert same("block15_project_bn") and same("head_bn")  # batch norm stays frozen
+
+
+def test_fine_tuning_that_raises_the_validation_loss_is_undone(
+    trained: Trained, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A learning rate of 1 wrecks the top block; the head alone is kept. (The margin of 0.9
+    stops the run at the gate, whose report says so, before any export.)"""
+    data = write_class_folders(tmp_path / "data", digit_images((0, 1, 4), 0, 10))
+    args = (*FINE_TUNING, "--fine-tune-learning-rate", "1", "--min-margin", "0.9")
+    assert trained.train(1, *args, data=data, repository=tmp_path / "repo") == 1
+    err = capsys.readouterr().err
+    report = json.loads(err[err.index("\n{") + 1 :])
+    fine_tuning = report["training"]["fine_tuning"]
+    assert not fine_tuning["kept"] and fine_tuning["best_val_loss"] > 2 * fine_tuning["head_val_loss"]
+    # The validation figures are the head's alone, as it was before fine-tuning.
+    assert report["validation"]["validation_loss"] == pytest.approx(fine_tuning["head_val_loss"], abs=1e-3)

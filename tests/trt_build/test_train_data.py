@@ -206,6 +206,7 @@ def test_the_baseline_is_the_training_majority_class_on_the_validation_images() 
     # Always answering "b", the most common class in training, is right on 1 of 6.
     assert (evaluation.majority_class, evaluation.majority_baseline) == ("b", round(1 / 6, 4))
     assert evaluation.accuracy == round(4 / 6, 4)
+    assert evaluation.loss == pytest.approx(-np.log(1e-12) * 2 / 6, rel=1e-4)  # two answers wholly wrong
     assert evaluation.per_class_recall == {"a": round(2 / 3, 4), "b": 1.0, "c": 0.5}
     assert evaluation.confusion == [[2, 1, 0], [0, 1, 0], [1, 0, 1]]
     assert gate_failures(evaluation, 0.1) == []

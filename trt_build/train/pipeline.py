@@ -127,13 +127,6 @@ def _class_counts(dataset: Dataset, train: Sequence[ImageFile], validation: Sequ
     }
 
 
-@dataclass
-class _Trained:
-    classifier: Any
-    validation_probabilities: np.ndarray
-    figures: dict[str, Any]
-
-
 def _fine_tune(
     request: TrainRequest,
     base: Backbone,
@@ -143,9 +136,12 @@ def _fine_tune(
     validation_items: Sequence[Item],
     augmentation: Augmentation,
     classes: int,
+    head_val_loss: float,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Train the top blocks with the head, on the activations entering them (computed here,
-    not cached: they are large); return the validation probabilities and the fit."""
+    not cached: they are large); return the validation probabilities and the fit. Unless it
+    lowers the validation loss below the head's alone (``head_val_loss``), the weights it started
+    from are put back: fine-tuning must not make the model worse on the held-out split."""
     below, above = heads.below_and_above(network, base, head.layers[1:], request.fine_tune_blocks)
     spec = base.preprocessing
     entering, _ = extract(_keras_model(below), train_items, spec, augmentation, "activations for fine-tuning")
@@ -158,9 +154,14 @@ def _fine_tune(
         max_epochs=request.schedule.max_epochs,
         patience=request.schedule.patience,
     )
+    before = above.get_weights()
     tuned = heads.fit(above, x, y, x_val, y_val, classes, schedule, f"fine-tuning the top {request.fine_tune_blocks}")
+    kept = tuned.best_val_loss < head_val_loss
+    if not kept:
+        above.set_weights(before)
+        log.info("fine-tuning did not lower the validation loss (%.5f): the head alone is kept", head_val_loss)
     probabilities = _softmax(np.asarray(above.predict(x_val, batch_size=32, verbose=0)))
-    return probabilities, tuned.as_dict()
+    return probabilities, {**tuned.as_dict(), "head_val_loss": round(head_val_loss, 5), "kept": kept}
 
 
 def train(request: TrainRequest) -> ModelManifest:
@@ -205,7 +206,7 @@ def train(request: TrainRequest) -> ModelManifest:
     fine_tuning: dict[str, Any] | None = None
     if request.fine_tune_blocks:
         probabilities, fine_tuning = _fine_tune(
-            request, base, network, head, train_items, validation_items, augmentation, classes
+            request, base, network, head, train_items, validation_items, augmentation, classes, head_fit.best_val_loss
         )
     else:
         probabilities = _softmax(np.asarray(head.predict(x_val, batch_size=256, verbose=0)))

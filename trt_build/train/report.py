@@ -27,6 +27,8 @@ CONFUSION_PNG = "confusion_matrix.png"
 class Evaluation:
     images: int
     accuracy: float
+    loss: float
+    """Mean categorical cross-entropy: what early stopping watched."""
     per_class_recall: dict[str, float]
     majority_class: str
     majority_baseline: float
@@ -41,6 +43,7 @@ class Evaluation:
         return {
             "validation_images": self.images,
             "validation_accuracy": self.accuracy,
+            "validation_loss": self.loss,
             "per_class_recall": self.per_class_recall,
             "majority_class": self.majority_class,
             "majority_baseline": self.majority_baseline,
@@ -64,6 +67,7 @@ def evaluate(
     return Evaluation(
         images=len(y_true),
         accuracy=round(float(np.mean(predicted == y_true)), 4),
+        loss=round(float(np.mean(-np.log(np.clip(probabilities[np.arange(len(y_true)), y_true], 1e-12, 1.0)))), 5),
         per_class_recall=recall,
         majority_class=classes[majority],
         majority_baseline=round(float(np.mean(y_true == majority)), 4),
