@@ -18,7 +18,8 @@ from model_contract.manifest import version_number
 
 def check_new_version(output: Path) -> None:
     """Refuse an ``output`` that is not a new version folder ``<repository>/<model>/<number>``."""
-    if version_number(output.name) is None:
+    model = output.parent.name
+    if version_number(output.name) is None or not model or model.startswith("."):
         raise ValueError(f"output must be a version folder <repository>/<model>/<number>, not {output}")
     if output.exists():
         raise FileExistsError(f"{output} already exists; versions are never overwritten")

@@ -105,6 +105,7 @@ def test_settings_that_cannot_work_are_refused(
 def test_an_output_that_is_not_a_new_version_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data = make_folders(tmp_path / "data", {"cats": 6, "dogs": 6})
     assert "must be a version folder" in refused([str(data), "--output", str(tmp_path / "repo" / "pets")], capsys)
+    assert "must be a version folder" in refused([str(data), "--output", "1"], capsys)  # no model folder
     existing = tmp_path / "repo" / "pets" / "1"
     existing.mkdir(parents=True)
     assert "already exists" in refused([str(data), "--output", str(existing)], capsys)

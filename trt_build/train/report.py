@@ -5,9 +5,10 @@ The baseline is the majority class: always answer the class most common in the t
 Its accuracy on the validation split is what a model that learned nothing from the pixels gets
 on imbalanced data, so that, not chance, is what the model must beat. By how much
 (``--min-margin``, default 0.10 absolute): validation sets here are small, and accuracy on n
-held-out images moves by about sqrt(p(1-p)/n) from one split to another (0.05 for 100 images
+held-out images moves by about sqrt(p(1-p)/n) from one split to another (0.04 for 100 images
 at p = 0.75): a model within a few points of the baseline may have learned nothing at all,
-while a model that learned the classes clears it by far more (on the digits, 0.8 and more).
+while a model that learned the classes clears it by far more (on scikit-learn's digits, measured:
+0.72 with four classes, 0.84 with ten).
 """
 
 from __future__ import annotations
