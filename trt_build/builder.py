@@ -1,20 +1,20 @@
 """``imgserve build``: convert a source version, verify it, and publish it only if it passes.
 
-The new version is staged next to its destination and renamed into place at the end, so the
-server's repository never holds a half-written or unverified version.
+The new version is staged next to its destination and renamed into place at the end
+(``trt_build.staging``), so the server's repository never holds a half-written or unverified
+version.
 """
 
 from __future__ import annotations
 
 import logging
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from model_contract.manifest import MANIFEST_FILE, ModelManifest
 from trt_build import litert, tftrt
 from trt_build.eval_images import evaluation_tensors
+from trt_build.staging import check_new_version, publish, staged_version
 from trt_build.verify import Gate, Verification, served_model, verify
 
 log = logging.getLogger(__name__)
@@ -49,10 +49,7 @@ class BuildRequest:
         precisions = litert.PRECISIONS if self.target == "litert" else tftrt.PRECISIONS
         if self.precision not in precisions:
             raise ValueError(f"{self.target} precision must be one of {', '.join(precisions)}")
-        if not self.output.name.isdigit():
-            raise ValueError(f"output must be a version folder <repository>/<model>/<number>, not {self.output}")
-        if self.output.exists():
-            raise FileExistsError(f"{self.output} already exists; versions are never overwritten")
+        check_new_version(self.output)
         if not ModelManifest.is_version(self.source):
             raise FileNotFoundError(f"{self.source} is not a model version (no {MANIFEST_FILE})")
 
@@ -71,10 +68,7 @@ def build(request: BuildRequest) -> ModelManifest:
         else None
     )
     gate = Gate.for_precision(request.precision, request.min_top1_agreement, request.decided_probability)
-    request.output.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=request.output.parent) as tmp:
-        staging = Path(tmp) / "version"
-        staging.mkdir()
+    with staged_version(request.output) as staging:
         if request.target == "litert":
             artifact = staging / "model.tflite"
             artifact.write_bytes(litert.convert(source_artifact, request.precision, calibration))
@@ -116,6 +110,6 @@ def build(request: BuildRequest) -> ModelManifest:
             }
         )
         manifest.write(staging)
-        shutil.move(str(staging), str(request.output))
+        publish(staging, request.output)
     log.info("published %s (%s %s): %s", request.output, request.target, request.precision, verification)
     return manifest

@@ -1,4 +1,4 @@
-"""The build commands of ``imgserve``: build-default, build, verify, build-resnet50."""
+"""The build commands of ``imgserve``: build-default, build, verify, train, build-resnet50."""
 
 from __future__ import annotations
 
@@ -75,6 +75,101 @@ def _verify(args: argparse.Namespace) -> int:
     return 0 if result.passed else 1
 
 
+def _train(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from trt_build.train.errors import TrainingRefused
+    from trt_build.train.head import Schedule
+    from trt_build.train.pipeline import TrainRequest, default_cache_dir, train
+    from trt_build.train.report import BelowBaseline
+
+    try:
+        request = TrainRequest(
+            data_dir=args.data_dir,
+            output=args.output,
+            base=args.base,
+            validation_fraction=args.validation_fraction,
+            seed=args.seed,
+            augment_copies=args.augment_copies,
+            flip=args.flip,
+            schedule=Schedule(
+                learning_rate=args.learning_rate,
+                batch_size=args.batch_size,
+                max_epochs=args.epochs,
+                patience=args.patience,
+            ),
+            fine_tune_blocks=args.fine_tune_blocks,
+            fine_tune_learning_rate=args.fine_tune_learning_rate,
+            min_margin=args.min_margin,
+            cache_dir=None if args.no_cache else (args.cache_dir or default_cache_dir()),
+        )
+        manifest = train(request)
+    except TrainingRefused as exc:
+        print(f"imgserve train: {exc}", file=sys.stderr)
+        return 2
+    except BelowBaseline as exc:
+        print(f"imgserve train: {exc}\n{json.dumps(exc.report, indent=2)}", file=sys.stderr)
+        return 1
+    print(json.dumps(manifest.build, indent=2))
+    return 0
+
+
+def _add_train_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from trt_build.train.backbone import BASES
+    from trt_build.train.report import MIN_MARGIN
+
+    train = commands.add_parser(
+        "train",
+        help="train a classifier for your own classes (a new head on a frozen ImageNet backbone) and publish it",
+        description="DATA_DIR holds one sub-folder of images per class; the class names are the folder names. "
+        "The version is published only if its validation accuracy beats the majority-class baseline by "
+        "--min-margin. Exit codes: 0 published, 1 below the baseline (nothing written), 2 refused (bad data or "
+        "settings, nothing written).",
+    )
+    train.add_argument("data_dir", type=Path, metavar="DATA_DIR", help="one sub-folder of images per class")
+    train.add_argument(
+        "--output", type=Path, required=True, help="new version folder, e.g. models/my_classes/1 (REPO/NAME/VERSION)"
+    )
+    train.add_argument(
+        "--base", default="efficientnet_lite0", help=f"pretrained backbone (available: {', '.join(sorted(BASES))})"
+    )
+    train.add_argument(
+        "--validation-fraction", type=float, default=0.2, help="share of each class held out (default 0.2)"
+    )
+    train.add_argument("--seed", type=int, default=0, help="seeds the split, the copies and the weights")
+    train.add_argument(
+        "--augment-copies", type=int, default=2, help="re-framed copies of each training image (default 2)"
+    )
+    train.add_argument(
+        "--no-flip",
+        dest="flip",
+        action="store_false",
+        help="do not mirror copies (for classes a mirror changes: text, digits, left and right)",
+    )
+    train.add_argument("--epochs", type=int, default=100, help="most epochs (early stopping ends sooner)")
+    train.add_argument("--patience", type=int, default=5, help="epochs without a better validation loss (default 5)")
+    train.add_argument("--learning-rate", type=float, default=1e-3, help="Adam's, for the head (default 1e-3)")
+    train.add_argument("--batch-size", type=int, default=32)
+    train.add_argument(
+        "--fine-tune-blocks", type=int, default=0, help="then train the top K backbone blocks too (default 0)"
+    )
+    train.add_argument(
+        "--fine-tune-learning-rate", type=float, default=1e-5, help="Adam's, while fine-tuning (default 1e-5)"
+    )
+    train.add_argument(
+        "--min-margin",
+        type=float,
+        default=MIN_MARGIN,
+        help=f"least validation accuracy over the majority-class baseline to publish (default {MIN_MARGIN})",
+    )
+    train.add_argument(
+        "--cache-dir",
+        type=Path,
+        help="feature cache folder (default: $XDG_CACHE_HOME/imgserve/features, else ~/.cache/imgserve/features)",
+    )
+    train.add_argument("--no-cache", action="store_true", help="neither read nor write the feature cache")
+    train.set_defaults(run=_train)
+
+
 def _add_gate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--min-top1-agreement", type=float, help="override the precision's threshold (fp16 0.995, int8 0.99)"
@@ -114,6 +209,8 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     check.add_argument("--eval-count", type=int, default=300)
     _add_gate_arguments(check)
     check.set_defaults(run=_verify)
+
+    _add_train_command(commands)
 
     resnet = commands.add_parser(
         "build-resnet50", help="build ResNet50 with RANDOM weights (a throughput model) for the keras_jax runtime"

@@ -83,11 +83,14 @@ def _manifest() -> ModelManifest:
     )
 
 
-def _export_saved_model(model: Any, path: Path) -> None:
+def export_saved_model(model: Any, path: Path, preprocessing: PreprocessSpec = PREPROCESSING) -> None:
+    """The SavedModel the server runs: ``model`` (normalized float images in, logits out) behind
+    a signature that takes uint8 images, normalizes them in the graph and returns softmax
+    probabilities."""
     import keras
     import tensorflow as tf
 
-    mean, std = PREPROCESSING.mean, PREPROCESSING.std
+    mean, std, size = preprocessing.mean, preprocessing.std, preprocessing.crop_size
 
     def serve(images: tf.Tensor) -> dict[str, tf.Tensor]:
         x = (tf.cast(images, tf.float32) - mean) / std
@@ -98,7 +101,7 @@ def _export_saved_model(model: Any, path: Path) -> None:
     archive.add_endpoint(
         name=SIGNATURE_NAME,
         fn=serve,
-        input_signature=[tf.TensorSpec([None, IMAGE_SIZE, IMAGE_SIZE, 3], tf.uint8, name=INPUT_NAME)],
+        input_signature=[tf.TensorSpec([None, size, size, 3], tf.uint8, name=INPUT_NAME)],
     )
     archive.write_out(str(path), verbose=False)
 
@@ -118,7 +121,7 @@ def build_default_model(repository: Path, force: bool = False) -> Path:
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         staging = Path(tmp) / "version"
         staging.mkdir()
-        _export_saved_model(model, staging / SAVED_MODEL_DIR)
+        export_saved_model(model, staging / SAVED_MODEL_DIR)
         model.save(staging / KERAS_FILE)
         _manifest().write(staging)
         if target.exists():
