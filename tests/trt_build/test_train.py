@@ -1,7 +1,8 @@
 """imgserve train end to end, on real handwritten digits (scikit-learn's, see ``digits.py``):
 the published version's report, the version served through /v1/classify and judged on digits
 held out of the training folder, a second run from the feature cache served without a restart,
-the gate, a class lost to undecodable files, and fine-tuning the top block.
+the gate, a class lost to undecodable files, fine-tuning the top block, and ``imgserve build
+--target litert`` on a trained version.
 
 Four classes of 40 digits train (32 train, 8 validate per class), with a truncated PNG and a
 text file among them; the next 25 digits of each class are the held-out set.
@@ -245,3 +246,27 @@ def test_fine_tuning_that_raises_the_validation_loss_is_undone(
     assert not fine_tuning["kept"] and fine_tuning["best_val_loss"] > 2 * fine_tuning["head_val_loss"]
     # The validation figures are the head's alone, as it was before fine-tuning.
     assert report["validation"]["validation_loss"] == pytest.approx(fine_tuning["head_val_loss"], abs=1e-3)
+
+
+def test_imgserve_build_converts_a_trained_version_to_litert(
+    trained: Trained, held_out: list[tuple[int, int, bytes]], tmp_path: Path
+) -> None:
+    """A trained version is a source like any other: converted, verified on held-out digits by
+    its gate, published with the class names, and the LiteRT model answers as the SavedModel."""
+    eval_dir = tmp_path / "held_out"
+    eval_dir.mkdir()
+    for index, _, data in held_out[::2]:
+        (eval_dir / f"{index:04d}.png").write_bytes(data)
+    source, built = trained.repository / "digits" / "1", trained.repository / "digits" / "4"
+    args = ["--target", "litert", "--output", str(built), "--eval-dir", str(eval_dir), "--eval-count", "50"]
+    assert imgserve(["build", str(source), *args]) == 0
+
+    manifest = ModelManifest.read(built)
+    assert manifest.runtime == "litert" and manifest.labels == ModelManifest.read(source).labels
+    tensors = np.stack([image_to_tensor(data, manifest.preprocessing, EVAL_LIMITS) for _, _, data in held_out[1::2]])
+    with served_model(manifest, built) as predict:
+        converted = predict(tensors)
+    with served_model(ModelManifest.read(source), source) as predict:
+        original = predict(tensors)
+    np.testing.assert_array_equal(converted.argmax(axis=1), original.argmax(axis=1))
+    np.testing.assert_allclose(converted, original, atol=1e-4)
