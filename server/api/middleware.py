@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import time
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from server.api.response_status import ResponseStatus
 from server.metrics import Metrics
 
 
@@ -22,18 +23,11 @@ class RequestMetrics:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        status = 500
-
-        async def record_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
+        status = ResponseStatus(send)
         try:
-            await self.app(scope, receive, record_status)
+            await self.app(scope, receive, status.send)
         finally:
             route = scope.get("route")
             template = getattr(route, "path", "unmatched")
-            self.metrics.requests.labels(template, scope["method"], str(status)).inc()
+            self.metrics.requests.labels(template, scope["method"], str(status.code)).inc()
             self.metrics.request_seconds.labels(template).observe(time.perf_counter() - started)

@@ -3,8 +3,9 @@ client's ``traceparent``, named by its route once routed (``POST /v2/models/{nam
 
 from __future__ import annotations
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from server.api.response_status import ResponseStatus
 from server.tracing import Tracing
 
 
@@ -21,19 +22,12 @@ class TraceRequests:
         method = scope["method"]
         attributes = {"http.request.method": method, "url.path": scope["path"][:200]}
         with self.tracing.request(method, headers, attributes) as span:
-            status = 500
-
-            async def record_status(message: Message) -> None:
-                nonlocal status
-                if message["type"] == "http.response.start":
-                    status = message["status"]
-                await send(message)
-
+            status = ResponseStatus(send)
             try:
-                await self.app(scope, receive, record_status)
+                await self.app(scope, receive, status.send)
             finally:
                 route = getattr(scope.get("route"), "path", None)
                 if route is not None:
                     span.update_name(f"{method} {route}")
                     span.set_attribute("http.route", route)
-                span.set_attribute("http.response.status_code", status)
+                span.set_attribute("http.response.status_code", status.code)
