@@ -23,6 +23,7 @@ ASYNC_DRIVERS = {"sqlite": "aiosqlite", "postgresql": "asyncpg", "postgres": "as
 WAL_ATTEMPTS = 20
 
 _WRITE = "imgserve_write"
+_FOREIGN_KEYS = "imgserve_foreign_keys"
 
 
 def async_url(url: str) -> URL:
@@ -56,17 +57,30 @@ def create_store_engine(url: str) -> AsyncEngine:
 
 
 @asynccontextmanager
-async def writing(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+async def writing(engine: AsyncEngine, *, foreign_keys: bool = True) -> AsyncIterator[AsyncConnection]:
     """A transaction that will write: committed when the block ends, rolled back on an error.
 
     On SQLite it begins IMMEDIATE, taking the database's write lock before its first read, so
     what it reads cannot change under it (another process's writer waits on the busy timeout);
     a deferred transaction that reads and then writes fails at once instead when another process
-    wrote in between. PostgreSQL's row locks need nothing extra."""
+    wrote in between. PostgreSQL's row locks need nothing extra.
+
+    ``foreign_keys=False`` is for migrations on SQLite: a table altered in batch mode is copied
+    and the old one dropped, and with foreign keys on, dropping ``jobs`` deletes every job item
+    (ON DELETE CASCADE). The block must leave no dangling reference (it is checked before the
+    commit), and the connection is then discarded rather than pooled with the checks off."""
     async with engine.connect() as connection:
-        await connection.execution_options(**{_WRITE: True})
-        async with connection.begin():
-            yield connection
+        await connection.execution_options(**{_WRITE: True, _FOREIGN_KEYS: foreign_keys})
+        try:
+            async with connection.begin():
+                yield connection
+                if not foreign_keys and connection.dialect.name == "sqlite":
+                    dangling = (await connection.exec_driver_sql("PRAGMA foreign_key_check")).fetchall()
+                    if dangling:
+                        raise RuntimeError(f"rows left referring to no row (table, rowid, parent): {dangling[:5]}")
+        finally:
+            if not foreign_keys:
+                await connection.invalidate()
 
 
 def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -103,5 +117,7 @@ def _use_wal(cursor: Any) -> None:
 
 
 def _sqlite_begin(connection: Connection) -> None:
-    write = connection.get_execution_options().get(_WRITE, False)
-    connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+    options = connection.get_execution_options()
+    if not options.get(_FOREIGN_KEYS, True):
+        connection.exec_driver_sql("PRAGMA foreign_keys = OFF")  # a no-op inside a transaction
+    connection.exec_driver_sql("BEGIN IMMEDIATE" if options.get(_WRITE, False) else "BEGIN")

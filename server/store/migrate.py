@@ -51,7 +51,7 @@ def alembic_config(url: str | None = None) -> Config:
 async def upgrade_to_head(engine: AsyncEngine) -> None:
     """Migrate the database to the newest schema, serialised with every other process doing the
     same (N workers or replicas start at once): the second finds the schema current."""
-    async with writing(engine) as connection:
+    async with writing(engine, foreign_keys=False) as connection:
         # On SQLite the write transaction's lock serialises migrations; PostgreSQL needs a lock
         # (its DDL is transactional, so the version table and the tables commit together).
         if connection.dialect.name == "postgresql":

@@ -34,7 +34,7 @@ def run_migrations(connection: Connection) -> None:
 async def run_on_url(url: str) -> None:
     engine = create_store_engine(url)
     try:
-        async with writing(engine) as connection:
+        async with writing(engine, foreign_keys=False) as connection:
             await connection.run_sync(run_migrations)
     finally:
         await engine.dispose()

@@ -4,6 +4,8 @@ processes at once, and to exactly the tables that ``schema.py`` declares."""
 from __future__ import annotations
 
 import asyncio
+import shutil
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,6 +15,7 @@ from sqlalchemy import inspect
 from sqlalchemy.engine import Connection
 
 from server.settings import StoreSettings
+from server.store import migrate
 from server.store.connection import async_url, create_store_engine
 from server.store.migrate import VERSION_TABLE
 from server.store.schema import Base
@@ -104,3 +107,43 @@ def test_keeping_images_without_a_folder_is_refused_before_connecting() -> None:
     settings = StoreSettings.model_validate({"keep_images": True})
     with pytest.raises(ValueError, match="images_dir"):
         asyncio.run(SqlResultStore.open("postgresql://nobody@127.0.0.1:1/none", settings))
+
+
+LATER_MIGRATION = """
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0002"
+down_revision = "0001"
+
+
+def upgrade() -> None:
+    # What a later migration that changes jobs does: on SQLite, batch mode copies the table
+    # and drops the old one.
+    with op.batch_alter_table("jobs", recreate="always") as batch:
+        batch.add_column(sa.Column("note", sa.Text(), nullable=True))
+"""
+
+
+def test_a_later_migration_that_rebuilds_jobs_keeps_their_items(
+    database_url: str, clock: UtcClock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With foreign keys on, SQLite would turn the drop of the old ``jobs`` into a delete of
+    every job item (ON DELETE CASCADE): migrations run with them off, and checked."""
+    migrations = tmp_path / "migrations"
+    shutil.copytree(migrate.MIGRATIONS, migrations, ignore=shutil.ignore_patterns("__pycache__"))
+    (migrations / "versions" / "0002_rebuild_jobs.py").write_text(LATER_MIGRATION)
+
+    async def scenario() -> None:
+        store = await open_store(database_url, clock)
+        job_id = await store.create_job(new_job(images=3))
+        await store.close()
+        monkeypatch.setattr(migrate, "MIGRATIONS", migrations)
+        reopened = await open_store(database_url, clock)
+        view = await reopened.job(job_id, "alice", items=(0, 10))
+        await reopened.close()
+        assert await scalar(database_url, f"SELECT version_num FROM {VERSION_TABLE}") == "0002"
+        assert await scalar(database_url, "SELECT count(*) FROM job_items") == 3
+        assert view is not None and len(view.items) == 3
+
+    asyncio.run(scenario())
