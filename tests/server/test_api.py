@@ -212,10 +212,13 @@ def test_top_k_out_of_range(client: Client, photo_bytes: dict[str, bytes], top_k
     assert_error(response, 422, "invalid_parameter")
 
 
-def test_too_many_files(client: Client, cat: Image.Image) -> None:
+@pytest.mark.parametrize("count", [9, 10, 30])
+def test_too_many_files(client: Client, cat: Image.Image, count: int) -> None:
     small = encode(cat.resize((64, 64)), "PNG")
-    files = [("files", (f"{i}.png", small, "image/png")) for i in range(9)]
-    assert_error(client.post("/v1/classify/batch", files=files), 413, "too_many_images")
+    files = [("files", (f"{i}.png", small, "image/png")) for i in range(count)]
+    response = client.post("/v1/classify/batch", files=files)
+    assert_error(response, 413, "too_many_images")
+    assert "at most 8 images" in response.json()["error"]["message"]
 
 
 def test_unknown_model_and_unknown_route(client: Client, photo_bytes: dict[str, bytes]) -> None:
