@@ -146,7 +146,10 @@ class JobSettings(BaseModel):
         "arrives meanwhile waits for at most that batch.",
     )
     max_queued_per_client: int = Field(
-        10, ge=1, description="Jobs one client (API key, else address) may have queued or running (429 beyond)."
+        10,
+        ge=1,
+        description="Jobs one client (API key, else address) may have queued or running, or whose callback is "
+        "still being delivered (429 beyond).",
     )
     max_queued: int = Field(1000, ge=1, description="Jobs queued or running, all clients together (429 beyond).")
     concurrency: int = Field(1, ge=1, description="Jobs one server process runs at once.")

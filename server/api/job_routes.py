@@ -12,7 +12,7 @@ from starlette.responses import Response
 from model_contract.errors import ErrorKind, ServiceError
 from server.api.deps import settings_of
 from server.api.responses import OrjsonResponse
-from server.api.uploads import require_multipart
+from server.api.uploads import multipart_form, require_multipart
 from server.gatekeeper import current_client
 from server.jobs.manager import MOST_RESULTS, Jobs
 from server.jobs.render import job_body
@@ -61,8 +61,10 @@ async def submit_job(request: Request) -> Response:
     """Queue images to classify in the background; answers at once with the job's id."""
     jobs, settings = _jobs(request), settings_of(request)
     require_multipart(request, "send multipart/form-data with one 'files' field per image")
+    await jobs.admit(current_client())  # a client at its limit is told so before it uploads
     most = settings.jobs.max_images_per_job
-    async with request.form(max_files=most + 1, max_fields=len(_FIELDS)) as form:
+    too_many = f"at most {most} images in one job"
+    async with multipart_form(request, max_files=most, max_fields=len(_FIELDS), too_many=too_many) as form:
         fields = {name: form.get(name) for name in _FIELDS}
         if any(value is not None and not isinstance(value, str) for value in fields.values()):
             raise ServiceError(ErrorKind.INVALID_PARAMETER, f"{', '.join(_FIELDS)} are text fields, not files")
@@ -75,8 +77,6 @@ async def submit_job(request: Request) -> Response:
             callback_url=text.get("callback_url") or None,
         )
         uploads = [v for v in form.getlist("files") if isinstance(v, UploadFile)]
-        if len(uploads) > most:
-            raise ServiceError(ErrorKind.TOO_MANY_IMAGES, f"at most {most} images in one job")
         images = [await upload.read() for upload in uploads]
         names = [upload.filename or "" for upload in uploads]
     job_id = await jobs.submit(submission, images, names)

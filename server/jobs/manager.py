@@ -79,6 +79,27 @@ class Jobs:
         if not self.enabled:
             raise ServiceError(ErrorKind.NOT_FOUND, "jobs are not enabled on this server (IMGSERVE_JOBS__ENABLED)")
 
+    async def admit(self, owner: str) -> None:
+        """Before a submission's body is read: jobs enabled, and a place in the client's queue
+        and in everyone's (429 with Retry-After). A cheap early answer for a client at its limit;
+        ``submit`` counts again in the insert's own transaction, which is the authority."""
+        self._check_enabled()
+        limits = self._settings
+        if await self._store.queued_jobs(owner) >= limits.max_queued_per_client:
+            raise self._queue_full(per_owner=True)
+        if await self._store.queued_jobs() >= limits.max_queued:
+            raise self._queue_full(per_owner=False)
+
+    def _queue_full(self, *, per_owner: bool) -> ServiceError:
+        if per_owner:
+            return ServiceError(
+                ErrorKind.RATE_LIMITED,
+                f"{self._settings.max_queued_per_client} of your jobs are queued, running or delivering their "
+                "callback; wait for one to end",
+                retry_after=RETRY_AFTER_S,
+            )
+        return ServiceError(ErrorKind.OVERLOADED, "the server's job queue is full", retry_after=RETRY_AFTER_S)
+
     def check(self, owner: str, *, model: str, top_k: int, callback_url: str | None) -> Submission:
         """Everything about a submission but its images, before they are read: an unknown model
         (404), a top_k out of range (422), a callback URL that is malformed or not allowed (422)."""
@@ -104,15 +125,7 @@ class Jobs:
                 job, max_per_owner=self._settings.max_queued_per_client, max_total=self._settings.max_queued
             )
         except QueueFull as full:
-            if full.per_owner:
-                raise ServiceError(
-                    ErrorKind.RATE_LIMITED,
-                    f"{self._settings.max_queued_per_client} of your jobs are queued or running; wait for one to end",
-                    retry_after=RETRY_AFTER_S,
-                ) from None
-            raise ServiceError(
-                ErrorKind.OVERLOADED, "the server's job queue is full", retry_after=RETRY_AFTER_S
-            ) from None
+            raise self._queue_full(per_owner=full.per_owner) from None
 
     async def view(self, job_id: str, owner: str, offset: int = 0, limit: int = 100) -> JobView:
         """The job, with the results of images ``offset`` to ``offset + limit``."""

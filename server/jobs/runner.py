@@ -72,8 +72,10 @@ class JobRunner:
         self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
-        loops = [self._run_jobs() for _ in range(self._settings.concurrency)]
-        self._tasks = [asyncio.create_task(loop, name=f"jobs-{self._name}") for loop in loops]
+        # Each loop holds its leases under a name of its own: a loop whose lease ran out must find
+        # its renewal refused when a sibling has taken the job up, as one in another process does.
+        names = [f"{self._name}/{i}" for i in range(self._settings.concurrency)]
+        self._tasks = [asyncio.create_task(self._run_jobs(name), name=f"jobs-{name}") for name in names]
         self._tasks.append(asyncio.create_task(self._deliver_callbacks(), name=f"callbacks-{self._name}"))
         self._tasks.append(asyncio.create_task(self._prune(), name=f"prune-{self._name}"))
 
@@ -106,20 +108,20 @@ class JobRunner:
 
     # Jobs.
 
-    async def _run_jobs(self) -> None:
-        await self._forever(self._run_one, "running a job", IDLE_POLL_S)
+    async def _run_jobs(self, runner: str) -> None:
+        await self._forever(lambda: self._run_one(runner), "running a job", IDLE_POLL_S)
 
-    async def _run_one(self) -> bool:
+    async def _run_one(self, runner: str) -> bool:
         if self._service.readiness().draining:
             return False  # the server is going away: another takes the next job
-        job = await self._store.claim_job(self._name, self._settings.lease_s)
+        job = await self._store.claim_job(runner, self._settings.lease_s)
         if job is None:
             return False
         log.info("job %s: %d images on %s", job.id, job.images_total, job.model)
-        await self._run(job)
+        await self._run(job, runner)
         return True
 
-    async def _run(self, job: ClaimedJob) -> None:
+    async def _run(self, job: ClaimedJob, runner: str) -> None:
         background.set(True)  # this task's decodes queue behind requests' (server/work_pool.py)
         try:
             model = self._service.model(job.model)
@@ -129,13 +131,13 @@ class JobRunner:
         while True:
             if self._stopping.is_set():
                 return  # the lease runs out, and the job is taken up again where it stopped
-            if not await self._store.renew_lease(job.id, self._name, self._settings.lease_s):
+            if not await self._store.renew_lease(job.id, runner, self._settings.lease_s):
                 log.info("job %s: cancelled, or taken by another runner; stopping", job.id)
                 return
             pending = await self._store.pending_images(job.id, chunk)
             if not pending:
                 break
-            outcomes = await self._classify(job, pending)
+            outcomes = await self._classify(job, pending, runner)
             if outcomes is None:
                 return
             await self._store.save_outcomes(job.id, outcomes)
@@ -144,7 +146,9 @@ class JobRunner:
         await self._store.finish_job(job.id, JobStatus.FAILED if failed else JobStatus.DONE)
         log.info("job %s: %s", job.id, "failed" if failed else "done")
 
-    async def _classify(self, job: ClaimedJob, pending: list[tuple[int, bytes]]) -> list[ItemOutcome] | None:
+    async def _classify(
+        self, job: ClaimedJob, pending: list[tuple[int, bytes]], runner: str
+    ) -> list[ItemOutcome] | None:
         """Each image's outcome; when the server is busy (overload, a deadline passed behind
         requests, warm-up), wait and try again, renewing the lease; None if told to stop."""
         delay = BUSY_RETRY_S
@@ -159,7 +163,7 @@ class JobRunner:
                 # Within the lease, which is renewed right after.
                 await self._pause(min(max(exc.retry_after or 0.0, delay), self._settings.lease_s / 2))
                 delay = min(delay * 2, self._settings.lease_s / 2)
-                if not await self._store.renew_lease(job.id, self._name, self._settings.lease_s):
+                if not await self._store.renew_lease(job.id, runner, self._settings.lease_s):
                     return []
                 continue
             outcomes = []

@@ -119,13 +119,15 @@ class QueueFull(Exception):
 class ResultStore(Protocol):
     async def create_job(self, job: NewJob, max_per_owner: int | None = None, max_total: int | None = None) -> str:
         """Store a queued job with its images (held until they have run); its new id. Raises
-        ``QueueFull`` when the owner has ``max_per_owner`` jobs queued or running, or everyone
-        ``max_total``: counted in the same transaction as the insert, so concurrent submissions
-        cannot get past the limits together."""
+        ``QueueFull`` when the owner holds ``max_per_owner`` places, or everyone ``max_total``
+        (see ``queued_jobs``): counted in the same transaction as the insert, so concurrent
+        submissions cannot get past the limits together."""
         ...
 
     async def queued_jobs(self, owner: str | None = None) -> int:
-        """Jobs queued or running: of ``owner``, or of everyone."""
+        """Places held in the job queue. Everyone's: jobs queued or running. An owner's: those,
+        and finished jobs whose callback is still to be delivered, so that a receiver that never
+        answers cannot pile up deliveries for one client (and delay everyone's)."""
         ...
 
     async def claim_job(self, runner: str, lease_s: float) -> ClaimedJob | None:
@@ -150,8 +152,8 @@ class ResultStore(Protocol):
         ...
 
     async def cancel_job(self, job_id: str, owner: str) -> JobView | None:
-        """Cancel a job that has not finished (a finished one is left as it is); its view, or
-        None when ``owner`` has no such job."""
+        """Cancel a job that has not finished (a finished one is left as it is); its view
+        (without its items), or None when ``owner`` has no such job."""
         ...
 
     async def job(self, job_id: str, owner: str, items: tuple[int, int] | None = None) -> JobView | None:

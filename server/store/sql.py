@@ -20,7 +20,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, case, func, insert, literal, or_, select, text, update
+from sqlalchemy import ColumnElement, Select, and_, case, func, insert, literal, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from server.settings import StoreSettings
@@ -45,14 +45,21 @@ from server.store.views import job_view
 Clock = Callable[[], datetime]
 
 UNFINISHED = (JobStatus.QUEUED, JobStatus.RUNNING)
-ALL_ITEMS = 1 << 31
-"""An items window's limit that takes them all (a job holds far fewer)."""
 # Any constant of our own (migrate.py has another): PostgreSQL's lock on counting and adding jobs.
 _SUBMISSION_LOCK = 0x696D67_0001
 
 
 def utc_now() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def _places(owner: str | None) -> Select[int]:
+    """Counts the places held in the job queue (``ResultStore.queued_jobs``)."""
+    unfinished = Job.status.in_(UNFINISHED)
+    if owner is None:
+        return select(func.count()).select_from(Job).where(unfinished)
+    delivering = Job.callback_status == CallbackStatus.PENDING
+    return select(func.count()).select_from(Job).where(Job.owner == owner, or_(unfinished, delivering))
 
 
 class SqlResultStore:
@@ -148,44 +155,42 @@ class SqlResultStore:
             return
         if connection.dialect.name == "postgresql":
             await connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SUBMISSION_LOCK})
-        unfinished = select(func.count()).select_from(Job).where(Job.status.in_(UNFINISHED))
-        if max_per_owner is not None:
-            mine = (await connection.execute(unfinished.where(Job.owner == owner))).scalar_one()
-            if mine >= max_per_owner:
-                raise QueueFull(per_owner=True)
-        if max_total is not None and (await connection.execute(unfinished)).scalar_one() >= max_total:
+        if max_per_owner is not None and (await connection.execute(_places(owner))).scalar_one() >= max_per_owner:
+            raise QueueFull(per_owner=True)
+        if max_total is not None and (await connection.execute(_places(None))).scalar_one() >= max_total:
             raise QueueFull(per_owner=False)
 
     async def queued_jobs(self, owner: str | None = None) -> int:
-        query = select(func.count()).select_from(Job).where(Job.status.in_(UNFINISHED))
-        if owner is not None:
-            query = query.where(Job.owner == owner)
         async with self._engine.connect() as connection:
-            return (await connection.execute(query)).scalar_one()
+            return (await connection.execute(_places(owner))).scalar_one()
 
     async def claim_job(self, runner: str, lease_s: float) -> ClaimedJob | None:
-        now = self._now()
-        claimable = or_(Job.status == JobStatus.QUEUED, and_(Job.status == JobStatus.RUNNING, Job.lease_until < now))
-        oldest = (
-            select(Job.id)
-            .where(claimable)
-            .order_by(Job.created_at, Job.id)
-            .limit(1)
-            .with_for_update(skip_locked=True)  # PostgreSQL; SQLite has no row locks and omits it
-            .scalar_subquery()
-        )
-        claim = (
-            update(Job)
-            .where(Job.id == oldest, claimable)
-            .values(
-                status=JobStatus.RUNNING,
-                claimed_by=runner,
-                lease_until=now + timedelta(seconds=lease_s),
-                started_at=func.coalesce(Job.started_at, _time(now)),
-            )
-            .returning(Job.id, Job.owner, Job.model, Job.top_k, Job.images_total)
-        )
         async with writing(self._engine) as connection:
+            # The time is read holding the write lock (SQLite's IMMEDIATE): read before, while a
+            # submission held it, a job could start before it was created.
+            now = self._now()
+            claimable = or_(
+                Job.status == JobStatus.QUEUED, and_(Job.status == JobStatus.RUNNING, Job.lease_until < now)
+            )
+            oldest = (
+                select(Job.id)
+                .where(claimable)
+                .order_by(Job.created_at, Job.id)
+                .limit(1)
+                .with_for_update(skip_locked=True)  # PostgreSQL; SQLite has no row locks and omits it
+                .scalar_subquery()
+            )
+            claim = (
+                update(Job)
+                .where(Job.id == oldest, claimable)
+                .values(
+                    status=JobStatus.RUNNING,
+                    claimed_by=runner,
+                    lease_until=now + timedelta(seconds=lease_s),
+                    started_at=func.coalesce(Job.started_at, _time(now)),
+                )
+                .returning(Job.id, Job.owner, Job.model, Job.top_k, Job.images_total)
+            )
             row = (await connection.execute(claim)).one_or_none()
         if row is None:
             return None
@@ -193,13 +198,13 @@ class SqlResultStore:
         return ClaimedJob(id=job_id, owner=owner, model=model, top_k=top_k, images_total=images_total)
 
     async def renew_lease(self, job_id: str, runner: str, lease_s: float) -> bool:
-        renew = (
-            update(Job)
-            .where(Job.id == job_id, Job.claimed_by == runner, Job.status == JobStatus.RUNNING)
-            .values(lease_until=self._now() + timedelta(seconds=lease_s))
-            .returning(Job.id)
-        )
         async with writing(self._engine) as connection:
+            renew = (
+                update(Job)
+                .where(Job.id == job_id, Job.claimed_by == runner, Job.status == JobStatus.RUNNING)
+                .values(lease_until=self._now() + timedelta(seconds=lease_s))
+                .returning(Job.id)
+            )
             return (await connection.execute(renew)).one_or_none() is not None
 
     async def pending_images(self, job_id: str, limit: int) -> list[tuple[int, bytes]]:
@@ -263,10 +268,10 @@ class SqlResultStore:
         and its runner's next ``renew_lease`` is False. Its callback, if it asked for one, becomes
         due as for a job that ended otherwise: the receiver learns that no results are coming
         (whoever cancelled may not be whoever waits for the callback). A finished job is left as
-        it is. The job's view (with its items), or None when ``owner`` has no such job."""
+        it is. The job's view (without its items), or None when ``owner`` has no such job."""
         async with writing(self._engine) as connection:
             await self._end(connection, job_id, JobStatus.CANCELLED, and_(Job.id == job_id, Job.owner == owner))
-            return await job_view(connection, job_id, owner, items=(0, ALL_ITEMS))
+            return await job_view(connection, job_id, owner, items=None)
 
     async def _end(
         self, connection: AsyncConnection, job_id: str, status: JobStatus, which: ColumnElement[bool]

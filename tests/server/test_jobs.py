@@ -5,9 +5,10 @@ priority below requests, the limits, and results kept by request id."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -224,6 +225,31 @@ def test_cancelling_a_running_job_stops_it_at_the_next_batch(tmp_path: Path) -> 
     asyncio.run(scenario())
 
 
+def test_each_of_a_servers_job_loops_holds_its_leases_under_its_own_name(tmp_path: Path) -> None:
+    """With ``concurrency`` 2, a loop whose lease ran out must find its renewal refused once its
+    sibling has taken the job up (else both run the whole job): the store tells them apart by
+    the name a lease is held under, so each loop needs one of its own."""
+
+    async def scenario() -> None:
+        runtime = GatedRuntime()
+        async with serving(tmp_path, runtime, **jobs_settings(tmp_path, concurrency=2)) as (client, _):
+            runtime.gate.clear()
+            ids = [(await submit(client, [png(60 + i)])).json()["job_id"] for i in range(2)]
+            for job_id in ids:
+                await wait_job(client, job_id, ready=lambda job: job["status"] == "running")
+            store = sqlite3.connect(tmp_path.with_name(f"{tmp_path.name}-store.db"))
+            try:
+                holders = [name for (name,) in store.execute("SELECT claimed_by FROM jobs WHERE status = 'running'")]
+            finally:
+                store.close()
+            runtime.gate.set()
+            for job_id in ids:
+                assert (await wait_job(client, job_id))["status"] == "done"
+        assert len(holders) == 2 and len(set(holders)) == 2, holders
+
+    asyncio.run(scenario())
+
+
 def test_requests_run_before_a_jobs_images(tmp_path: Path) -> None:
     """A job's batch queued before a request waits behind it: the job runs at a lower priority."""
 
@@ -253,7 +279,10 @@ def test_limits_and_refusals(tmp_path: Path) -> None:
         runtime = GatedRuntime()
         settings = jobs_settings(tmp_path, max_images_per_job=3, max_queued_per_client=1)
         async with serving(tmp_path, runtime, **settings, limits={"max_top_k": 4}) as (client, _):
-            assert (await submit(client, [png(1)] * 4, top_k="2")).status_code == 413
+            for count in (4, 5, 12):  # one too many stops the parse at its headers
+                too_many = await submit(client, [png(1)] * count, top_k="2")
+                assert too_many.status_code == 413 and too_many.json()["error"]["code"] == "too_many_images"
+                assert "at most 3 images" in too_many.json()["error"]["message"]
             assert (await submit(client, [png(1)], top_k="5")).json()["error"]["code"] == "invalid_parameter"
             assert (await submit(client, [png(1)], top_k="two")).status_code == 422
             assert (await submit(client, [png(1)], model="no_such_model", top_k="2")).status_code == 404
@@ -271,6 +300,43 @@ def test_limits_and_refusals(tmp_path: Path) -> None:
             runtime.gate.set()
             assert (await wait_job(client, first.json()["job_id"]))["status"] == "done"
             assert (await submit(client, [png(2)], top_k="2")).status_code == 202
+
+    asyncio.run(scenario())
+
+
+def test_a_client_at_its_limit_is_refused_before_its_upload_is_read(tmp_path: Path) -> None:
+    """The 429 of a full queue (and the 404 of jobs turned off) costs the server no upload: it is
+    answered before the first byte of the body is asked for."""
+    part = b'--b\r\nContent-Disposition: form-data; name="files"; filename="a.png"\r\n\r\n'
+    body = part + png(1) + b"\x00" * 200_000 + b"\r\n--b--\r\n"
+    headers = {"Content-Type": "multipart/form-data; boundary=b"}
+
+    async def upload(client: httpx.AsyncClient) -> tuple[httpx.Response, int]:
+        sent = 0
+
+        async def chunks() -> AsyncIterator[bytes]:
+            nonlocal sent
+            for start in range(0, len(body), 10_000):
+                sent += 1
+                yield body[start : start + 10_000]
+
+        return await client.post("/v1/jobs", content=chunks(), headers=headers), sent
+
+    async def scenario() -> None:
+        runtime = GatedRuntime()
+        settings = jobs_settings(tmp_path, max_queued_per_client=1)
+        async with serving(tmp_path, runtime, **settings) as (client, _):
+            runtime.gate.clear()
+            assert (await submit(client, [png(1)])).status_code == 202
+            refused, sent = await upload(client)
+            assert refused.status_code == 429 and refused.json()["error"]["code"] == "rate_limited"
+            assert int(refused.headers["Retry-After"]) >= 1 and sent <= 1
+            runtime.gate.set()
+        off = tmp_path.with_name(tmp_path.name + "-off")
+        off.mkdir()
+        async with serving(off, GatedRuntime(), **{**jobs_settings(off), "jobs": {"enabled": False}}) as (client, _):
+            refused, sent = await upload(client)
+            assert refused.status_code == 404 and sent <= 1
 
     asyncio.run(scenario())
 

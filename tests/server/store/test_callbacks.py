@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from server.store.model import CallbackStatus, ItemOutcome, JobStatus
+from server.store.model import CallbackStatus, ItemOutcome, JobStatus, QueueFull
 from server.store.sql import SqlResultStore
 from tests.server.store.support import UtcClock, classification, new_job, open_store
 
@@ -151,6 +151,32 @@ def test_an_empty_callback_url_asks_for_no_callback(database_url: str, clock: Ut
             view = await store.job(job_id, "alice", items=(0, 1000))
             assert view is not None and (view.callback_url, view.callback_status) == (None, CallbackStatus.NONE)
             assert await store.due_callbacks(limit=10) == []
+        finally:
+            await store.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_callback_still_to_deliver_holds_its_owners_place_in_the_queue(database_url: str, clock: UtcClock) -> None:
+    """A receiver that never answers must not let one client pile up finished jobs whose
+    deliveries hold the sender: until its callback is delivered or given up, a job counts
+    against its owner's limit (not against everyone's: others' jobs run as before)."""
+
+    async def scenario() -> None:
+        store = await open_store(database_url, clock)
+        try:
+            delivered, given_up = await finished_job(store), await finished_job(store)
+            await finished_job(store, callback_url=None)
+            assert (await store.queued_jobs("alice"), await store.queued_jobs()) == (2, 0)
+            with pytest.raises(QueueFull) as full:
+                await store.create_job(new_job(images=1), max_per_owner=2, max_total=10)
+            assert full.value.per_owner
+            await store.create_job(new_job(owner="bob", images=1), max_per_owner=2, max_total=10)
+
+            await store.callback_attempted(delivered, CallbackStatus.DELIVERED, None, None)
+            await store.callback_attempted(given_up, CallbackStatus.FAILED, "timed out", None)
+            assert await store.queued_jobs("alice") == 0
+            await store.create_job(new_job(images=1), max_per_owner=2, max_total=10)
         finally:
             await store.close()
 

@@ -221,11 +221,14 @@ def test_a_queued_job_is_cancelled(database_url: str, clock: UtcClock) -> None:
         claimed = await store.claim_job("runner", lease_s=30)
         due = await store.due_callbacks(limit=10)
         held = await scalar(database_url, "SELECT count(*) FROM job_items WHERE image IS NOT NULL")
-        queued = await store.queued_jobs("alice")
+        places = (await store.queued_jobs("alice"), await store.queued_jobs())
+        items = await store.job(job_id, "alice", items=(0, 10))
         await store.close()
         assert view is not None and view.status is JobStatus.CANCELLED and view.finished_at == clock()
-        assert [item.status for item in view.items] == ["pending", "pending"]
-        assert claimed is None and held == 0 and queued == 0
+        assert view.items == [] and items is not None
+        assert [item.status for item in items.items] == ["pending", "pending"]
+        # Its callback still holds one of alice's places until it is delivered; not everyone's.
+        assert claimed is None and held == 0 and places == (1, 0)
         # The callback tells the receiver the job ended without its results.
         assert view.callback_status is CallbackStatus.PENDING
         assert [(callback.job_id, callback.url, callback.attempts) for callback in due] == [
@@ -247,7 +250,7 @@ def test_a_running_job_is_cancelled_and_its_runner_stops(database_url: str, cloc
         await store.finish_job(job_id, JobStatus.DONE)  # the runner's last word changes nothing
         clock.advance(3600)
         reclaimed = await store.claim_job("other", lease_s=30)
-        after = await store.job(job_id, "alice", items=(0, 1000))
+        after = await store.job(job_id, "alice")
         await store.close()
         assert view is not None and view.status is JobStatus.CANCELLED and view.images_done == 1
         assert view.callback_status is CallbackStatus.NONE  # it asked for none
@@ -264,7 +267,7 @@ def test_cancelling_a_finished_job_changes_nothing(database_url: str, clock: Utc
         await store.claim_job("runner", lease_s=30)
         await store.save_outcomes(job_id, [ItemOutcome(0, result=classification("cat"))])
         await store.finish_job(job_id, JobStatus.DONE)
-        finished = await store.job(job_id, "alice", items=(0, 1000))
+        finished = await store.job(job_id, "alice")
         clock.advance(10)
         cancelled = await store.cancel_job(job_id, "alice")
         await store.close()
