@@ -156,6 +156,13 @@ class JobSettings(BaseModel):
     lease_s: float = Field(
         30.0, gt=0, description="A running job's lease: a job whose runner died is taken up again after it."
     )
+    callback_senders: int = Field(
+        4,
+        ge=1,
+        le=64,
+        description="Callbacks one server process delivers at once: a receiver that never answers holds one "
+        "sender for its timeouts, not all deliveries.",
+    )
     callback_max_attempts: int = Field(6, ge=1, description="Attempts to deliver a job's callback.")
     callback_connect_timeout_s: float = Field(3.0, gt=0, description="To connect to a callback's receiver.")
     callback_read_timeout_s: float = Field(10.0, gt=0, description="For the receiver to answer.")

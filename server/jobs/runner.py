@@ -76,7 +76,8 @@ class JobRunner:
         # its renewal refused when a sibling has taken the job up, as one in another process does.
         names = [f"{self._name}/{i}" for i in range(self._settings.concurrency)]
         self._tasks = [asyncio.create_task(self._run_jobs(name), name=f"jobs-{name}") for name in names]
-        self._tasks.append(asyncio.create_task(self._deliver_callbacks(), name=f"callbacks-{self._name}"))
+        for i in range(self._settings.callback_senders):
+            self._tasks.append(asyncio.create_task(self._deliver_callbacks(), name=f"callbacks-{self._name}/{i}"))
         self._tasks.append(asyncio.create_task(self._prune(), name=f"prune-{self._name}"))
 
     async def close(self, timeout_s: float) -> None:
@@ -184,7 +185,8 @@ class JobRunner:
         await self._forever(self._deliver_due, "delivering callbacks", IDLE_POLL_S)
 
     async def _deliver_due(self) -> bool:
-        # One at a time: each is withheld from other processes only while its own attempt may last.
+        # One at a time per sender: each is withheld from other senders only while its own
+        # attempt may last.
         due = await self._store.due_callbacks(limit=1)
         for callback in due:
             job = await self._store.job(callback.job_id, callback.owner)

@@ -5,6 +5,7 @@ priority below requests, the limits, and results kept by request id."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import sqlite3
 import threading
 import time
@@ -163,6 +164,25 @@ def test_a_receiver_that_fails_at_first_gets_the_callback_again(tmp_path: Path) 
     for headers, body in flaky.requests:
         stamp, signature = headers["x-imgserve-timestamp"], headers["x-imgserve-signature"]
         assert verify(SECRET.encode(), stamp, signature, body, time.time())
+
+
+def test_a_receiver_that_never_answers_does_not_hold_up_other_callbacks(tmp_path: Path, receiver: Receiver) -> None:
+    with socket.create_server(("127.0.0.1", 0), backlog=8) as silent:  # connects, never answers
+        hanging = f"http://127.0.0.1:{silent.getsockname()[1]}/hook"
+
+        async def scenario() -> None:
+            settings = jobs_settings(tmp_path, callback_read_timeout_s=30.0, callback_senders=2)
+            async with serving(tmp_path, GatedRuntime(), **settings) as (client, _):
+                stuck = (await submit(client, [png(1)], callback_url=hanging)).json()["job_id"]
+                await wait_job(client, stuck)
+                await asyncio.sleep(0.3)  # its delivery has begun, and waits for an answer
+                other = (await submit(client, [png(2)], callback_url=receiver.url)).json()["job_id"]
+                job = await wait_job(client, other, delivered, timeout_s=10)
+                assert job["callback"]["status"] == "delivered"
+                assert (await wait_job(client, stuck))["callback"]["status"] == "pending"
+                silent.close()  # its connection is reset: the sender is free before the server stops
+
+        asyncio.run(scenario())
 
 
 def test_a_callback_that_keeps_failing_shows_as_failed(tmp_path: Path) -> None:
