@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+import traceback
 from pathlib import Path
 
 
@@ -80,6 +81,7 @@ def _train(args: argparse.Namespace) -> int:
     from trt_build.train.errors import TrainingRefused
     from trt_build.train.head import Schedule
     from trt_build.train.pipeline import TrainRequest, default_cache_dir, train
+    from trt_build.train.publish import ExportMismatch
     from trt_build.train.report import BelowBaseline
 
     try:
@@ -109,21 +111,36 @@ def _train(args: argparse.Namespace) -> int:
     except BelowBaseline as exc:
         print(f"imgserve train: {exc}\n{json.dumps(exc.report, indent=2)}", file=sys.stderr)
         return 1
+    except ExportMismatch as exc:
+        print(
+            f"imgserve train: {exc}. A stale feature cache is a likely cause (features computed by other code "
+            "or libraries): run again with --no-cache",
+            file=sys.stderr,
+        )
+        return 3
+    except Exception:
+        traceback.print_exc()
+        print("imgserve train: failed with the error above; nothing was published", file=sys.stderr)
+        return 4
     print(json.dumps(manifest.build, indent=2))
     return 0
 
 
 def _add_train_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from trt_build.train.backbone import BASES
+    from trt_build.train.data import MAX_FILE_BYTES
     from trt_build.train.report import MIN_MARGIN
 
     train = commands.add_parser(
         "train",
         help="train a classifier for your own classes (a new head on a frozen ImageNet backbone) and publish it",
         description="DATA_DIR holds one sub-folder of images per class; the class names are the folder names. "
-        "The version is published only if its validation accuracy beats the majority-class baseline by "
-        "--min-margin. Exit codes: 0 published, 1 below the baseline (nothing written), 2 refused (bad data or "
-        "settings, nothing written).",
+        f"Files that cannot be used (undecodable, over {MAX_FILE_BYTES >> 20} MiB, repeated, in no class folder) "
+        "are skipped and listed in the report. The version is published only if its validation accuracy beats "
+        "the majority-class baseline by --min-margin. Exit codes: 0 published; 1 below the baseline (nothing "
+        "published; the report follows the message); 2 refused (bad data or settings, nothing written); 3 the "
+        "exported model does not give the trained model's answers (nothing published; try --no-cache); 4 any "
+        "other error (nothing published; a traceback says where).",
     )
     train.add_argument("data_dir", type=Path, metavar="DATA_DIR", help="one sub-folder of images per class")
     train.add_argument(

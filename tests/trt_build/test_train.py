@@ -4,14 +4,16 @@ held out of the training folder, a second run from the feature cache served with
 the gate, a class lost to undecodable files, fine-tuning the top block, and ``imgserve build
 --target litert`` on a trained version.
 
-Four classes of 40 digits train (32 train, 8 validate per class), with a truncated PNG and a
-text file among them; the next 25 digits of each class are the held-out set.
+Four classes of 40 digits train (32 train, 8 validate per class), with a truncated PNG, text
+files (one named in Latin-1, not UTF-8) and a broken link among them and a file beside them; the
+next 25 digits of each class are the held-out set.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +66,9 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
     data = write_class_folders(root / "digits", digit_images(CLASSES, 0, TRAIN_PER_CLASS))
     (data / "0" / "truncated.png").write_bytes((data / "0" / "0000.png").read_bytes()[:60])
     (data / "1" / "notes.txt").write_text("not an image")
+    (data / "4" / os.fsdecode(b"caf\xe9.txt")).write_text("a Latin-1 name, in the manifest as caf\\xe9")
+    (data / "7" / "moved.png").symlink_to(root / "nowhere.png")
+    (data / "labels.csv").write_text("file,label\n")  # beside the classes, in none
     result = Trained(data, root / "repo", root / "cache")
     assert result.train(1) == 0
     return result
@@ -87,9 +92,11 @@ def test_the_published_version_records_its_training_report(trained: Trained) -> 
     report = manifest["build"]
     assert report["data"]["classes"] == {c: {"train": 32, "validation": 8} for c in ("0", "1", "4", "7")}
     skipped = {s["file"]: s["reason"] for s in report["data"]["skipped"]}
-    assert set(skipped) == {"0/truncated.png", "1/notes.txt"}
+    assert set(skipped) == {"0/truncated.png", "1/notes.txt", "4/caf\\xe9.txt", "7/moved.png", "labels.csv"}
     assert "could not be decoded" in skipped["0/truncated.png"]
     assert "not an image Pillow can identify" in skipped["1/notes.txt"]
+    assert "not an image Pillow can identify" in skipped["4/caf\\xe9.txt"]
+    assert (skipped["7/moved.png"], skipped["labels.csv"]) == ("a broken symbolic link", "not in a class folder")
     validation = report["validation"]
     assert validation["passed"] and validation["majority_baseline"] == 0.25
     assert validation["validation_accuracy"] >= validation["majority_baseline"] + validation["min_margin"]

@@ -42,6 +42,9 @@ class Backbone:
     """Where its weights come from, for the manifest."""
     fingerprint: Callable[[], str]
     """Changes whenever the weights do: part of the feature cache's key."""
+    modules: tuple[str, ...]
+    """The modules whose code defines the network and loads its weights: their source is part of
+    the feature cache's key too."""
 
 
 def _lite0_network() -> keras.Model:
@@ -85,6 +88,7 @@ def _efficientnet_lite0() -> Backbone:
         build=_lite0_network,
         source=_lite0_source,
         fingerprint=_lite0_fingerprint,
+        modules=("trt_build.default_model.efficientnet_lite", "trt_build.default_model.torch_pickle"),
     )
 
 

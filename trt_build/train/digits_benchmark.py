@@ -17,7 +17,6 @@ Prints the figures as JSON.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import subprocess
@@ -27,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from model_contract.imaging import image_to_tensor
 from model_contract.manifest import ModelManifest
@@ -35,35 +33,20 @@ from trt_build.eval_images import EVAL_LIMITS
 from trt_build.train.augment import Augmentation
 from trt_build.train.backbone import backbone
 from trt_build.train.data import scan, split
+from trt_build.train.digits import DigitsUnavailable, digit_images, write_class_folders
 from trt_build.train.features import FeatureCache, items_of
 from trt_build.verify import predict_all, served_model
-
-
-def _png(image: np.ndarray) -> bytes:
-    pixels = np.rint(255 - image * (255 / 16)).astype(np.uint8)  # ink dark on white
-    buffer = io.BytesIO()
-    Image.fromarray(pixels, "L").save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def write_digits(work: Path, train_per_class: int) -> tuple[Path, list[tuple[int, bytes]]]:
     """The training folder, and the held-out (digit, PNG) pairs."""
     try:
-        from sklearn.datasets import load_digits
-    except ImportError as exc:
-        raise SystemExit("the digits benchmark needs scikit-learn (pip install scikit-learn)") from exc
-    digits = load_digits()
-    data = work / "digits"
-    held_out: list[tuple[int, bytes]] = []
-    for digit in range(10):
-        (data / str(digit)).mkdir(parents=True, exist_ok=True)
-        for rank, index in enumerate(np.flatnonzero(digits.target == digit)):
-            png = _png(digits.images[index])
-            if rank < train_per_class:
-                (data / str(digit) / f"{index:04d}.png").write_bytes(png)
-            else:
-                held_out.append((digit, png))
-    return data, held_out
+        train = digit_images(range(10), 0, train_per_class)
+        held_out = digit_images(range(10), train_per_class)
+    except DigitsUnavailable as exc:
+        raise SystemExit(str(exc)) from exc
+    data = write_class_folders(work / "digits", train)
+    return data, [(digit, png) for _, digit, png in held_out]
 
 
 def run_train(data: Path, output: Path, cache: Path, extra: list[str]) -> tuple[float, dict[str, Any]]:
